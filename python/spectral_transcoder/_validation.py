@@ -1,0 +1,112 @@
+"""Input checks shared by the public functions: Python validates, C++ computes.
+
+Every check raises a subclass of :class:`~spectral_transcoder.errors.SpectralTranscoderError`
+whose message names the argument, the position and the problem.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .errors import InputTypeError, InvalidInputError
+
+#: Integer PCM is scaled to [-1, 1) full scale by these divisors (uint8 is offset by 128 first).
+INT_FULL_SCALE = {np.dtype(np.int8): 2.0**7, np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31,
+                  np.dtype(np.int64): 2.0**63, np.dtype(np.uint8): 2.0**7}
+
+
+def check_sample_rate(sample_rate: object, name: str = "sample_rate") -> float:
+    """Return ``sample_rate`` as a positive finite float, or raise."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real):
+        raise InputTypeError(f"{name} must be a number in Hz, got {type(sample_rate).__name__}")
+    sr = float(sample_rate)
+    if not np.isfinite(sr) or sr <= 0:
+        raise InvalidInputError(f"{name} must be a positive number of Hz, got {sample_rate!r}")
+    return sr
+
+
+def _first_bad(a: np.ndarray) -> tuple[tuple[int, ...], float]:
+    bad = ~np.isfinite(a)
+    idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), a.shape))
+    return idx, float(a[idx])
+
+
+def check_finite(a: np.ndarray, name: str) -> None:
+    """Raise if ``a`` holds NaN or +-Inf, naming the first offending index."""
+    if a.size and not np.isfinite(a).all():
+        idx, val = _first_bad(a)
+        raise InvalidInputError(f"{name} contains {val} at index {idx}; only finite values are accepted")
+
+
+def as_float32_signal(audio: object, name: str = "audio", min_ndim: int = 1) -> np.ndarray:
+    """Convert audio to a C-contiguous float32 array of shape (..., samples).
+
+    Floating input is taken as full scale (1.0 = 0 dBFS). Integer PCM is scaled by
+    :data:`INT_FULL_SCALE` (int16 / 32768, ...). Bool, complex and object arrays are
+    rejected, as are NaN and Inf.
+    """
+    if isinstance(audio, (str, bytes)) or audio is None:
+        raise InputTypeError(f"{name} must be an array of samples, got {type(audio).__name__}")
+    a = np.asarray(audio)
+    if a.dtype.kind in "iu":
+        if a.dtype not in INT_FULL_SCALE:
+            raise InputTypeError(f"{name}: unsupported integer dtype {a.dtype}")
+        unsigned = a.dtype.kind == "u"
+        scale = INT_FULL_SCALE[a.dtype]
+        a = a.astype(np.float64)
+        if unsigned:  # 8-bit WAV convention: unsigned with a 128 offset
+            a = a - 128.0
+        a = a / scale
+    elif a.dtype.kind != "f":
+        raise InputTypeError(f"{name} must hold real floating-point or integer PCM samples, got dtype {a.dtype}")
+    if a.ndim < min_ndim:
+        raise InvalidInputError(f"{name} must have at least {min_ndim} dimension(s) (..., samples), got shape {a.shape}")
+    check_finite(a, name)
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def resample(audio: np.ndarray, sample_rate: float, target_rate: int, quality: str = "HQ") -> np.ndarray:
+    """Resample float32 (..., samples) along the last axis with python-soxr."""
+    if sample_rate == target_rate:
+        return audio
+    import soxr
+
+    lead = audio.shape[:-1]
+    flat = audio.reshape(-1, audio.shape[-1])
+    # soxr takes (frames, channels): treat the flattened batch as channels.
+    out = soxr.resample(np.ascontiguousarray(flat.T), sample_rate, target_rate, quality=quality)
+    out = np.ascontiguousarray(np.asarray(out, dtype=np.float32).reshape(-1, flat.shape[0]).T)
+    return out.reshape(*lead, out.shape[-1])
+
+
+def check_min_length(n: int, minimum: int, name: str, what: str) -> None:
+    if n < minimum:
+        raise InvalidInputError(
+            f"{name} is too short for {what}: {n} samples, the minimum is {minimum} samples"
+        )
+
+
+def as_float32_levels(levels: object, n_bands: int, name: str = "levels", spec_name: str = "") -> np.ndarray:
+    """Validate third-octave levels in dB, shape (..., frames, n_bands) -> float32 C array."""
+    if isinstance(levels, (str, bytes)) or levels is None:
+        raise InputTypeError(f"{name} must be an array of dB levels, got {type(levels).__name__}")
+    a = np.asarray(levels)
+    if a.dtype.kind not in "fiu":
+        raise InputTypeError(f"{name} must be real dB values, got dtype {a.dtype}")
+    if a.ndim < 2:
+        raise InvalidInputError(f"{name} must have shape (..., frames, bands), got shape {a.shape}")
+    if a.shape[-1] != n_bands:
+        raise InvalidInputError(
+            f"{name} has {a.shape[-1]} bands on its last axis, but the band spec {spec_name!r} has {n_bands}"
+        )
+    check_finite(a, name)
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def check_threads(n_threads: object) -> int:
+    """0 = automatic; otherwise a positive thread count."""
+    if isinstance(n_threads, bool) or not isinstance(n_threads, numbers.Integral) or n_threads < 0:
+        raise InvalidInputError(f"n_threads must be an integer >= 0 (0 = automatic), got {n_threads!r}")
+    return int(n_threads)
