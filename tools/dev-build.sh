@@ -3,10 +3,14 @@
 # so `PYTHONPATH=python pytest` runs against the working tree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
+PY=${PYTHON:-python3}
 BUILD=${ST_BUILD_DIR:-build/dev}
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=${ST_BUILD_TYPE:-Release} \
   -DPython_EXECUTABLE="$(command -v "$PY")" \
   -Dpybind11_DIR="$("$PY" -m pybind11 --cmakedir)" "$@" >/dev/null
 cmake --build "$BUILD" -j2
-cp "$BUILD"/_core*.so python/spectral_transcoder/
+# Atomic replace: other processes may have the old module mapped.
+for so in "$BUILD"/_core*.so; do
+  tmp="python/spectral_transcoder/.$(basename "$so").$$"
+  cp "$so" "$tmp" && mv -f "$tmp" "python/spectral_transcoder/$(basename "$so")"
+done

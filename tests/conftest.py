@@ -1,0 +1,58 @@
+"""Shared fixtures. Files from ../shared are read in place, never copied.
+
+A test that needs ../shared asks for the `shared` fixture (or calls
+`shared_file(...)`): it skips with the reason when the file is absent, unless
+ST_REQUIRE_SHARED=1 (set by CI), where a missing file fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(os.environ.get("ST_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared"))
+REQUIRE_SHARED = os.environ.get("ST_REQUIRE_SHARED", "") == "1"
+
+
+def shared_file(*parts: str) -> Path:
+    """Path of a file under ../shared; skip (or fail under ST_REQUIRE_SHARED=1) if absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        msg = f"needs {path} (the read-only ../shared folder), which is absent"
+        if REQUIRE_SHARED:
+            pytest.fail(msg + " and ST_REQUIRE_SHARED=1", pytrace=False)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    return shared_file()
+
+
+@pytest.fixture(scope="session")
+def golden_street() -> dict[str, np.ndarray]:
+    with np.load(shared_file("reference", "golden", "street_pedestrian-paris-152-4607-a.npz")) as z:
+        return dict(z)
+
+
+@pytest.fixture(scope="session")
+def golden_birds() -> dict[str, np.ndarray]:
+    with np.load(shared_file("reference", "golden", "birds.npz")) as z:
+        return dict(z)
+
+
+@pytest.fixture(scope="session", params=["street", "birds"])
+def golden_clip(request) -> dict[str, np.ndarray]:
+    name = {"street": "street_pedestrian-paris-152-4607-a.npz", "birds": "birds.npz"}[request.param]
+    with np.load(shared_file("reference", "golden", name)) as z:
+        return dict(z)
+
+
+@pytest.fixture(scope="session")
+def reference_matrices() -> dict[str, np.ndarray]:
+    with np.load(shared_file("reference", "golden", "reference_matrices.npz")) as z:
+        return dict(z)
