@@ -12,6 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Property tests are deterministic (fixed seed per test) and untimed.
+settings.register_profile("st", derandomize=True, deadline=None, max_examples=40, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "st"))
 
 SHARED = Path(os.environ.get("ST_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared"))
 REQUIRE_SHARED = os.environ.get("ST_REQUIRE_SHARED", "") == "1"
