@@ -11,6 +11,7 @@ Presets (see ``specs/transcoder.md``, ``specs/yamnet.md``, ``specs/efficientat-m
 ========================  =============================================================
 ``cense_fast``            32 kHz, 4096-sample Tukey(0.2) frames every 4000 samples (125 ms), 29 bands 20 Hz-12.5 kHz
 ``cense_slow``            the 1-s variant: 32758-sample frames every 32000 samples
+``noisecapture``          NoiseCapture app exports: 23 bands 100 Hz-16 kHz, one frame per second (48 kHz, Hann)
 ``pann``                  PANN: 32 kHz, STFT 1024/320 centred, power, Slaney mel 64 x 50-14000 Hz, 10 log10
 ``yamnet``                official YAMNet TF front end: 16 kHz, 400/160 not centred, magnitude, TF-HTK mel, ln(x + 0.001)
 ``yamnet_torchport``      the paper's YAMNet port: centred reflect STFT, magnitude, torchaudio HTK mel, ln(x + 0.001)
@@ -228,6 +229,12 @@ BAND_SPECS: dict[str, BandSpec] = {
     # specs/transcoder.md §1: N = 32758 (not 32768), hop 32000, 10 frames per 10-s chunk.
     "cense_slow": BandSpec(
         name="cense_slow", sample_rate=32000, frame_length=32758, hop_length=32000, frames_per_chunk=10
+    ),
+    # NoiseCapture (Android app) exports: 23 bands 100 Hz-16 kHz nominal (indices -10..12), one
+    # frame per second, stored as calibrated dB; 48 kHz Hann analysis. No transcoder exists yet.
+    "noisecapture": BandSpec(
+        name="noisecapture", sample_rate=48000, frame_length=48000, hop_length=48000,
+        band_index_min=-10, band_index_max=12, window="hann", frames_per_chunk=1,
     ),
 }
 

@@ -1,0 +1,966 @@
+"""Archive readers: one class per format, all yielding :class:`~.blocks.Block` objects.
+
+Every reader streams its file (Parquet row batches, CSV blocks, HDF5 slices, a
+memory-mapped or streamed NPY, soundfile blocks), so memory is bounded by one read
+batch plus one block, whatever the archive length. All share the options of
+:class:`~.blocks.BlockOptions` (gaps, duplicates, level reference, block length),
+passed as keyword arguments, and every problem in a file is an
+:class:`~.blocks.ArchiveError` naming the file and the position.
+
+=====================  ===========================================================
+format                 reader (``open_archive`` picks it from the extension)
+=====================  ===========================================================
+``.parquet``, ``.pq``  :class:`ParquetReader`: a time column plus one column per band,
+                       or one list column of band values
+``.csv``               :class:`CsvReader`: a time column plus one column per band
+``.h5``, ``.hdf5``     :class:`Hdf5Reader`: dataset ``fast_125ms`` (clips, frames, bands)
+``.npy``, ``.npz``     :class:`ArrayReader`: (clips, frames, bands) or (frames, bands)
+``.zip``               :class:`NoiseCaptureReader`: NoiseCapture app exports
+``.wav``, ``.flac``..  :class:`AudioReader`: audio analysed on the fly (``third_octave``)
+=====================  ===========================================================
+
+Time stamps are UTC: a time column without a zone is taken as UTC; numeric time
+columns need ``time_unit`` (``"s"``, ``"ms"``, ``"us"`` or ``"ns"`` since the Unix
+epoch). Sources without time stamps (HDF5, NPY, audio) start at ``start`` (or the
+file's ``start`` attribute for HDF5), else at the Unix epoch, i.e. times are then
+elapsed time; ``describe()["start_known"]`` says which.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from ..specs import BandSpec, get_band_spec
+from .blocks import (
+    NS_PER_S,
+    ArchiveError,
+    Block,
+    BlockOptions,
+    LevelReference,
+    ReadStats,
+    _Framer,
+    make_reference,
+    to_datetime64,
+)
+
+__all__ = [
+    "BlockReader",
+    "ParquetReader",
+    "CsvReader",
+    "Hdf5Reader",
+    "ArrayReader",
+    "NoiseCaptureReader",
+    "AudioReader",
+    "ArchiveSet",
+    "ArchiveFailure",
+    "open_archive",
+    "open_many",
+    "auto_offset",
+    "nominal_frequencies",
+]
+
+_TIME_UNITS = {"s": NS_PER_S, "ms": 1_000_000, "us": 1_000, "ns": 1}
+_TIME_NAMES = ("timestamp", "time", "datetime", "date_time", "utc", "time_utc", "t")
+
+# Nominal (IEC 61260 / ISO 266 R10) mantissas of base-10 third-octave centres
+# 10^(i/10) kHz: the names NoiseCapture gives its bands (leq_100 ... leq_16000).
+_R10 = (1.0, 1.25, 1.6, 2.0, 2.5, 3.15, 4.0, 5.0, 6.3, 8.0)
+
+
+def nominal_frequencies(spec: BandSpec) -> list[float]:
+    """Nominal centre frequencies in Hz of a spec's bands (100, 125, 160, ...)."""
+    return [_R10[i % 10] * 10.0 ** (3 + i // 10) for i in spec.band_indices.tolist()]
+
+
+# ----------------------------------------------------------------------- base class
+class BlockReader:
+    """Blocks of one source file. Iterate it (each iteration re-reads the file).
+
+    Attributes: ``path``, ``source`` (the id in block keys and outputs: the resolved
+    path unless given), ``sensor``, ``band_spec``, ``options`` (:class:`BlockOptions`),
+    ``stats`` (:class:`ReadStats` of the last iteration) and ``level_reference``
+    (computed on first use; ``"auto"`` reads the file once for it).
+    """
+
+    format: ClassVar[str] = ""
+
+    def __init__(self, path: str | os.PathLike, *, spec: str | BandSpec, sensor: str | None,
+                 source: str | None, options: dict[str, Any]):
+        self.path = str(path)
+        self.band_spec = get_band_spec(spec)
+        self.options = BlockOptions.from_kwargs(options, where=f"{self.path}: ")
+        self.source = str(source) if source is not None else str(Path(self.path).resolve())
+        self.sensor = str(sensor) if sensor is not None else Path(self.path).stem
+        self.stats = ReadStats()
+        self._reference: LevelReference | None = None
+        self._pos: str | None = None  # where the reader is, for error messages
+
+    # -------------------------------------------------------- to implement
+    def _events(self) -> Iterator[tuple]:
+        """Yield ``("rows", levels (n, bands), row0, times_ns | None)`` in file order and,
+        for untimed sources, ``("segment", start_ns, clip)`` before each clip."""
+        raise NotImplementedError
+
+    def duration_hint(self) -> float | None:
+        """Seconds of data in the file, when cheap to know (for progress bars)."""
+        return None
+
+    def _extra(self) -> dict[str, Any]:
+        return {}
+
+    # ------------------------------------------------------------- common
+    def describe(self) -> dict[str, Any]:
+        """What was read and how: JSON-able, for output metadata."""
+        return {"format": self.format, "source": self.source, "sensor": self.sensor,
+                "band_spec": self.band_spec.name, "options": self.options.to_dict(), **self._extra()}
+
+    def _fail(self, problem: str, position: str | None = None) -> ArchiveError:
+        return ArchiveError(self.path, position if position is not None else self._pos, problem)
+
+    def _guard(self, events: Iterator[tuple]) -> Iterator[tuple]:
+        """Re-raise any library error (corrupt file, I/O...) as an ArchiveError with the position."""
+        try:
+            yield from events
+        except ArchiveError:
+            raise
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - libraries raise many types on corrupt files
+            raise self._fail(f"cannot read ({type(exc).__name__}: {exc})") from exc
+
+    @property
+    def level_reference(self) -> LevelReference:
+        if self._reference is None:
+            self._reference = make_reference(self.options, self._measure(), where=f"{self.path}: ")
+        return self._reference
+
+    def _measure(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(levels, seconds since the source start) batches for the ``"auto"`` reference."""
+        window = self.options.auto_window_s
+        t0: int | None = None
+        done = 0  # rows of untimed sources so far
+        period = self.band_spec.frame_period
+        for ev in self._guard(self._events()):
+            if ev[0] != "rows":
+                continue
+            levels, _, times = ev[1], ev[2], ev[3]
+            if times is None:
+                t_s = (done + np.arange(len(levels))) * period
+                done += len(levels)
+            else:
+                if t0 is None and len(times):
+                    t0 = int(times[0])
+                t_s = (np.asarray(times, dtype=np.int64) - (t0 or 0)) / NS_PER_S
+            yield levels, t_s
+            if window is not None and len(t_s) and t_s.min() >= window:
+                break
+
+    def __iter__(self) -> Iterator[Block]:
+        ref = self.level_reference
+        self.stats = ReadStats()
+        framer = _Framer(path=self.path, source=self.source, sensor=self.sensor, spec=self.band_spec,
+                         opts=self.options, reference=ref, stats=self.stats)
+        for ev in self._guard(self._events()):
+            if ev[0] == "segment":
+                yield from framer.new_segment(ev[1], ev[2])
+            else:
+                yield from framer.push(ev[1], ev[2], ev[3])
+        yield from framer.finish()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r}, spec={self.band_spec.name!r}, sensor={self.sensor!r})"
+
+
+def _check_bands(reader: BlockReader, found: int, what: str) -> None:
+    if found != reader.band_spec.n_bands:
+        raise reader._fail(
+            f"{what} has {found} bands but the band spec {reader.band_spec.name!r} has "
+            f"{reader.band_spec.n_bands}; pass spec= (and the column names) that match the data"
+        )
+
+
+# ------------------------------------------------------------------- tabular (arrow)
+def _times_to_ns(reader: BlockReader, col: Any, time_unit: str | None, row0: int) -> np.ndarray:
+    """An arrow time column -> int64 ns since the epoch (UTC); nulls are an error."""
+    import pyarrow as pa
+
+    if col.null_count:
+        k = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise reader._fail("missing time stamp", f"row {row0 + k}")
+    t = col.type
+    if pa.types.is_timestamp(t):
+        return col.cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64) * _TIME_UNITS[t.unit]
+    if pa.types.is_date(t):
+        return col.cast(pa.timestamp("ns")).cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64)
+    if pa.types.is_integer(t) or pa.types.is_floating(t):
+        if time_unit is None:
+            raise reader._fail(f"the time column is numeric ({t}): pass time_unit= one of {sorted(_TIME_UNITS)} "
+                               "(since the Unix epoch, UTC)")
+        v = col.to_numpy(zero_copy_only=False)
+        if pa.types.is_integer(t):
+            return v.astype(np.int64) * _TIME_UNITS[time_unit]
+        return np.rint(v.astype(np.float64) * _TIME_UNITS[time_unit]).astype(np.int64)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        try:
+            ts = col.cast(pa.timestamp("ns", tz="UTC"))
+        except pa.ArrowInvalid:  # no zone offset: taken as UTC
+            try:
+                ts = col.cast(pa.timestamp("ns"))
+            except pa.ArrowInvalid as exc:
+                raise reader._fail(f"cannot parse the time column as ISO 8601: {exc}", f"rows {row0}..") from None
+        return ts.cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64)
+    raise reader._fail(f"unsupported time column type {t}")
+
+
+def _is_numeric(t: Any) -> bool:
+    import pyarrow as pa
+
+    return (pa.types.is_integer(t) or pa.types.is_floating(t)) and not pa.types.is_boolean(t)
+
+
+def _is_list(t: Any) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+class _TabularReader(BlockReader):
+    """Shared column logic of the Parquet and CSV readers."""
+
+    def _resolve_columns(self, schema: Any, time_column: str | None, band_columns: Sequence[str] | None,
+                         levels_column: str | None) -> None:
+        import pyarrow as pa
+
+        names = list(schema.names)
+        if time_column is None:
+            ts = [f.name for f in schema if pa.types.is_timestamp(f.type)]
+            lower = {n.lower(): n for n in names}
+            named = [lower[n] for n in _TIME_NAMES if n in lower]
+            time_column = ts[0] if ts else (named[0] if named else None)
+            if time_column is None:
+                raise self._fail(f"no time column found among {names}; pass time_column=")
+        elif time_column not in names:
+            raise self._fail(f"time column {time_column!r} not found; columns are {names}")
+        self.time_column = time_column
+        others = [f for f in schema if f.name != time_column]
+        if levels_column is None and band_columns is None:
+            lists = [f.name for f in others if _is_list(f.type)]
+            if lists and not any(_is_numeric(f.type) for f in others):
+                levels_column = lists[0]
+        if levels_column is not None:
+            if levels_column not in names:
+                raise self._fail(f"levels column {levels_column!r} not found; columns are {names}")
+            if not _is_list(schema.field(levels_column).type):
+                raise self._fail(f"levels column {levels_column!r} is {schema.field(levels_column).type}, not a list")
+            self.levels_column, self.band_columns = levels_column, None
+            return
+        if band_columns is None:
+            band_columns = [f.name for f in others if _is_numeric(f.type)]
+        else:
+            band_columns = list(band_columns)
+            missing = [c for c in band_columns if c not in names]
+            if missing:
+                raise self._fail(f"band columns {missing} not found; columns are {names}")
+        _check_bands(self, len(band_columns), f"columns {band_columns}")
+        self.levels_column, self.band_columns = None, band_columns
+
+    def _batch_levels(self, batch: Any, row0: int) -> np.ndarray:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        nb = self.band_spec.n_bands
+        n = batch.num_rows
+        if self.levels_column is not None:
+            col = batch.column(self.levels_column)
+            lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+            present = ~col.is_null().to_numpy(zero_copy_only=False)
+            wrong = present & (np.nan_to_num(lengths.astype(np.float64), nan=nb) != nb)
+            if wrong.any():
+                k = int(np.argmax(wrong))
+                raise self._fail(f"the list in column {self.levels_column!r} has {int(lengths[k])} values "
+                                 f"but the band spec {self.band_spec.name!r} has {nb}", f"row {row0 + k}")
+            out = np.full((n, nb), np.nan, dtype=np.float32)
+            if present.any():
+                vals = col.filter(pa.array(present)).flatten().cast(pa.float64()).to_numpy(zero_copy_only=False)
+                out[present] = vals.reshape(-1, nb)
+            return out
+        out = np.empty((n, nb), dtype=np.float32)
+        for j, name in enumerate(self.band_columns):
+            c = batch.column(name)
+            if not _is_numeric(c.type) and not pa.types.is_null(c.type):
+                raise self._fail(f"band column {name!r} is {c.type}, not numeric", f"rows {row0}..{row0 + n - 1}")
+            out[:, j] = c.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        return out
+
+    def _tabular_events(self, batches: Iterable[Any]) -> Iterator[tuple]:
+        row0 = 0
+        for batch in batches:
+            n = batch.num_rows
+            self._pos = f"rows {row0}..{row0 + max(n, 1) - 1}"
+            times = _times_to_ns(self, batch.column(self.time_column), self.time_unit, row0)
+            yield ("rows", self._batch_levels(batch, row0), row0, times)
+            row0 += n
+        self._pos = f"row {row0} (end of data)"
+
+    def _extra(self) -> dict[str, Any]:
+        return {"time_column": self.time_column, "band_columns": self.band_columns,
+                "levels_column": self.levels_column, "time_unit": self.time_unit}
+
+
+class ParquetReader(_TabularReader):
+    """A Parquet file, read by record batches (never whole): one row per frame.
+
+    Columns: a time column (auto: the first timestamp column, else one named
+    ``timestamp``/``time``/...) and either one numeric column per band (auto: every
+    other numeric column, in order) or one list column of band values. Null band
+    values are bad rows (see ``gaps``). One sensor per file.
+    """
+
+    format = "parquet"
+
+    def __init__(self, path: str | os.PathLike, *, spec: str | BandSpec = "cense_fast",
+                 time_column: str | None = None, band_columns: Sequence[str] | None = None,
+                 levels_column: str | None = None, time_unit: str | None = None,
+                 sensor: str | None = None, source: str | None = None, **options: Any):
+        super().__init__(path, spec=spec, sensor=sensor, source=source, options=options)
+        if time_unit is not None and time_unit not in _TIME_UNITS:
+            raise InvalidInputError(f"time_unit must be one of {sorted(_TIME_UNITS)}, got {time_unit!r}")
+        self.time_unit = time_unit
+        pf = self._open()
+        self._num_rows = pf.metadata.num_rows
+        self._resolve_columns(pf.schema_arrow, time_column, band_columns, levels_column)
+
+    def _open(self) -> Any:
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.ParquetFile(self.path)
+        except Exception as exc:  # noqa: BLE001 - ArrowInvalid, OSError...
+            raise self._fail(f"not a readable Parquet file ({type(exc).__name__}: {exc})", "file footer") from exc
+
+    def duration_hint(self) -> float | None:
+        return self._num_rows * self.band_spec.frame_period
+
+    def _events(self) -> Iterator[tuple]:
+        pf = self._open()
+        cols = [self.time_column] + (self.band_columns or [self.levels_column])
+        try:
+            yield from self._tabular_events(pf.iter_batches(batch_size=self.options.batch_rows, columns=cols))
+        finally:
+            pf.close()
+
+
+class CsvReader(_TabularReader):
+    """A CSV file with a header, streamed by blocks (pyarrow.csv): a time column plus
+    one numeric column per band (auto: every other numeric column, in order). Empty,
+    ``NaN`` and ``NA`` cells are bad rows (see ``gaps``)."""
+
+    format = "csv"
+
+    def __init__(self, path: str | os.PathLike, *, spec: str | BandSpec = "cense_fast",
+                 time_column: str | None = None, band_columns: Sequence[str] | None = None,
+                 time_unit: str | None = None, delimiter: str = ",",
+                 sensor: str | None = None, source: str | None = None, **options: Any):
+        super().__init__(path, spec=spec, sensor=sensor, source=source, options=options)
+        if time_unit is not None and time_unit not in _TIME_UNITS:
+            raise InvalidInputError(f"time_unit must be one of {sorted(_TIME_UNITS)}, got {time_unit!r}")
+        self.time_unit, self.delimiter = time_unit, delimiter
+        import pyarrow as pa
+        import pyarrow.csv as pcsv
+
+        try:  # a first look at the header and the types of the first block
+            with pcsv.open_csv(self.path, read_options=self._read_options(),
+                               parse_options=pcsv.ParseOptions(delimiter=delimiter)) as r:
+                schema = r.schema
+        except Exception as exc:  # noqa: BLE001
+            raise self._fail(f"not a readable CSV file ({type(exc).__name__}: {exc})", "header") from exc
+        self._resolve_columns(schema, time_column, band_columns, None)
+        # fix the types so that later blocks parse like the first (ints then floats, seconds then ms)
+        tt = schema.field(self.time_column).type
+        if pa.types.is_timestamp(tt):
+            tt = pa.timestamp("ns", tz=tt.tz)
+        elif _is_numeric(tt):
+            tt = pa.float64() if pa.types.is_floating(tt) else pa.int64()
+        self._types = {self.time_column: tt, **{c: pa.float64() for c in self.band_columns}}
+
+    def _read_options(self) -> Any:
+        import pyarrow.csv as pcsv
+
+        return pcsv.ReadOptions(block_size=max(1 << 16, self.options.batch_rows * 256))
+
+    def _events(self) -> Iterator[tuple]:
+        import pyarrow.csv as pcsv
+
+        conv = pcsv.ConvertOptions(column_types=self._types, include_columns=[self.time_column] + self.band_columns,
+                                   strings_can_be_null=True)
+        with pcsv.open_csv(self.path, read_options=self._read_options(),
+                           parse_options=pcsv.ParseOptions(delimiter=self.delimiter), convert_options=conv) as r:
+            yield from self._tabular_events(r)
+
+    def duration_hint(self) -> float | None:
+        return None
+
+
+# ------------------------------------------------------------------------ arrays
+class _ClipReader(BlockReader):
+    """Arrays of (clips, frames, bands): clip ``c`` is a segment starting at
+    ``clip_starts[c]``, else ``start + c * frames * frame_period`` (contiguous clips)."""
+
+    def _setup_clips(self, shape: tuple[int, ...], start: Any, clip_starts: Sequence[Any] | None,
+                     what: str) -> None:
+        if len(shape) == 2:
+            shape = (1, *shape)
+            self._squeeze = True
+        else:
+            self._squeeze = False
+        if len(shape) != 3:
+            raise self._fail(f"{what} has shape {shape}; expected (clips, frames, bands) or (frames, bands)")
+        _check_bands(self, int(shape[2]), f"{what} (shape {shape})")
+        self.n_clips, self.n_frames = int(shape[0]), int(shape[1])
+        self.start_known = start is not None or clip_starts is not None
+        base = to_datetime64(start) if start is not None else np.datetime64(0, "ns")
+        step = round(self.n_frames * self.band_spec.frame_period * NS_PER_S)
+        if clip_starts is not None:
+            if len(clip_starts) != self.n_clips:
+                raise InvalidInputError(f"clip_starts has {len(clip_starts)} times for {self.n_clips} clips")
+            self.clip_starts = [int(to_datetime64(c, "clip_starts").astype(np.int64)) for c in clip_starts]
+        else:
+            b = int(base.astype(np.int64))
+            self.clip_starts = [b + c * step for c in range(self.n_clips)]
+
+    def duration_hint(self) -> float | None:
+        return self.n_clips * self.n_frames * self.band_spec.frame_period
+
+    def _clip_events(self, read: Any) -> Iterator[tuple]:
+        """``read(c, a, b)`` returns frames a..b of clip c as (b - a, bands)."""
+        step = self.options.batch_rows
+        for c in range(self.n_clips):
+            yield ("segment", self.clip_starts[c], None if self._squeeze else c)
+            for a in range(0, self.n_frames, step):
+                b = min(self.n_frames, a + step)
+                self._pos = (f"clip {c}, " if not self._squeeze else "") + f"frames {a}..{b - 1}"
+                yield ("rows", np.asarray(read(c, a, b), dtype=np.float32), a, None)
+
+    def _extra(self) -> dict[str, Any]:
+        return {"start_known": self.start_known, "clips": self.n_clips, "frames_per_clip": self.n_frames}
+
+
+class Hdf5Reader(_ClipReader):
+    """HDF5 in the fast-to-ears layout: dataset ``fast_125ms`` of shape (clips, frames, bands)
+    (or (frames, bands)) in dB, read by slices (h5py), never loaded whole.
+
+    Times: ``clip_starts``, else ``start`` (or a ``start`` attribute of the dataset or
+    the file: ISO 8601 or epoch seconds) plus contiguous clips, else the epoch.
+    """
+
+    format = "hdf5"
+
+    def __init__(self, path: str | os.PathLike, *, spec: str | BandSpec = "cense_fast",
+                 dataset: str = "fast_125ms", start: Any = None, clip_starts: Sequence[Any] | None = None,
+                 sensor: str | None = None, source: str | None = None, **options: Any):
+        super().__init__(path, spec=spec, sensor=sensor, source=source, options=options)
+        self.dataset = dataset
+        with self._open() as f:
+            if dataset not in f:
+                raise self._fail(f"no dataset {dataset!r} (found: {sorted(f.keys())}); pass dataset=")
+            ds = f[dataset]
+            if start is None:
+                for holder in (ds, f):
+                    if "start" in holder.attrs:
+                        a = holder.attrs["start"]
+                        start = a.item() if isinstance(a, np.ndarray) else a
+                        break
+            self._setup_clips(tuple(ds.shape), start, clip_starts, f"dataset {dataset!r}")
+
+    def _open(self) -> Any:
+        import h5py
+
+        try:
+            return h5py.File(self.path, "r")
+        except Exception as exc:  # noqa: BLE001 - OSError on truncated/corrupt files
+            raise self._fail(f"not a readable HDF5 file ({type(exc).__name__}: {exc})", "file header") from exc
+
+    def _events(self) -> Iterator[tuple]:
+        with self._open() as f:
+            ds = f[self.dataset]
+            if self._squeeze:
+                yield from self._clip_events(lambda c, a, b: ds[a:b])
+            else:
+                yield from self._clip_events(lambda c, a, b: ds[c, a:b])
+
+    def _extra(self) -> dict[str, Any]:
+        return {**super()._extra(), "dataset": self.dataset}
+
+
+class ArrayReader(_ClipReader):
+    """NPY (memory-mapped), an NPZ member (streamed from the zip, never loaded whole
+    unless Fortran-ordered) or an in-memory array: (clips, frames, bands) or (frames, bands).
+
+    ``key`` names the NPZ member (default: the only one, else ``levels`` or ``fast_125ms``).
+    Times as for :class:`Hdf5Reader` (``start`` / ``clip_starts``, else the epoch).
+    """
+
+    format = "npy"
+
+    def __init__(self, path_or_array: str | os.PathLike | np.ndarray, *, spec: str | BandSpec = "cense_fast",
+                 key: str | None = None, start: Any = None, clip_starts: Sequence[Any] | None = None,
+                 sensor: str | None = None, source: str | None = None, **options: Any):
+        if isinstance(path_or_array, np.ndarray):
+            self._array: np.ndarray | None = path_or_array
+            path = "<array>"
+            if source is None:
+                source = "array"
+            sensor = "array" if sensor is None else sensor
+        else:
+            self._array = None
+            path = path_or_array
+        super().__init__(path, spec=spec, sensor=sensor, source=source, options=options)
+        self.key = key
+        self._npz = self._array is None and self.path.lower().endswith(".npz")
+        if self._array is not None:
+            if self._array.dtype.kind not in "fiu":
+                raise InvalidInputError(f"levels must be real numbers, got dtype {self._array.dtype}")
+            shape = self._array.shape
+        elif self._npz:
+            with self._open_member() as (fh, shape, dtype, fortran):
+                pass
+        else:
+            shape = self._mmap().shape
+        self._setup_clips(tuple(shape), start, clip_starts, "array" if self._array is not None else
+                          (f"member {self.key!r}" if self._npz else "array"))
+
+    def _mmap(self) -> np.ndarray:
+        try:
+            a = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001 - truncated: "mmap length is greater than file size"
+            raise self._fail(f"not a readable .npy file ({type(exc).__name__}: {exc})", "file header") from exc
+        if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiu":
+            raise self._fail(f"expected an array of real dB levels, got dtype {getattr(a, 'dtype', type(a))}")
+        return a
+
+    class _Member:
+        def __init__(self, reader: "ArrayReader"):
+            self.reader = reader
+
+        def __enter__(self) -> tuple[Any, tuple[int, ...], np.dtype, bool]:
+            r = self.reader
+            try:
+                self.zf = zipfile.ZipFile(r.path)
+                names = [n[:-4] for n in self.zf.namelist() if n.endswith(".npy")]
+            except Exception as exc:  # noqa: BLE001
+                raise r._fail(f"not a readable .npz file ({type(exc).__name__}: {exc})", "zip directory") from exc
+            if r.key is None:
+                pick = names if len(names) == 1 else [n for n in ("levels", "fast_125ms") if n in names]
+                if not pick:
+                    self.zf.close()
+                    raise r._fail(f"several arrays {names}: pass key= to choose one")
+                r.key = pick[0]
+            elif r.key not in names:
+                self.zf.close()
+                raise r._fail(f"no array {r.key!r} in the archive (found {names})")
+            try:
+                self.fh = self.zf.open(r.key + ".npy")
+                version = np.lib.format.read_magic(self.fh)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(self.fh)
+                elif version == (2, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(self.fh)
+                else:  # format 3.0 (utf-8 field names): numpy has no public reader for its header
+                    shape, fortran, dtype = np.lib.format._read_array_header(self.fh, version)  # noqa: SLF001
+            except Exception as exc:  # noqa: BLE001
+                self.zf.close()
+                raise r._fail(f"member {r.key!r} is not a valid .npy ({type(exc).__name__}: {exc})",
+                              "array header") from exc
+            if dtype.kind not in "fiu" or dtype.hasobject:
+                self.zf.close()
+                raise r._fail(f"member {r.key!r} has dtype {dtype}; expected real dB levels")
+            return self.fh, shape, dtype, fortran
+
+        def __exit__(self, *exc: Any) -> None:
+            self.zf.close()
+
+    def _open_member(self) -> "ArrayReader._Member":
+        return ArrayReader._Member(self)
+
+    def _events(self) -> Iterator[tuple]:
+        if self._array is not None:
+            a = self._array if not self._squeeze else self._array[None]
+            yield from self._clip_events(lambda c, i, j: a[c, i:j])
+        elif not self._npz:
+            a = self._mmap()
+            a = a if not self._squeeze else a[None]
+            yield from self._clip_events(lambda c, i, j: a[c, i:j])
+        else:
+            with self._open_member() as (fh, shape, dtype, fortran):
+                if fortran:  # rows are not contiguous in the stream: load this member whole
+                    a = np.lib.format.read_array(fh, allow_pickle=False).reshape(self.n_clips, self.n_frames, -1)
+                    yield from self._clip_events(lambda c, i, j: a[c, i:j])
+                    return
+                nb = self.band_spec.n_bands
+                row_bytes = nb * dtype.itemsize
+                state = {"next": (0, 0)}
+
+                def read(c: int, i: int, j: int) -> np.ndarray:
+                    # sequential stream: clips and frames are asked for in order
+                    assert state["next"] == (c, i)
+                    want = (j - i) * row_bytes
+                    buf = fh.read(want)
+                    if len(buf) != want:
+                        raise self._fail(f"member {self.key!r} is truncated ({len(buf)} of {want} bytes)")
+                    state["next"] = (c, j) if j < self.n_frames else (c + 1, 0)
+                    return np.frombuffer(buf, dtype=dtype).reshape(j - i, nb)
+
+                yield from self._clip_events(read)
+
+    def _extra(self) -> dict[str, Any]:
+        return {**super()._extra(), "key": self.key}
+
+
+# ----------------------------------------------------------------- NoiseCapture
+def _parse_properties(text: str) -> dict[str, str]:
+    """Java ``.properties``: ``key=value`` or ``key: value`` lines, ``#``/``!`` comments,
+    backslash escapes (``\\:``, ``\\=``, ``\\uXXXX``) and continuation lines."""
+    out: dict[str, str] = {}
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].lstrip()
+        i += 1
+        if not line or line[0] in "#!":
+            continue
+        while line.endswith("\\") and not line.endswith("\\\\") and i < len(lines):
+            line = line[:-1] + lines[i].lstrip()
+            i += 1
+        key, value, j, esc = [], None, 0, False
+        chars: list[str] = key
+        while j < len(line):
+            ch = line[j]
+            j += 1
+            if esc:
+                if ch == "u" and j + 4 <= len(line):
+                    chars.append(chr(int(line[j:j + 4], 16)))
+                    j += 4
+                else:
+                    chars.append({"t": "\t", "n": "\n", "r": "\r", "f": "\f"}.get(ch, ch))
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif value is None and ch in "=: \t":
+                value = []
+                chars = value
+                while j < len(line) and line[j] in " \t":
+                    j += 1
+                if ch in " \t" and j < len(line) and line[j] in "=:":
+                    j += 1
+                    while j < len(line) and line[j] in " \t":
+                        j += 1
+            else:
+                chars.append(ch)
+        out["".join(key)] = "".join(value or [])
+    return out
+
+
+class NoiseCaptureReader(BlockReader):
+    """A NoiseCapture app export (zip): ``meta.properties`` plus ``track.geojson``.
+
+    The GeoJSON FeatureCollection holds one feature per second; its properties hold
+    ``leq_utc`` (ms since the epoch, taken as the frame's start) and the 23 band levels
+    ``leq_100`` ... ``leq_16000`` (calibrated dB as measured by the phone, the band
+    spec ``noisecapture``). The track (one recording) is read whole; it is small.
+    ``sensor`` defaults to the export's anonymous ``uuid``. ``properties`` holds the
+    metadata (device, ``gain_calibration``, ``record_utc``...).
+    """
+
+    format = "noisecapture"
+    META, TRACK = "meta.properties", "track.geojson"
+    _NON_BANDS = ("leq_mean", "leq_utc", "leq_id")
+
+    def __init__(self, path: str | os.PathLike, *, spec: str | BandSpec = "noisecapture",
+                 sensor: str | None = None, source: str | None = None, **options: Any):
+        super().__init__(path, spec=spec, sensor=sensor, source=source, options=options)
+        self.band_keys = [f"leq_{f:g}" for f in nominal_frequencies(self.band_spec)]
+        self.properties, self._features = self._load()
+        if sensor is None and self.properties.get("uuid"):
+            self.sensor = self.properties["uuid"]
+
+    def _load(self) -> tuple[dict[str, str], list]:
+        try:
+            with zipfile.ZipFile(self.path) as zf:
+                names = zf.namelist()
+                missing = [m for m in (self.META, self.TRACK) if m not in names]
+                if missing:
+                    raise self._fail(f"not a NoiseCapture export: {missing} missing (found {names})", "zip directory")
+                self._pos = self.META
+                props = _parse_properties(zf.read(self.META).decode("utf-8", errors="replace"))
+                self._pos = self.TRACK
+                doc = json.loads(zf.read(self.TRACK).decode("utf-8"))
+        except ArchiveError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - BadZipFile, CRC error, JSONDecodeError...
+            raise self._fail(f"unreadable NoiseCapture export ({type(exc).__name__}: {exc})") from exc
+        if not isinstance(doc, dict) or doc.get("type") != "FeatureCollection" or not isinstance(
+                doc.get("features"), list):
+            raise self._fail("track.geojson is not a GeoJSON FeatureCollection", self.TRACK)
+        return props, doc["features"]
+
+    def duration_hint(self) -> float | None:
+        return len(self._features) * self.band_spec.frame_period
+
+    def _events(self) -> Iterator[tuple]:
+        feats = self._features
+        nb = self.band_spec.n_bands
+        known = set(self.band_keys)
+        step = self.options.batch_rows
+        for a in range(0, len(feats), step):
+            chunk = feats[a:a + step]
+            levels = np.full((len(chunk), nb), np.nan, dtype=np.float32)
+            times = np.empty(len(chunk), dtype=np.int64)
+            for k, feat in enumerate(chunk):
+                where = f"{self.TRACK} feature {a + k}"
+                props = feat.get("properties") if isinstance(feat, dict) else None
+                if not isinstance(props, dict):
+                    raise self._fail("feature without properties", where)
+                utc = props.get("leq_utc")
+                if isinstance(utc, bool) or not isinstance(utc, (int, float)):
+                    raise self._fail(f"leq_utc missing or not a number ({utc!r})", where)
+                times[k] = int(round(utc * 1_000_000))
+                bands = [key for key in props if key.startswith("leq_") and key not in self._NON_BANDS]
+                extra = [key for key in bands if key not in known]
+                missing = [key for key in self.band_keys if key not in props]
+                if extra or missing:
+                    raise self._fail(
+                        f"{len(bands)} band levels where the band spec {self.band_spec.name!r} has {nb}"
+                        + (f"; unexpected {extra}" if extra else "") + (f"; missing {missing}" if missing else ""),
+                        where)
+                for j, key in enumerate(self.band_keys):
+                    v = props[key]
+                    if v is not None:
+                        if isinstance(v, bool) or not isinstance(v, (int, float)):
+                            raise self._fail(f"{key} is not a number ({v!r})", where)
+                        levels[k, j] = v
+            self._pos = f"{self.TRACK} features {a}..{a + len(chunk) - 1}"
+            yield ("rows", levels, a, times)
+
+    def _extra(self) -> dict[str, Any]:
+        keep = ("version_name", "version_number", "record_utc", "time_length", "gain_calibration",
+                "device_manufacturer", "device_model")
+        return {"noisecapture": {k: self.properties[k] for k in keep if k in self.properties}}
+
+
+# ------------------------------------------------------------------------ audio
+class AudioReader(BlockReader):
+    """An audio file (wav, flac, ... via soundfile) analysed on the fly with
+    :func:`spectral_transcoder.analysis.third_octave`, streamed with bounded memory.
+
+    The file is read in pieces of ``read_seconds``, mixed to mono (mean of the
+    channels, as ``librosa.load``) or ``channel`` picked, resampled to the spec's rate
+    with a streaming soxr resampler (the same "HQ" filter as the whole-file path,
+    whose output it equals sample for sample), and cut into frames on the spec's grid
+    from the first sample; the last frame is zero-padded as in the whole-file
+    analysis. The levels therefore equal ``third_octave`` of the whole file.
+    Levels are dB re full scale (plus the spec's ``db_offset``).
+    """
+
+    format = "audio"
+
+    def __init__(self, path: str | os.PathLike, *, spec: str | BandSpec = "cense_fast",
+                 channel: int | None = None, start: Any = None, read_seconds: float = 10.0,
+                 n_threads: int = 0, sensor: str | None = None, source: str | None = None, **options: Any):
+        super().__init__(path, spec=spec, sensor=sensor, source=source, options=options)
+        import soundfile as sf
+
+        try:
+            info = sf.info(self.path)
+        except Exception as exc:  # noqa: BLE001 - LibsndfileError / RuntimeError
+            raise self._fail(f"not a readable audio file ({type(exc).__name__}: {exc})", "file header") from exc
+        self.sample_rate, self.channels, self.n_samples = int(info.samplerate), int(info.channels), int(info.frames)
+        if self.n_samples <= 0:
+            raise self._fail("the file holds no samples", "file header")
+        if channel is not None and not (isinstance(channel, int) and 0 <= channel < self.channels):
+            raise InvalidInputError(f"channel must be None (mix to mono) or 0..{self.channels - 1}, got {channel!r}")
+        if not (isinstance(read_seconds, (int, float)) and read_seconds > 0):
+            raise InvalidInputError(f"read_seconds must be > 0, got {read_seconds!r}")
+        self.channel, self.read_seconds, self.n_threads = channel, float(read_seconds), n_threads
+        self.start_known = start is not None
+        self.start = to_datetime64(start) if start is not None else np.datetime64(0, "ns")
+
+    def duration_hint(self) -> float | None:
+        return self.n_samples / self.sample_rate
+
+    def _events(self) -> Iterator[tuple]:
+        import soundfile as sf
+        import soxr
+
+        from ..analysis import third_octave
+
+        spec = self.band_spec
+        L, H, sr_out = spec.frame_length, spec.hop_length, spec.sample_rate
+
+        def analyse(x: np.ndarray, k: int) -> np.ndarray:
+            lv = third_octave(np.ascontiguousarray(x, dtype=np.float32), sr_out, spec=spec,
+                              n_threads=self.n_threads)
+            assert lv.shape[0] == k, (lv.shape, k)
+            return lv
+
+        yield ("segment", int(self.start.astype(np.int64)), None)
+        rs = None if self.sample_rate == sr_out else soxr.ResampleStream(
+            self.sample_rate, sr_out, 1, dtype="float32", quality="HQ")
+        buf = np.zeros(0, dtype=np.float32)
+        emitted = 0  # frames emitted
+        total = 0  # samples at sr_out so far
+        read_n = max(1, int(self.read_seconds * self.sample_rate))
+        pos_in = 0
+        with sf.SoundFile(self.path) as f:
+            while True:
+                self._pos = f"samples {pos_in}..{pos_in + read_n - 1}"
+                x = f.read(read_n, dtype="float32", always_2d=True)
+                last = x.shape[0] < read_n or pos_in + x.shape[0] >= self.n_samples
+                pos_in += x.shape[0]
+                mono = x.mean(axis=1) if self.channel is None else x[:, self.channel]
+                y = mono if rs is None else rs.resample_chunk(np.ascontiguousarray(mono, dtype=np.float32), last=last)
+                total += len(y)
+                buf = np.concatenate([buf, y]) if buf.size else np.asarray(y, dtype=np.float32)
+                if len(buf) >= L:
+                    k = (len(buf) - L) // H + 1
+                    if not last:
+                        yield ("rows", analyse(buf[:(k - 1) * H + L], k), emitted, None)
+                        emitted += k
+                        buf = buf[k * H:]
+                if last:
+                    break
+        if pos_in != self.n_samples:
+            raise self._fail(f"the file ends after {pos_in} of {self.n_samples} samples (truncated?)",
+                             f"sample {pos_in}")
+        n_total = spec.n_frames(total)
+        rest = n_total - emitted
+        if rest > 0:
+            need = (rest - 1) * H + L
+            tail = np.zeros(need, dtype=np.float32)
+            tail[:min(need, len(buf))] = buf[:need]
+            self._pos = f"frames {emitted}..{n_total - 1} (end)"
+            yield ("rows", analyse(tail, rest), emitted, None)
+
+    def _extra(self) -> dict[str, Any]:
+        return {"start_known": self.start_known, "sample_rate": self.sample_rate, "channels": self.channels,
+                "channel": self.channel}
+
+
+# ---------------------------------------------------------------------- dispatch
+_READERS: dict[str, type[BlockReader]] = {
+    ".parquet": ParquetReader, ".pq": ParquetReader, ".csv": CsvReader,
+    ".h5": Hdf5Reader, ".hdf5": Hdf5Reader, ".hdf": Hdf5Reader,
+    ".npy": ArrayReader, ".npz": ArrayReader, ".zip": NoiseCaptureReader,
+    ".wav": AudioReader, ".flac": AudioReader, ".ogg": AudioReader, ".oga": AudioReader,
+    ".aif": AudioReader, ".aiff": AudioReader, ".mp3": AudioReader,
+}
+_FORMATS = {"parquet": ParquetReader, "csv": CsvReader, "hdf5": Hdf5Reader, "npy": ArrayReader,
+            "noisecapture": NoiseCaptureReader, "audio": AudioReader}
+
+
+def open_archive(path: str | os.PathLike, *, format: str | None = None, **options: Any) -> BlockReader:
+    """Open one archive file; the reader is chosen from the extension (or ``format``:
+    one of ``parquet``, ``csv``, ``hdf5``, ``npy``, ``noisecapture``, ``audio``).
+
+    ``options`` go to the reader: its own arguments (see each class) and the
+    :class:`BlockOptions` fields. Iterate the result for :class:`Block` objects.
+    """
+    if format is not None:
+        if format not in _FORMATS:
+            raise InvalidInputError(f"format must be one of {sorted(_FORMATS)}, got {format!r}")
+        cls = _FORMATS[format]
+    else:
+        ext = Path(str(path)).suffix.lower()
+        if ext not in _READERS:
+            raise ArchiveError(str(path), None, f"unknown archive extension {ext!r}; known: "
+                               f"{sorted(_READERS)} (or pass format=)")
+        cls = _READERS[ext]
+    if not os.path.exists(path):
+        raise ArchiveError(str(path), None, "no such file")
+    return cls(path, **options)
+
+
+@dataclass(frozen=True)
+class ArchiveFailure:
+    """A file that failed: where and why, and how many of its blocks were read before."""
+
+    path: str
+    position: str | None
+    message: str
+    blocks_read: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "position": self.position, "message": self.message,
+                "blocks_read": self.blocks_read}
+
+
+class ArchiveSet:
+    """Blocks of many files, one file open at a time. A file that fails (unreadable,
+    corrupt, truncated, or breaking a rule) is recorded in :attr:`errors` and the
+    others go on; the blocks it gave before failing stay given. Paths are read in
+    the given order, duplicates removed."""
+
+    def __init__(self, paths: Iterable[str | os.PathLike], **options: Any):
+        seen: dict[str, None] = {}
+        for p in paths:
+            seen.setdefault(str(p), None)
+        self.paths = list(seen)
+        self.options = options
+        common = {k: v for k, v in options.items() if k in BlockOptions.__dataclass_fields__}
+        self.block_options = BlockOptions(**common)  # bad option values fail here, once
+        self.errors: list[ArchiveFailure] = []
+        self.stats: dict[str, ReadStats] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def duration_hint(self) -> float | None:
+        total = 0.0
+        for p in self.paths:
+            try:
+                h = open_archive(p, **self.options).duration_hint()
+            except ArchiveError:
+                continue
+            if h is None:
+                return None
+            total += h
+        return total
+
+    def describe(self) -> dict[str, Any]:
+        return {"format": "many", "files": len(self.paths),
+                "options": {k: v for k, v in self.options.items() if k not in ("sensor", "source")},
+                "block_options": self.block_options.to_dict()}
+
+    def __iter__(self) -> Iterator[Block]:
+        self.errors = []
+        for p in self.paths:
+            n = 0
+            try:
+                reader = open_archive(p, **self.options)
+                for block in reader:
+                    n += 1
+                    yield block
+                self.stats[reader.source] = reader.stats
+            except ArchiveError as exc:
+                self.errors.append(ArchiveFailure(p, exc.position, exc.problem, n))
+
+
+def open_many(paths: Iterable[str | os.PathLike], **options: Any) -> ArchiveSet:
+    """Blocks of many archive files (see :class:`ArchiveSet`); failures are collected
+    in ``.errors`` instead of stopping the run. ``options`` as for :func:`open_archive`."""
+    return ArchiveSet(paths, **options)
+
+
+def auto_offset(path: str | os.PathLike, **options: Any) -> LevelReference:
+    """Measure the ``reference="auto"`` offset of one file (e.g. to apply it to a whole
+    sensor's archive with ``reference="SPL", spl_offset=-ref.offset_db``)."""
+    options = {**options, "reference": "auto"}
+    options.pop("spl_offset", None)
+    return open_archive(path, **options).level_reference

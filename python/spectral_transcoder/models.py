@@ -1,0 +1,729 @@
+"""Model inference with ONNX Runtime: transcoders, classifiers and end-to-end classification.
+
+- :class:`Transcoder`: third-octave levels ``(..., frames, n_bands)`` dB -> the PINV
+  (C++) -> optionally a residual CNN (ONNX) -> Mel ``(..., frames, n_mels)`` in the
+  output :class:`~spectral_transcoder.specs.MelSpec`'s units.
+- :class:`Classifier`: Mel ``(..., frames, n_mels)`` -> sigmoid probabilities
+  ``(..., n_classes)``.
+- :func:`classify`: both, per 1-s chunk, with 10-s means (the paper's protocol).
+
+Model files are ONNX with ``st.*`` metadata (:mod:`spectral_transcoder.metadata`);
+short names resolve through :mod:`spectral_transcoder.registry`. This module never
+imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from . import registry
+from ._validation import as_float32_levels, check_finite
+from .errors import InputTypeError, InvalidInputError, ModelError, SpecMismatchError
+from .metadata import Label, ModelMetadata
+from .specs import BandSpec, MelSpec, get_band_spec, get_mel_spec
+
+__all__ = [
+    "Transcoder",
+    "Classifier",
+    "ClassificationResult",
+    "classify",
+    "physical_cores",
+    "session_options",
+    "default_providers",
+]
+
+Layout = Literal["stitched", "chunks", "concat"]
+Partial = Literal["error", "drop", "pad"]
+
+#: Seconds per group for the aggregated predictions (the paper's 10-s protocol).
+GROUP_SECONDS = 10.0
+
+
+# ------------------------------------------------------------------ ONNX Runtime
+def physical_cores() -> int:
+    """Physical CPU cores this process may use (hyper-threads not counted).
+
+    ONNX Runtime's intra-op pool runs best at one thread per physical core; the
+    count is capped by the process's CPU affinity (containers, taskset).
+    """
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    cores: set[tuple[str, str]] = set()
+    try:
+        phys = ""
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "physical id":
+                    phys = value.strip()
+                elif key == "core id":
+                    cores.add((phys, value.strip()))
+    except OSError:
+        pass
+    n = len(cores) if cores else (os.cpu_count() or 1)
+    return max(1, min(n, usable))
+
+
+def _check_n_threads(n_threads: object) -> int:
+    if n_threads is None:
+        return physical_cores()
+    if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 0:
+        raise InvalidInputError(f"n_threads must be None or an integer >= 0 (0 = physical cores), got {n_threads!r}")
+    return n_threads or physical_cores()
+
+
+def _check_batch_size(batch_size: object) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return batch_size
+
+
+def session_options(n_threads: int | None = None) -> Any:
+    """ONNX Runtime session options, set on purpose.
+
+    ``intra_op_num_threads`` = ``n_threads`` (None or 0: physical cores), one
+    inter-op thread and sequential execution (the graphs are chains: parallel
+    branches would only oversubscribe the cores), full graph optimisation.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = _check_n_threads(n_threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3  # errors only: ORT's warnings are not actionable for users
+    return so
+
+
+def default_providers() -> list[str]:
+    """CUDA first when this onnxruntime build has it, then the CPU (always present)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available] or ["CPUExecutionProvider"]
+
+
+@dataclass(frozen=True)
+class _ModelFile:
+    """An opened ONNX model file: its session, parsed metadata and checksum."""
+
+    path: Path
+    sha256: str
+    session: Any
+    metadata: ModelMetadata
+    input_name: str
+    input_shape: tuple  # ints for static dims, str / None for dynamic ones
+    output_name: str
+
+
+def read_metadata(path: str | os.PathLike) -> tuple[ModelMetadata, str]:
+    """Metadata and sha256 of a model file, without optimising its graph."""
+    f = _open_model(path, n_threads=1, providers=["CPUExecutionProvider"], optimize=False)
+    return f.metadata, f.sha256
+
+
+def _open_model(
+    path: str | os.PathLike,
+    *,
+    n_threads: int | None,
+    providers: Sequence[str] | None,
+    expected_sha256: str | None = None,
+    kind: str | None = None,
+    optimize: bool = True,
+    how_to_get: str | None = None,
+) -> _ModelFile:
+    import onnxruntime as ort
+
+    p = Path(path)
+    if not p.is_file():
+        hint = how_to_get or (
+            "Convert a checkpoint with `python -m training convert KIND SOURCE -o MODEL.onnx`, then "
+            "`spectral-transcoder models import MODEL.onnx`; `spectral-transcoder models list` shows what is known."
+        )
+        raise ModelError(f"model file {str(p)!r} does not exist. {hint}")
+    data = p.read_bytes()  # read once: the checksum and the session see the same bytes
+    sha = hashlib.sha256(data).hexdigest()
+    if expected_sha256 is not None and sha != expected_sha256:
+        raise ModelError(
+            f"model file {str(p)!r} fails its checksum: sha256 {sha} but the registry recorded {expected_sha256} "
+            "when it was imported. The file changed or is damaged: import it again with "
+            "`spectral-transcoder models import PATH --name NAME`."
+        )
+    so = session_options(n_threads)
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(data, sess_options=so, providers=list(providers or default_providers()))
+    except Exception as exc:  # ORT raises its own pybind types (InvalidProtobuf, Fail, ...)
+        raise ModelError(
+            f"model file {str(p)!r} ({len(data)} bytes) is not a loadable ONNX model (truncated or corrupt?): "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+    props = session.get_modelmeta().custom_metadata_map
+    meta = ModelMetadata.from_props(props, where=str(p))
+    if kind is not None and meta.kind != kind:
+        raise ModelError(f"model file {str(p)!r} is a {meta.kind}, not a {kind}")
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(inputs[0].shape) != 3:
+        raise ModelError(
+            f"model file {str(p)!r}: expected one input of rank 3 (batch, frames, n_mels), got "
+            + ", ".join(f"{i.name} {i.shape}" for i in inputs)
+        )
+    names = [o.name for o in outputs]
+    # metadata.py convention: classifiers output `probs` first; transcoders one Mel.
+    out = "probs" if (meta.kind == "classifier" and "probs" in names) else names[0]
+    return _ModelFile(p, sha, session, meta, inputs[0].name, tuple(inputs[0].shape), out)
+
+
+def _static(dim: object) -> int | None:
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def _run_batched(model: _ModelFile, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Run ``x`` (N, frames, n_mels) through the session in batches of ``batch_size``.
+
+    A model exported with a fixed batch dimension gets exactly that many items per
+    run (the last batch is padded with copies of its last item, then cut back).
+    """
+    n = x.shape[0]  # callers never pass an empty batch
+    fixed = _static(model.input_shape[0])
+    step = fixed or batch_size
+    outs = []
+    for start in range(0, n, step):
+        xb = x[start : start + step]
+        m = xb.shape[0]
+        if fixed and m < fixed:
+            xb = np.concatenate([xb, np.repeat(xb[-1:], fixed - m, axis=0)])
+        try:
+            (y,) = model.session.run([model.output_name], {model.input_name: np.ascontiguousarray(xb)})
+        except Exception as exc:
+            raise ModelError(
+                f"{model.path}: ONNX Runtime failed on an input of shape {tuple(xb.shape)} "
+                f"(model input {model.input_shape}): {type(exc).__name__}: {exc}"
+            ) from None
+        outs.append(np.asarray(y, dtype=np.float32)[:m])
+    return np.concatenate(outs, axis=0)
+
+
+def _as_float32_mel(mel: object, n_mels: int, name: str, spec_name: str) -> np.ndarray:
+    """Validate a Mel spectrogram (..., frames, n_mels) -> float32 C array."""
+    if isinstance(mel, (str, bytes)) or mel is None:
+        raise InputTypeError(f"{name} must be an array (..., frames, n_mels), got {type(mel).__name__}")
+    a = np.asarray(mel)
+    if a.dtype.kind not in "fiu":
+        raise InputTypeError(f"{name} must hold real values, got dtype {a.dtype}")
+    if a.ndim < 2:
+        raise InvalidInputError(f"{name} must have shape (..., frames, n_mels), got shape {a.shape}")
+    if a.shape[-1] != n_mels:
+        raise InvalidInputError(
+            f"{name} has shape {a.shape}: expected (..., frames, {n_mels}) for the Mel spec {spec_name!r}, "
+            f"got {a.shape[-1]} Mel bins on the last axis"
+        )
+    check_finite(a, name)
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _spec_diff(a: object, b: object) -> list[str]:
+    """Fields (other than the preset name) in which two specs differ."""
+    if type(a) is not type(b):
+        return ["type"]
+    return [f.name for f in fields(a) if f.name != "name" and getattr(a, f.name) != getattr(b, f.name)]
+
+
+def _short(sha256: str) -> str:
+    return sha256[:12]
+
+
+# -------------------------------------------------------------------- Transcoder
+class Transcoder:
+    """Third-octave levels -> the Mel spectrogram a classifier expects.
+
+    The PINV (always, C++) is followed by an optional residual CNN run with ONNX
+    Runtime. Build one with :meth:`pinv` (PINV only), :meth:`from_file` (an ONNX
+    transcoder) or :meth:`load` (a registry name such as ``"pann-cnn-logits"``).
+
+    Levels are time-major ``(..., frames, n_bands)`` in dB of the input
+    :class:`BandSpec` (dB re full scale by default; pass ``band_spec=`` with another
+    ``db_offset``, e.g. 26 for the paper's Cense convention). The output is
+    ``(..., frames, n_mels)`` in the units of :attr:`output_spec`.
+    """
+
+    def __init__(
+        self,
+        *,
+        input_spec: BandSpec,
+        output_spec: MelSpec,
+        model: _ModelFile | None = None,
+        matrix: np.ndarray | None = None,
+        batch_size: int = 32,
+    ) -> None:
+        self._input_spec = input_spec
+        self._output_spec = output_spec
+        self._model = model
+        self._matrix = matrix
+        self.batch_size = _check_batch_size(batch_size)
+        if model is not None:
+            t, m = model.input_shape[1], model.input_shape[2]
+            if _static(m) not in (None, output_spec.n_mels) or _static(t) not in (None, output_spec.chunk_frames):
+                raise ModelError(
+                    f"{model.path}: CNN input shape {model.input_shape} does not fit the output spec "
+                    f"{output_spec.name!r} (batch, {output_spec.chunk_frames}, {output_spec.n_mels})"
+                )
+
+    # ------------------------------------------------------------ constructors
+    @classmethod
+    def pinv(cls, target: str | MelSpec = "pann", band_spec: str | BandSpec = "cense_fast") -> "Transcoder":
+        """The PINV alone (no CNN): ``band_spec`` levels -> ``target`` Mels."""
+        return cls(input_spec=get_band_spec(band_spec), output_spec=get_mel_spec(target))
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike,
+        *,
+        n_threads: int | None = None,
+        batch_size: int = 32,
+        providers: Sequence[str] | None = None,
+        expected_sha256: str | None = None,
+    ) -> "Transcoder":
+        """Load an ONNX transcoder CNN (``st.kind = transcoder``).
+
+        ``n_threads``: ONNX Runtime intra-op threads (None: physical cores).
+        ``batch_size``: 1-s chunks per ONNX Runtime run. ``providers``: default
+        CUDA (when available) then CPU. ``expected_sha256``: fail unless the file
+        has this checksum (the registry passes the one recorded at import).
+        """
+        model = _open_model(
+            path, n_threads=n_threads, providers=providers, expected_sha256=expected_sha256, kind="transcoder"
+        )
+        meta = model.metadata
+        assert isinstance(meta.input_spec, BandSpec) and isinstance(meta.output_spec, MelSpec)
+        matrix = None
+        if meta.pinv and meta.pinv.get("matrix") is not None:
+            matrix = np.ascontiguousarray(meta.pinv["matrix"], dtype=np.float32)
+            want = (meta.output_spec.n_mels, meta.input_spec.n_bands)
+            if matrix.shape != want or not np.isfinite(matrix).all():
+                raise ModelError(f"{model.path}: st.pinv matrix has shape {matrix.shape}, expected finite {want}")
+        return cls(
+            input_spec=meta.input_spec, output_spec=meta.output_spec, model=model, matrix=matrix,
+            batch_size=batch_size,
+        )
+
+    @classmethod
+    def load(cls, name: str, **kwargs: Any) -> "Transcoder":
+        """Load a transcoder by registry name (``pann-cnn-logits``, ...); see :meth:`from_file` for kwargs."""
+        entry = registry.resolve(name, "transcoder")
+        return cls.from_file(entry.path, expected_sha256=entry.sha256, **kwargs)
+
+    @classmethod
+    def coerce(cls, transcoder: "Transcoder | str | os.PathLike", **kwargs: Any) -> "Transcoder":
+        """An instance passes through; a path to an existing file is loaded; anything else is a registry name."""
+        if isinstance(transcoder, Transcoder):
+            return transcoder
+        if isinstance(transcoder, (str, os.PathLike)):
+            if _looks_like_path(transcoder):
+                return cls.from_file(transcoder, **kwargs)
+            return cls.load(str(transcoder), **kwargs)
+        raise InputTypeError(f"transcoder must be a Transcoder, a registry name or a path, got {type(transcoder).__name__}")
+
+    # -------------------------------------------------------------- properties
+    @property
+    def input_spec(self) -> BandSpec:
+        """The band representation the transcoder accepts."""
+        return self._input_spec
+
+    @property
+    def output_spec(self) -> MelSpec:
+        """The Mel representation it produces."""
+        return self._output_spec
+
+    @property
+    def metadata(self) -> ModelMetadata | None:
+        """The CNN file's metadata; None for a PINV-only transcoder."""
+        return self._model.metadata if self._model else None
+
+    @property
+    def has_cnn(self) -> bool:
+        return self._model is not None
+
+    @property
+    def name(self) -> str:
+        return self._model.metadata.name if self._model else f"pinv-{self._output_spec.name}"
+
+    @property
+    def model_id(self) -> str:
+        """``name@sha256-prefix`` of the file (``pinv-<target>`` for the PINV alone)."""
+        return f"{self.name}@{_short(self._model.sha256)}" if self._model else self.name
+
+    def __repr__(self) -> str:
+        return f"Transcoder({self.model_id}: {self._input_spec.name} -> {self._output_spec.name})"
+
+    # ------------------------------------------------------------------ checks
+    def check_band_spec(self, band_spec: str | BandSpec | None) -> BandSpec:
+        """The band spec to read input levels with.
+
+        None means :attr:`input_spec`. Another spec must describe the same analysis:
+        only ``db_offset`` (the level convention, subtracted by the PINV) and the
+        preset name may differ; anything else raises :class:`SpecMismatchError`.
+        """
+        if band_spec is None:
+            return self._input_spec
+        spec = get_band_spec(band_spec)
+        diff = [d for d in _spec_diff(spec, self._input_spec) if d != "db_offset"]
+        if diff:
+            raise SpecMismatchError(
+                f"band_spec {spec.name!r} does not match the transcoder {self.model_id}'s input spec "
+                f"{self._input_spec.name!r} (they differ in: {', '.join(diff)})"
+            )
+        return spec
+
+    # ----------------------------------------------------------------- compute
+    def __call__(
+        self,
+        levels: object,
+        *,
+        band_spec: str | BandSpec | None = None,
+        layout: Layout = "stitched",
+        partial: Partial = "error",
+    ) -> np.ndarray:
+        """Transcode levels ``(..., frames, n_bands)`` dB into Mels.
+
+        The frames are cut into chunks of ``input_spec.frames_per_chunk`` (1 s).
+        ``partial`` says what to do with a trailing incomplete chunk: ``"error"``,
+        ``"drop"`` it, or ``"pad"`` it (see :func:`spectral_transcoder.pinv.split_chunks`).
+        ``layout``: ``"stitched"`` (..., frames, n_mels) joined as the paper does
+        (PANN: 100 n + 1 frames), ``"chunks"`` (..., n_chunks, T, n_mels), or
+        ``"concat"`` (..., n_chunks * T, n_mels).
+        """
+        from .pinv import split_chunks, stitch_chunks
+
+        if layout not in ("stitched", "chunks", "concat"):
+            raise InvalidInputError(f"layout must be 'stitched', 'chunks' or 'concat', got {layout!r}")
+        spec = self.check_band_spec(band_spec)
+        levels = as_float32_levels(levels, spec.n_bands, "levels", spec.name)
+        chunks, _ = split_chunks(levels, spec, partial)
+        mels = self.transcode_chunks(chunks, band_spec=spec)
+        if layout == "chunks":
+            return mels
+        if layout == "concat":
+            return mels.reshape(*mels.shape[:-3], mels.shape[-3] * mels.shape[-2], mels.shape[-1])
+        return stitch_chunks(mels, self._output_spec)
+
+    def transcode_chunks(self, chunks: object, *, band_spec: str | BandSpec | None = None) -> np.ndarray:
+        """Transcode 1-s chunks ``(..., n_chunks, frames_per_chunk, n_bands)`` dB into
+        ``(..., n_chunks, T, n_mels)`` (``T = output_spec.chunk_frames``). Each chunk
+        is independent, as in training; the CNN sees them in batches of
+        :attr:`batch_size`."""
+        from .pinv import pinv_chunks
+
+        spec = self.check_band_spec(band_spec)
+        mels = pinv_chunks(chunks, self._output_spec, band_spec=spec, matrix=self._matrix)  # validates chunks
+        return self.run_cnn(mels) if self._model is not None else mels
+
+    def run_cnn(self, mels: object) -> np.ndarray:
+        """Apply the CNN alone to PINV Mels ``(..., T, n_mels)`` (identity without a CNN)."""
+        spec = self._output_spec
+        x = _as_float32_mel(mels, spec.n_mels, "mels", spec.name)
+        if self._model is None:
+            return x
+        t = _static(self._model.input_shape[1])
+        if t is not None and x.shape[-2] != t:
+            raise InvalidInputError(f"mels has shape {x.shape}: the CNN expects (..., {t}, {spec.n_mels})")
+        flat = x.reshape(-1, x.shape[-2], x.shape[-1])
+        if flat.shape[0] == 0:
+            return x.copy()
+        y = _run_batched(self._model, flat, self.batch_size)
+        if y.shape != flat.shape:
+            raise ModelError(f"{self._model.path}: the CNN returned shape {y.shape} for input {flat.shape}")
+        return y.reshape(x.shape)
+
+
+# -------------------------------------------------------------------- Classifier
+class Classifier:
+    """An ONNX audio classifier on Mel spectrograms (``st.kind = classifier``).
+
+    Input: time-major Mels ``(..., frames, n_mels)`` in :attr:`input_spec`'s units.
+    Output: sigmoid probabilities ``(..., n_classes)``, ordered as :attr:`labels`.
+    A patch model (``input_spec.patch_frames`` set, e.g. YAMNet: 96 frames) is run
+    on every complete patch (hop ``patch_hop_frames``) and the patch probabilities
+    are averaged, as YAMNet does; others (PANN, EfficientAT) take any length.
+    """
+
+    def __init__(self, model: _ModelFile, *, batch_size: int = 16) -> None:
+        self._model = model
+        self.batch_size = _check_batch_size(batch_size)
+        spec = model.metadata.input_spec
+        assert isinstance(spec, MelSpec)
+        self._spec = spec
+        t, m = _static(model.input_shape[1]), _static(model.input_shape[2])
+        if m is not None and m != spec.n_mels:
+            raise ModelError(f"{model.path}: input shape {model.input_shape} has {m} Mel bins, spec says {spec.n_mels}")
+        if t is not None and t != spec.patch_frames:
+            raise ModelError(
+                f"{model.path}: the input has a fixed {t} frames but the spec {spec.name!r} sets "
+                f"patch_frames={spec.patch_frames}"
+            )
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike,
+        *,
+        n_threads: int | None = None,
+        batch_size: int = 16,
+        providers: Sequence[str] | None = None,
+        expected_sha256: str | None = None,
+    ) -> "Classifier":
+        """Load an ONNX classifier. ``n_threads``: ONNX Runtime intra-op threads (None:
+        physical cores); ``batch_size``: inputs (or patches) per run."""
+        model = _open_model(
+            path, n_threads=n_threads, providers=providers, expected_sha256=expected_sha256, kind="classifier"
+        )
+        return cls(model, batch_size=batch_size)
+
+    @classmethod
+    def load(cls, name: str, **kwargs: Any) -> "Classifier":
+        """Load a classifier by registry name (``yamnet``, ``pann-resnet38``, ...)."""
+        entry = registry.resolve(name, "classifier")
+        return cls.from_file(entry.path, expected_sha256=entry.sha256, **kwargs)
+
+    @classmethod
+    def coerce(cls, classifier: "Classifier | str | os.PathLike", **kwargs: Any) -> "Classifier":
+        """An instance passes through; a path to an existing file is loaded; anything else is a registry name."""
+        if isinstance(classifier, Classifier):
+            return classifier
+        if isinstance(classifier, (str, os.PathLike)):
+            if _looks_like_path(classifier):
+                return cls.from_file(classifier, **kwargs)
+            return cls.load(str(classifier), **kwargs)
+        raise InputTypeError(f"classifier must be a Classifier, a registry name or a path, got {type(classifier).__name__}")
+
+    @property
+    def input_spec(self) -> MelSpec:
+        return self._spec
+
+    @property
+    def labels(self) -> list[Label]:
+        return list(self._model.metadata.labels)
+
+    @property
+    def metadata(self) -> ModelMetadata:
+        return self._model.metadata
+
+    @property
+    def name(self) -> str:
+        return self._model.metadata.name
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.name}@{_short(self._model.sha256)}"
+
+    def __repr__(self) -> str:
+        return f"Classifier({self.model_id}: {self._spec.name}, {len(self._model.metadata.labels)} labels)"
+
+    def check_input(self, mel_spec: str | MelSpec) -> None:
+        """Raise :class:`SpecMismatchError` unless ``mel_spec`` is this classifier's input spec."""
+        spec = get_mel_spec(mel_spec)
+        diff = _spec_diff(spec, self._spec)
+        if diff:
+            raise SpecMismatchError(
+                f"Mel spec {spec.name!r} does not match the classifier {self.model_id}'s input spec "
+                f"{self._spec.name!r} (they differ in: {', '.join(diff)})"
+            )
+
+    def __call__(self, mel: object, *, mel_spec: str | MelSpec | None = None) -> np.ndarray:
+        """Probabilities ``(..., n_classes)`` for Mels ``(..., frames, n_mels)``.
+
+        ``mel_spec``, when given, is checked against :attr:`input_spec` first.
+        """
+        p = self.patch_probabilities(mel, mel_spec=mel_spec)
+        return p.mean(axis=-2, dtype=np.float64).astype(np.float32) if p.shape[-2] > 1 else p[..., 0, :]
+
+    def patch_probabilities(self, mel: object, *, mel_spec: str | MelSpec | None = None) -> np.ndarray:
+        """Per-patch probabilities ``(..., n_patches, n_classes)``; one "patch" (the
+        whole input) for variable-length models."""
+        if mel_spec is not None:
+            self.check_input(mel_spec)
+        spec = self._spec
+        x = _as_float32_mel(mel, spec.n_mels, "mel", spec.name)
+        if spec.patch_frames is not None:
+            if x.shape[-2] < spec.patch_frames:
+                raise InvalidInputError(
+                    f"mel has shape {x.shape}: the classifier {self.name!r} needs at least {spec.patch_frames} "
+                    f"frames (one patch), got {x.shape[-2]}"
+                )
+            x = _patches(x, spec)  # (..., n_patches, patch_frames, n_mels)
+        else:
+            x = x[..., None, :, :]
+        lead = x.shape[:-2]
+        flat = x.reshape(-1, x.shape[-2], x.shape[-1])
+        n_classes = len(self._model.metadata.labels)
+        if flat.shape[0] == 0:
+            return np.zeros((*lead, n_classes), dtype=np.float32)
+        y = _run_batched(self._model, flat, self.batch_size)
+        if y.ndim != 2 or (n_classes and y.shape[1] != n_classes):
+            raise ModelError(
+                f"{self._model.path}: output {self._model.output_name!r} has shape {y.shape}, expected "
+                f"(batch, {n_classes or 'n_classes'})"
+            )
+        return y.reshape(*lead, y.shape[-1])
+
+
+def _patches(x: np.ndarray, spec: MelSpec) -> np.ndarray:
+    """Complete patches of ``spec.patch_frames`` frames every ``patch_hop_frames``."""
+    from .frontends import patches
+
+    return np.ascontiguousarray(patches(x, spec), dtype=np.float32)
+
+
+def _looks_like_path(x: str | os.PathLike) -> bool:
+    s = os.fspath(x)
+    return isinstance(x, os.PathLike) or s.endswith(".onnx") or os.sep in s or Path(s).is_file()
+
+
+# ------------------------------------------------------------------ classify()
+@dataclass
+class ClassificationResult:
+    """What :func:`classify` returns. ``...`` are the input's leading batch axes."""
+
+    probs: np.ndarray
+    """(..., n_chunks, n_classes) sigmoid probabilities, one row per 1-s chunk."""
+    times: np.ndarray
+    """(n_chunks,) start of each chunk, seconds from the first input frame."""
+    group_probs: np.ndarray
+    """(..., n_groups, n_classes) 10-s means: each the mean of up to ten 1-s rows."""
+    group_times: np.ndarray
+    """(n_groups,) start of each group, seconds."""
+    group_counts: np.ndarray
+    """(n_groups,) chunks averaged in each group: 10, except maybe a trailing short group."""
+    labels: list[Label]
+    classifier_id: str
+    transcoder_id: str
+    chunk_duration: float
+    """Seconds per chunk (1.0 for cense_fast)."""
+    last_chunk_frames: int
+    """Input frames of real data in the last chunk; less than a full chunk when it was padded."""
+    frames_per_chunk: int
+    top_k: int = 5
+    top_labels: list = field(default_factory=list)
+    """``top(top_k)``, computed once."""
+
+    def __post_init__(self) -> None:
+        if not self.top_labels:
+            self.top_labels = self.top(self.top_k)
+
+    @property
+    def padded(self) -> bool:
+        """True when the last chunk was a padded partial one (its row is then approximate)."""
+        return self.last_chunk_frames < self.frames_per_chunk
+
+    @property
+    def mean_probs(self) -> np.ndarray:
+        """(..., n_classes) mean of all 1-s rows (each second weighs the same)."""
+        if self.probs.shape[-2] == 0:
+            return np.zeros(self.probs.shape[:-2] + self.probs.shape[-1:], dtype=np.float32)
+        return self.probs.mean(axis=-2, dtype=np.float64).astype(np.float32)
+
+    def top(self, k: int = 5) -> list:
+        """The ``k`` most probable labels of :attr:`mean_probs`, as ``(Label, probability)``
+        pairs, best first; nested lists follow the leading batch axes."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise InvalidInputError(f"k must be an integer >= 0, got {k!r}")
+        return _top(self.mean_probs, self.labels, k)
+
+
+def _top(p: np.ndarray, labels: list[Label], k: int) -> list:
+    if p.ndim > 1:
+        return [_top(row, labels, k) for row in p]
+    order = np.argsort(-p, kind="stable")[:k]
+    return [(labels[i] if i < len(labels) else Label(int(i), "", f"class {i}"), float(p[i])) for i in order]
+
+
+def _default_transcoder_for(classifier: Classifier) -> str:
+    name = registry.default_transcoder(classifier.name)
+    if name is None:
+        raise ModelError(
+            f"no default transcoder for the classifier {classifier.name!r}: pass transcoder= (a name from "
+            "`spectral-transcoder models list`, a path, or Transcoder.pinv(target=...))"
+        )
+    return name
+
+
+def classify(
+    levels: object,
+    *,
+    classifier: Classifier | str | os.PathLike,
+    transcoder: Transcoder | str | os.PathLike | None = None,
+    band_spec: str | BandSpec | None = None,
+    top_k: int = 5,
+    partial: Partial = "pad",
+    n_threads: int | None = None,
+) -> ClassificationResult:
+    """Classify third-octave levels end to end: PINV -> CNN -> classifier, per 1-s chunk.
+
+    ``levels``: ``(..., frames, n_bands)`` dB in ``band_spec`` (default: the
+    transcoder's input spec, dB re full scale; give e.g.
+    ``replace(get_band_spec("cense_fast"), db_offset=26)`` for Cense "+26" data).
+    ``classifier`` / ``transcoder``: instances, registry names or ``.onnx`` paths;
+    ``transcoder=None`` takes the registry's default for the classifier.
+    ``partial``: a trailing incomplete chunk is ``"pad"``-ded and flagged
+    (``result.padded``), ``"drop"``-ped, or an ``"error"``.
+    ``n_threads``: ONNX Runtime intra-op threads for models loaded here.
+
+    Each chunk's Mel goes through the classifier on its own (the teacher protocol);
+    10-s means average ten consecutive 1-s rows (the paper's protocol).
+    Raises :class:`SpecMismatchError` if the transcoder's output spec is not the
+    classifier's input spec.
+    """
+    from .pinv import PartialChunkWarning, split_chunks
+
+    clf = Classifier.coerce(classifier, n_threads=n_threads)
+    tr = Transcoder.coerce(transcoder if transcoder is not None else _default_transcoder_for(clf), n_threads=n_threads)
+    diff = _spec_diff(tr.output_spec, clf.input_spec)
+    if diff:
+        raise SpecMismatchError(
+            f"the transcoder {tr.model_id} produces Mel spec {tr.output_spec.name!r} but the classifier "
+            f"{clf.model_id} expects {clf.input_spec.name!r} (they differ in: {', '.join(diff)})"
+        )
+    spec = tr.check_band_spec(band_spec)
+    x = as_float32_levels(levels, spec.n_bands, "levels", spec.name)
+    f = spec.frames_per_chunk
+    with warnings.catch_warnings():
+        # A padded chunk is reported in the result (last_chunk_frames), not warned about.
+        warnings.simplefilter("ignore", PartialChunkWarning)
+        chunks, n_valid_last = split_chunks(x, spec, partial)
+    mels = tr.transcode_chunks(chunks, band_spec=spec)  # (..., n_chunks, T, M)
+    probs = clf(mels)  # (..., n_chunks, C)
+    n_chunks = chunks.shape[-3]
+    group = max(1, int(round(GROUP_SECONDS / spec.chunk_duration)))
+    n_groups = -(-n_chunks // group)
+    counts = np.array([min(group, n_chunks - g * group) for g in range(n_groups)], dtype=np.int64)
+    gp = [probs[..., g * group : g * group + int(c), :].mean(axis=-2, dtype=np.float64) for g, c in enumerate(counts)]
+    group_probs = (
+        np.stack(gp, axis=-2).astype(np.float32) if gp else np.zeros((*probs.shape[:-2], 0, probs.shape[-1]), np.float32)
+    )
+    return ClassificationResult(
+        probs=probs,
+        times=np.arange(n_chunks) * spec.chunk_duration,
+        group_probs=group_probs,
+        group_times=np.arange(n_groups) * group * spec.chunk_duration,
+        group_counts=counts,
+        labels=clf.labels,
+        classifier_id=clf.model_id,
+        transcoder_id=tr.model_id,
+        chunk_duration=spec.chunk_duration,
+        last_chunk_frames=int(n_valid_last) if n_chunks else 0,
+        frames_per_chunk=f,
+        top_k=top_k,
+    )
