@@ -27,6 +27,10 @@
 
 #include "pocketfft.hpp"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 namespace st {
 namespace {
 
@@ -199,6 +203,24 @@ inline void prefetch_frames(const Params& p, std::size_t first, std::size_t last
     for (std::ptrdiff_t i = lo; i < hi; i += kLine) __builtin_prefetch(a.x + i);
 }
 
+// Square root of every lane. std::sqrt does not vectorise (errno), so use the
+// instruction that matches pocketfft's vector width where there is one.
+inline vfloat vsqrt(vfloat x) {
+#if !defined(POCKETFFT_NO_VECTORS) && defined(__AVX512F__)
+    // (the zero-masked form: GCC 12 warns about _mm512_sqrt_ps's undefined passthrough)
+    return reinterpret_cast<vfloat>(_mm512_maskz_sqrt_ps(static_cast<__mmask16>(0xFFFF), reinterpret_cast<__m512>(x)));
+#elif !defined(POCKETFFT_NO_VECTORS) && defined(__AVX__)
+    return reinterpret_cast<vfloat>(_mm256_sqrt_ps(reinterpret_cast<__m256>(x)));
+#elif !defined(POCKETFFT_NO_VECTORS) && defined(__SSE2__)
+    return reinterpret_cast<vfloat>(_mm_sqrt_ps(reinterpret_cast<__m128>(x)));
+#elif !defined(POCKETFFT_NO_VECTORS)
+    for (std::size_t l = 0; l < kLanes; ++l) x[l] = std::sqrt(x[l]);
+    return x;
+#else
+    return std::sqrt(x);
+#endif
+}
+
 // Natural log of every lane. Positive normal lanes take a vectorised path
 // (x = 2^e m with m in [sqrt(1/2), sqrt(2)), ln m = 2 atanh((m - 1) / (m + 1)) by
 // its odd series; error a few ulp); zero, subnormal, infinite or NaN lanes fall
@@ -235,7 +257,6 @@ void process_range(const Params& p, const pf::pocketfft_r<float>& plan, std::siz
     pf::arr<vfloat> buf(n);
     pf::arr<vfloat> spec(n / 2 + 1);
     pf::arr<vfloat> mel(n_mels);
-    float* sp = reinterpret_cast<float*>(spec.data());
     const float* ml = reinterpret_cast<const float*>(mel.data());
     // dB = 10 log10(v) = ln(v) * 10 / ln(10); then (value + offset) / scale.
     const float log_gain = p.db ? static_cast<float>(10.0 / std::log(10.0)) : 1.0f;
@@ -247,11 +268,8 @@ void process_range(const Params& p, const pf::pocketfft_r<float>& plan, std::siz
         fill_frames(p, lanes, used, buf.data());
         plan.exec(buf.data(), 1.0f, true);
         for (std::size_t k = p.bin_lo; k < p.bin_hi; ++k) spec[k] = bin_power(buf.data(), k, n);
-        if (p.magnitude) {
-            float* s = sp + p.bin_lo * kLanes;
-            const std::size_t cnt = (p.bin_hi - p.bin_lo) * kLanes;
-            for (std::size_t i = 0; i < cnt; ++i) s[i] = std::sqrt(s[i]);
-        }
+        if (p.magnitude)
+            for (std::size_t k = p.bin_lo; k < p.bin_hi; ++k) spec[k] = vsqrt(spec[k]);
         for (std::size_t m = 0; m < n_mels; ++m) {
             const Band& b = p.bands[m];
             const float* wt = p.weights.data() + b.offset;

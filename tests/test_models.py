@@ -67,6 +67,8 @@ def test_pinv_transcoder_equals_pinv():
     assert tr(x).shape == (301, 64)  # 100 n + 1
     assert tr(x, layout="concat").shape == (303, 64)
     assert tr(x, layout="chunks").shape == (3, 101, 64)
+    same = Transcoder.coerce("pinv:pann")
+    assert same.model_id == "pinv-pann" and Transcoder.coerce(same) is same
 
 
 def test_cnn_transcoder_loads_and_computes(tiny):

@@ -67,6 +67,10 @@ def as_float32_signal(audio: object, name: str = "audio", min_ndim: int = 1) -> 
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
+#: python-soxr's channel limit; larger batches are resampled in blocks of this many rows.
+SOXR_MAX_CHANNELS = 65536
+
+
 def resample(audio: np.ndarray, sample_rate: float, target_rate: int, quality: str = "HQ") -> np.ndarray:
     """Resample float32 (..., samples) along the last axis with python-soxr."""
     if sample_rate == target_rate:
@@ -75,9 +79,16 @@ def resample(audio: np.ndarray, sample_rate: float, target_rate: int, quality: s
 
     lead = audio.shape[:-1]
     flat = audio.reshape(-1, audio.shape[-1])
-    # soxr takes (frames, channels): treat the flattened batch as channels.
-    out = soxr.resample(np.ascontiguousarray(flat.T), sample_rate, target_rate, quality=quality)
-    out = np.ascontiguousarray(np.asarray(out, dtype=np.float32).reshape(-1, flat.shape[0]).T)
+    if flat.shape[0] == 0:  # soxr needs a channel: take the output length from a silent one
+        n_out = resample(np.zeros((1, audio.shape[-1]), np.float32), sample_rate, target_rate, quality).shape[-1]
+        return np.zeros((*lead, n_out), np.float32)
+    # soxr takes (frames, channels): treat the flattened batch as channels, in blocks.
+    blocks = []
+    for b in range(0, flat.shape[0], SOXR_MAX_CHANNELS):
+        part = flat[b : b + SOXR_MAX_CHANNELS]
+        out = soxr.resample(np.ascontiguousarray(part.T), sample_rate, target_rate, quality=quality)
+        blocks.append(np.asarray(out, dtype=np.float32).reshape(-1, part.shape[0]).T)
+    out = np.ascontiguousarray(np.concatenate(blocks) if len(blocks) > 1 else blocks[0])
     return out.reshape(*lead, out.shape[-1])
 
 

@@ -329,12 +329,17 @@ def _describe(path: Path, expected_sha256: str | None, label: str) -> None:
     from .models import read_metadata
     from .specs import MelSpec
 
-    meta, sha = read_metadata(path)
+    from .registry import sha256_file
+
     check = ""
-    if expected_sha256 is not None:
+    if expected_sha256 is not None:  # before parsing: a damaged file may not parse at all
+        sha = sha256_file(path)
         if sha != expected_sha256:
-            raise ModelError(f"{label}: sha256 {sha} does not match the registry's {expected_sha256}; import it again")
+            raise ModelError(
+                f"{label}: sha256 {sha} of {path} does not match the registry's {expected_sha256}; import it again"
+            )
         check = " (matches the registry)"
+    meta, sha = read_metadata(path)
 
     def spec_line(s: object) -> str:
         if s is None:

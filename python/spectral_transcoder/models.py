@@ -141,17 +141,17 @@ def _open_model(
     expected_sha256: str | None = None,
     kind: str | None = None,
     optimize: bool = True,
-    how_to_get: str | None = None,
 ) -> _ModelFile:
     import onnxruntime as ort
 
     p = Path(path)
     if not p.is_file():
-        hint = how_to_get or (
-            "Convert a checkpoint with `python -m training convert KIND SOURCE -o MODEL.onnx`, then "
-            "`spectral-transcoder models import MODEL.onnx`; `spectral-transcoder models list` shows what is known."
+        raise ModelError(
+            f"model file {str(p)!r} does not exist. Convert a checkpoint with `python -m training convert KIND "
+            "SOURCE -o MODEL.onnx` (specs/transcoder.md §7 and models/README.md say where the sources come from), "
+            "then `spectral-transcoder models import MODEL.onnx`; `spectral-transcoder models list` shows the "
+            "known names and `spectral-transcoder models info NAME` the exact commands."
         )
-        raise ModelError(f"model file {str(p)!r} does not exist. {hint}")
     data = p.read_bytes()  # read once: the checksum and the session see the same bytes
     sha = hashlib.sha256(data).hexdigest()
     if expected_sha256 is not None and sha != expected_sha256:
@@ -328,9 +328,12 @@ class Transcoder:
 
     @classmethod
     def coerce(cls, transcoder: "Transcoder | str | os.PathLike", **kwargs: Any) -> "Transcoder":
-        """An instance passes through; a path to an existing file is loaded; anything else is a registry name."""
+        """An instance passes through; ``"pinv:TARGET"`` is the PINV alone (:meth:`pinv`); a path
+        to an existing or ``.onnx`` file is loaded; anything else is a registry name."""
         if isinstance(transcoder, Transcoder):
             return transcoder
+        if isinstance(transcoder, str) and transcoder.startswith("pinv:"):
+            return cls.pinv(transcoder[len("pinv:"):])
         if isinstance(transcoder, (str, os.PathLike)):
             if _looks_like_path(transcoder):
                 return cls.from_file(transcoder, **kwargs)
@@ -613,7 +616,8 @@ class ClassificationResult:
     chunk_duration: float
     """Seconds per chunk (1.0 for cense_fast)."""
     last_chunk_frames: int
-    """Input frames of real data in the last chunk; less than a full chunk when it was padded."""
+    """Input frames of real data in the last chunk: ``frames_per_chunk`` when complete, fewer
+    when it was padded, 0 when there is no chunk at all."""
     frames_per_chunk: int
     top_k: int = 5
     top_labels: list = field(default_factory=list)
@@ -626,7 +630,7 @@ class ClassificationResult:
     @property
     def padded(self) -> bool:
         """True when the last chunk was a padded partial one (its row is then approximate)."""
-        return self.last_chunk_frames < self.frames_per_chunk
+        return 0 < self.last_chunk_frames < self.frames_per_chunk
 
     @property
     def mean_probs(self) -> np.ndarray:
@@ -640,6 +644,8 @@ class ClassificationResult:
         pairs, best first; nested lists follow the leading batch axes."""
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise InvalidInputError(f"k must be an integer >= 0, got {k!r}")
+        if self.probs.shape[-2] == 0:  # no whole chunk: nothing to rank
+            k = 0
         return _top(self.mean_probs, self.labels, k)
 
 

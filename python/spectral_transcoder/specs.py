@@ -205,7 +205,8 @@ class MelSpec:
             # reflect padding of n_fft // 2 needs a longer signal (after pre-emphasis)
             n = self.n_fft // 2 + 1 + (1 if self.preemphasis else 0)
         elif not self.center and not self.pad_to_patches:
-            n = self.n_fft if self.win_length >= self.n_fft else self.win_length
+            # one whole window (after pre-emphasis)
+            n = self.win_length + (1 if self.preemphasis else 0)
         return n
 
     def n_frames(self, n_samples: int) -> int:

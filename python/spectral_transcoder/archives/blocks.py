@@ -302,6 +302,12 @@ class BlockOptions:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def result_dict(self) -> dict[str, Any]:
+        """The options that change the blocks (``batch_rows`` only changes memory use)."""
+        d = self.to_dict()
+        d.pop("batch_rows")
+        return d
+
 
 # ---------------------------------------------------------------------- time helpers
 def to_datetime64(value: object, name: str = "start") -> np.datetime64:
@@ -316,11 +322,16 @@ def to_datetime64(value: object, name: str = "start") -> np.datetime64:
     if isinstance(value, (str, bytes)):
         import pyarrow as pa
 
-        text = value.decode() if isinstance(value, bytes) else value
-        try:
-            ns = pa.array([text.strip()]).cast(pa.timestamp("ns", tz="UTC")).cast(pa.int64())[0].as_py()
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise InvalidInputError(f"{name}: cannot parse {text!r} as an ISO 8601 time: {exc}") from None
+        text = (value.decode() if isinstance(value, bytes) else value).strip()
+        ns = None
+        for tz in ("UTC", None):  # with a zone offset, else taken as UTC
+            try:
+                ns = pa.array([text]).cast(pa.timestamp("ns", tz=tz)).cast(pa.int64())[0].as_py()
+                break
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                continue
+        if ns is None:
+            raise InvalidInputError(f"{name}: cannot parse {text!r} as an ISO 8601 time")
         return np.datetime64(ns, "ns")
     if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value)):
         return np.datetime64(int(round(float(value) * NS_PER_S)), "ns")
@@ -344,9 +355,10 @@ _HIST_LO, _HIST_STEP, _HIST_N = -400.0, 0.01, 80001
 def broadband_db(levels: np.ndarray) -> np.ndarray:
     """Per-frame broadband level ``10 log10 sum_b 10^(L_b/10)`` (float64), (..., frames)."""
     lv = np.asarray(levels, dtype=np.float64)
-    m = np.max(lv, axis=-1, keepdims=True)  # factor out the max: no overflow at any level
-    m = np.where(np.isfinite(m), m, 0.0)
-    return (m[..., 0] + 10.0 * np.log10(np.sum(10.0 ** ((lv - m) / 10.0), axis=-1)))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # NaN/Inf rows give NaN/Inf
+        m = np.max(lv, axis=-1, keepdims=True)  # factor out the max: no overflow at any level
+        m = np.where(np.isfinite(m), m, 0.0)
+        return m[..., 0] + 10.0 * np.log10(np.sum(10.0 ** ((lv - m) / 10.0), axis=-1))
 
 
 class _PercentileHistogram:
@@ -364,13 +376,13 @@ class _PercentileHistogram:
             self.n += int(v.size)
 
     def percentile(self, q: float) -> float:
-        # smallest value v with #(x <= v) >= q% of n (the "lower" percentile), to one bin
+        # the smallest v with #(x <= v) >= q% of n (numpy's "inverted_cdf"), to half a bin
         need = max(1, int(math.ceil(q / 100.0 * self.n)))
         i = int(np.searchsorted(np.cumsum(self.counts), need))
         return _HIST_LO + i * _HIST_STEP
 
 
-def make_reference(opts: BlockOptions, measure: "Iterator[tuple[np.ndarray, float]] | None" = None,
+def make_reference(opts: BlockOptions, measure: "Iterator[tuple[np.ndarray, np.ndarray]] | None" = None,
                    where: str = "") -> LevelReference:
     """Build the :class:`LevelReference` for ``opts``. For ``"auto"``, ``measure`` yields
     ``(levels (n, bands), seconds since the source start of each row)`` batches."""
@@ -509,27 +521,35 @@ class _Framer:
     def push(self, levels: np.ndarray, row0: int, times: np.ndarray | None = None) -> Iterator[Block]:
         """Add file rows ``row0 .. row0 + n``: ``levels`` (n, n_bands) as stored; ``times``
         (n,) int64 ns since the epoch, or None for an implicit grid (consecutive frames
-        from the segment start given to :meth:`new_segment`)."""
+        from the segment start given to :meth:`new_segment`).
+
+        A row that breaks a rule raises :class:`ArchiveError` after the rows before it
+        are placed, so the blocks given before an error do not depend on the batch size.
+        """
         n = int(levels.shape[0])
         if n == 0:
             return
         opts, P = self.opts, self.period_ns
-        self.stats.rows += n
         rows = np.arange(row0, row0 + n, dtype=np.int64)
         lv = np.asarray(levels, dtype=np.float32)
         ok = np.isfinite(lv).all(axis=1)
         n_bad = n - int(np.count_nonzero(ok))
-        self.stats.bad_rows += n_bad
+
+        def fail(k: int, problem: str, t: np.ndarray | None = times) -> Iterator[Block]:
+            where = self._where(int(rows[k]), t, k)
+            r = int(rows[k]) - row0  # rows before the offending one go first
+            if r > 0:
+                yield from self.push(levels[:r], row0, None if times is None else times[:r])
+            raise ArchiveError(self.path, where, problem)
+
         if n_bad and opts.gaps == "error":
-            k = int(np.argmax(~ok))
-            raise ArchiveError(self.path, self._where(int(rows[k]), times, k),
-                               'row holds NaN or Inf levels (gaps="error"; use gaps="mask" or "split")')
+            yield from fail(int(np.argmax(~ok)), 'row holds NaN or Inf levels (gaps="error"; use gaps="mask" '
+                                                 'or "split")')
 
         # slot step of each row from the previous stored row (1 = the next frame)
         if times is None:
             steps = np.ones(n, dtype=np.int64)
             t = self.untimed_start + np.rint((self.untimed_next + np.arange(n)) * P).astype(np.int64)
-            self.untimed_next += n
         else:
             t = np.asarray(times, dtype=np.int64)
             dt = np.diff(t, prepend=t[0] if not self.in_segment else self.t_prev)
@@ -537,57 +557,56 @@ class _Framer:
             if back.size:
                 k = int(back[0])
                 before = int(t[k - 1]) if k else self.t_prev
-                raise ArchiveError(self.path, self._where(int(rows[k]), t, k),
-                                   f"time stamps go backwards ({_fmt_ns(int(t[k]))} after {_fmt_ns(before)});"
-                                   " sort the archive first")
+                yield from fail(k, f"time stamps go backwards ({_fmt_ns(int(t[k]))} after {_fmt_ns(before)}); "
+                                   "sort the archive first")
             steps = ((dt + P / 2) // P).astype(np.int64)
 
-        # in "split" mode bad rows are left out and the row after one starts a segment
+        # segment starts; in "split" mode bad rows are left out and the row after one starts a segment
         starts = np.zeros(n, dtype=bool)
         if not self.in_segment:
             starts[0] = True
         if opts.gaps == "split":
-            after_bad = np.concatenate([[self.prev_bad], ~ok[:-1]])
-            self.prev_bad = bool(not ok[-1])
-            starts |= after_bad
+            starts |= np.concatenate([[self.prev_bad], ~ok[:-1]])
             if times is not None:
                 starts |= steps >= 2
         else:
-            big = steps - 1 > self.max_gap_frames
-            starts |= big
+            starts |= steps - 1 > self.max_gap_frames
         if opts.gaps == "split" and n_bad:
-            keep_good = ok
-            lv, ok, rows, t, steps, starts = (a[keep_good] for a in (lv, ok, rows, t, steps, starts))
-            if not len(lv):
-                yield from self._close_segment()
-                return
+            lv, ok, rows, t, steps, starts = (a[ok] for a in (lv, ok, rows, t, steps, starts))
 
         # duplicates: a step of 0 on a row that does not start a segment
         dup = (steps == 0) & ~starts
+        if dup.any() and opts.duplicates == "error":
+            k = int(np.argmax(dup))
+            yield from fail(k, f"duplicated frame: {_fmt_ns(int(t[k]))} falls in the same "
+                               f"{self.spec.frame_period:g}-s slot as the previous row "
+                               '(duplicates="drop" keeps the first)', t)
+        gap = (steps >= 2) & ~starts & ~dup
+        if opts.gaps == "error" and gap.any():
+            k = int(np.argmax(gap))
+            yield from fail(k, f"{int(steps[k]) - 1} missing frame(s) before {_fmt_ns(int(t[k]))} "
+                               '(gaps="error"; use gaps="mask" or "split")', t)
+
+        # no error: commit the state
+        self.stats.rows += n
+        self.stats.bad_rows += n_bad
+        if times is None:
+            self.untimed_next += n
+        if opts.gaps == "split":
+            self.prev_bad = not bool(np.isfinite(levels[-1]).all())
         dups = np.zeros(len(lv), dtype=np.int64)
         if dup.any():
-            k = int(np.argmax(dup))
-            if opts.duplicates == "error":
-                raise ArchiveError(
-                    self.path, self._where(int(rows[k]), t, k),
-                    f"duplicated frame: {_fmt_ns(int(t[k]))} falls in the same {self.spec.frame_period:g}-s "
-                    'slot as the previous row (duplicates="drop" keeps the first)')
             keep = ~dup
             owner = np.maximum(np.cumsum(keep)[dup] - 1, 0)  # the kept row each duplicate repeats
             dups = np.bincount(owner, minlength=int(keep.sum()))
             self.stats.dropped_duplicates += int(dup.sum())
-            lv, ok, rows, t, steps, starts = (a[keep] for a in (lv, ok, rows, t, steps, starts))
-            if not len(lv):
-                return
-
-        gap = (steps >= 2) & ~starts
-        if opts.gaps == "error" and gap.any():
-            k = int(np.argmax(gap))
-            raise ArchiveError(self.path, self._where(int(rows[k]), t, k),
-                               f"{int(steps[k]) - 1} missing frame(s) before {_fmt_ns(int(t[k]))} "
-                               '(gaps="error"; use gaps="mask" or "split")')
+            lv, ok, rows, t, steps, starts, gap = (a[keep] for a in (lv, ok, rows, t, steps, starts, gap))
         self.stats.gaps += int(np.count_nonzero(gap)) + int(np.count_nonzero(starts & (steps >= 2)))
-        self.stats.gap_frames += int(np.sum(steps[gap] - 1))
+        self.stats.gap_frames += 0 if opts.gaps == "split" else int(np.sum(steps[gap] - 1))
+        if not len(lv):
+            if opts.gaps == "split" and n_bad:  # only bad rows: the segment has ended
+                yield from self._close_segment()
+            return
 
         data = np.where(ok[:, None], lv + self.offset, np.float32(np.nan)).astype(np.float32, copy=False)
         cut = list(np.flatnonzero(starts)) + [len(lv)]

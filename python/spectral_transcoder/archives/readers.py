@@ -29,7 +29,9 @@ elapsed time; ``describe()["start_known"]`` says which.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,8 +107,9 @@ class BlockReader:
 
     # -------------------------------------------------------- to implement
     def _events(self) -> Iterator[tuple]:
-        """Yield ``("rows", levels (n, bands), row0, times_ns | None)`` in file order and,
-        for untimed sources, ``("segment", start_ns, clip)`` before each clip."""
+        """Yield ``("rows", levels (n, bands), row0, times_ns | None)`` in file order,
+        for untimed sources ``("segment", start_ns, clip)`` before each clip, and
+        ``("error", problem, position)`` for damage to report once the rest is read."""
         raise NotImplementedError
 
     def duration_hint(self) -> float | None:
@@ -118,9 +121,10 @@ class BlockReader:
 
     # ------------------------------------------------------------- common
     def describe(self) -> dict[str, Any]:
-        """What was read and how: JSON-able, for output metadata."""
+        """What was read and how (JSON-able, for output metadata): everything that changes
+        the blocks, not the knobs that only change speed or memory."""
         return {"format": self.format, "source": self.source, "sensor": self.sensor,
-                "band_spec": self.band_spec.name, "options": self.options.to_dict(), **self._extra()}
+                "band_spec": self.band_spec.to_dict(), "options": self.options.result_dict(), **self._extra()}
 
     def _fail(self, problem: str, position: str | None = None) -> ArchiveError:
         return ArchiveError(self.path, position if position is not None else self._pos, problem)
@@ -168,12 +172,17 @@ class BlockReader:
         self.stats = ReadStats()
         framer = _Framer(path=self.path, source=self.source, sensor=self.sensor, spec=self.band_spec,
                          opts=self.options, reference=ref, stats=self.stats)
+        late: ArchiveError | None = None
         for ev in self._guard(self._events()):
             if ev[0] == "segment":
                 yield from framer.new_segment(ev[1], ev[2])
-            else:
+            elif ev[0] == "rows":
                 yield from framer.push(ev[1], ev[2], ev[3])
+            else:  # ("error", problem, position): a damage found after the readable data
+                late = self._fail(ev[1], ev[2])
         yield from framer.finish()
+        if late is not None:
+            raise late
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r}, spec={self.band_spec.name!r}, sensor={self.sensor!r})"
@@ -302,7 +311,12 @@ class _TabularReader(BlockReader):
 
     def _tabular_events(self, batches: Iterable[Any]) -> Iterator[tuple]:
         row0 = 0
-        for batch in batches:
+        it = iter(batches)
+        while True:
+            self._pos = f"rows {row0}.. (reading)"
+            batch = next(it, None)
+            if batch is None:
+                break
             n = batch.num_rows
             self._pos = f"rows {row0}..{row0 + max(n, 1) - 1}"
             times = _times_to_ns(self, batch.column(self.time_column), self.time_unit, row0)
@@ -601,7 +615,8 @@ class ArrayReader(_ClipReader):
         else:
             with self._open_member() as (fh, shape, dtype, fortran):
                 if fortran:  # rows are not contiguous in the stream: load this member whole
-                    a = np.lib.format.read_array(fh, allow_pickle=False).reshape(self.n_clips, self.n_frames, -1)
+                    a = np.frombuffer(fh.read(), dtype=dtype).reshape(shape, order="F")
+                    a = a.reshape(self.n_clips, self.n_frames, -1)
                     yield from self._clip_events(lambda c, i, j: a[c, i:j])
                     return
                 nb = self.band_spec.n_bands
@@ -690,6 +705,8 @@ class NoiseCaptureReader(BlockReader):
         self.properties, self._features = self._load()
         if sensor is None and self.properties.get("uuid"):
             self.sensor = self.properties["uuid"]
+        if self._features:  # band names and count, checked up front on the first feature
+            self._feature(0, self._features[0])
 
     def _load(self) -> tuple[dict[str, str], list]:
         try:
@@ -714,40 +731,38 @@ class NoiseCaptureReader(BlockReader):
     def duration_hint(self) -> float | None:
         return len(self._features) * self.band_spec.frame_period
 
+    def _feature(self, index: int, feat: Any) -> tuple[int, list[float | None]]:
+        """Validate one feature: (leq_utc in ns, band values with None for null)."""
+        where = f"{self.TRACK} feature {index}"
+        props = feat.get("properties") if isinstance(feat, dict) else None
+        if not isinstance(props, dict):
+            raise self._fail("feature without properties", where)
+        utc = props.get("leq_utc")
+        if isinstance(utc, bool) or not isinstance(utc, (int, float)) or not math.isfinite(utc):
+            raise self._fail(f"leq_utc missing or not a number ({utc!r})", where)
+        bands = [key for key in props if key.startswith("leq_") and key not in self._NON_BANDS]
+        if len(bands) != len(self.band_keys) or set(bands) != set(self.band_keys):
+            extra = [key for key in bands if key not in self.band_keys]
+            missing = [key for key in self.band_keys if key not in props]
+            raise self._fail(
+                f"{len(bands)} band levels where the band spec {self.band_spec.name!r} has {len(self.band_keys)}"
+                + (f"; unexpected {extra}" if extra else "") + (f"; missing {missing}" if missing else ""), where)
+        values = [props[key] for key in self.band_keys]
+        for key, v in zip(self.band_keys, values):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise self._fail(f"{key} is not a number ({v!r})", where)
+        return int(round(utc * 1_000_000)), values
+
     def _events(self) -> Iterator[tuple]:
         feats = self._features
-        nb = self.band_spec.n_bands
-        known = set(self.band_keys)
         step = self.options.batch_rows
         for a in range(0, len(feats), step):
             chunk = feats[a:a + step]
-            levels = np.full((len(chunk), nb), np.nan, dtype=np.float32)
-            times = np.empty(len(chunk), dtype=np.int64)
-            for k, feat in enumerate(chunk):
-                where = f"{self.TRACK} feature {a + k}"
-                props = feat.get("properties") if isinstance(feat, dict) else None
-                if not isinstance(props, dict):
-                    raise self._fail("feature without properties", where)
-                utc = props.get("leq_utc")
-                if isinstance(utc, bool) or not isinstance(utc, (int, float)):
-                    raise self._fail(f"leq_utc missing or not a number ({utc!r})", where)
-                times[k] = int(round(utc * 1_000_000))
-                bands = [key for key in props if key.startswith("leq_") and key not in self._NON_BANDS]
-                extra = [key for key in bands if key not in known]
-                missing = [key for key in self.band_keys if key not in props]
-                if extra or missing:
-                    raise self._fail(
-                        f"{len(bands)} band levels where the band spec {self.band_spec.name!r} has {nb}"
-                        + (f"; unexpected {extra}" if extra else "") + (f"; missing {missing}" if missing else ""),
-                        where)
-                for j, key in enumerate(self.band_keys):
-                    v = props[key]
-                    if v is not None:
-                        if isinstance(v, bool) or not isinstance(v, (int, float)):
-                            raise self._fail(f"{key} is not a number ({v!r})", where)
-                        levels[k, j] = v
             self._pos = f"{self.TRACK} features {a}..{a + len(chunk) - 1}"
-            yield ("rows", levels, a, times)
+            parsed = [self._feature(a + k, f) for k, f in enumerate(chunk)]
+            times = np.array([p[0] for p in parsed], dtype=np.int64)
+            levels = np.array([[np.nan if v is None else v for v in p[1]] for p in parsed], dtype=np.float32)
+            yield ("rows", levels.reshape(len(chunk), -1), a, times)
 
     def _extra(self) -> dict[str, Any]:
         keep = ("version_name", "version_number", "record_utc", "time_length", "gain_calibration",
@@ -789,6 +804,10 @@ class AudioReader(BlockReader):
         if not (isinstance(read_seconds, (int, float)) and read_seconds > 0):
             raise InvalidInputError(f"read_seconds must be > 0, got {read_seconds!r}")
         self.channel, self.read_seconds, self.n_threads = channel, float(read_seconds), n_threads
+        # libsndfile reads a truncated WAV/AIFF up to its end and notes "data : N (should be M)"
+        m = re.search(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)", info.extra_info or "")
+        self._truncated = (f"the file is truncated: its header announces {m.group(1)} bytes of data, "
+                           f"it holds {m.group(2)}") if m else None
         self.start_known = start is not None
         self.start = to_datetime64(start) if start is not None else np.datetime64(0, "ns")
 
@@ -839,6 +858,7 @@ class AudioReader(BlockReader):
         if pos_in != self.n_samples:
             raise self._fail(f"the file ends after {pos_in} of {self.n_samples} samples (truncated?)",
                              f"sample {pos_in}")
+        truncated = self._truncated
         n_total = spec.n_frames(total)
         rest = n_total - emitted
         if rest > 0:
@@ -847,10 +867,12 @@ class AudioReader(BlockReader):
             tail[:min(need, len(buf))] = buf[:need]
             self._pos = f"frames {emitted}..{n_total - 1} (end)"
             yield ("rows", analyse(tail, rest), emitted, None)
+        if truncated:  # the frames it holds are given first, then the error
+            yield ("error", truncated, f"sample {pos_in}")
 
     def _extra(self) -> dict[str, Any]:
-        return {"start_known": self.start_known, "sample_rate": self.sample_rate, "channels": self.channels,
-                "channel": self.channel}
+        return {"start_known": self.start_known, "start": str(self.start) + "Z", "sample_rate": self.sample_rate,
+                "channels": self.channels, "channel": self.channel}
 
 
 # ---------------------------------------------------------------------- dispatch
@@ -861,6 +883,7 @@ _READERS: dict[str, type[BlockReader]] = {
     ".wav": AudioReader, ".flac": AudioReader, ".ogg": AudioReader, ".oga": AudioReader,
     ".aif": AudioReader, ".aiff": AudioReader, ".mp3": AudioReader,
 }
+_SPEED_OPTIONS = ("n_threads", "read_seconds")  # change speed, never results
 _FORMATS = {"parquet": ParquetReader, "csv": CsvReader, "hdf5": Hdf5Reader, "npy": ArrayReader,
             "noisecapture": NoiseCaptureReader, "audio": AudioReader}
 
@@ -934,9 +957,13 @@ class ArchiveSet:
         return total
 
     def describe(self) -> dict[str, Any]:
-        return {"format": "many", "files": len(self.paths),
-                "options": {k: v for k, v in self.options.items() if k not in ("sensor", "source")},
-                "block_options": self.block_options.to_dict()}
+        """The options shared by every file (JSON-able, for output metadata); not the
+        file list, so that a resumed run may be given more files."""
+        reader_opts = {k: (v.to_dict() if isinstance(v, BandSpec) else v) for k, v in self.options.items()
+                       if k not in BlockOptions.__dataclass_fields__ and k not in _SPEED_OPTIONS}
+        reader_opts.setdefault("spec", "(each format's default)")
+        return {"format": "many", "reader_options": reader_opts,
+                "block_options": self.block_options.result_dict()}
 
     def __iter__(self) -> Iterator[Block]:
         self.errors = []
