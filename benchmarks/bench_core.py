@@ -56,6 +56,12 @@ def best_of(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
     return best, out
 
 
+def settle() -> None:
+    """Let OpenBLAS worker threads, which spin for a while after numpy's linear
+    algebra, go idle before timing our kernels on a small machine."""
+    time.sleep(0.3)
+
+
 def _threads_label(n_threads: int) -> str:
     return f"{n_threads}" if n_threads else f"auto (<= {os.cpu_count()})"
 
@@ -81,6 +87,7 @@ def bench_third_octave(args: argparse.Namespace) -> list[Result]:
     spec = get_band_spec("cense_fast")
     seconds = args.seconds
     audio = (np.random.default_rng(0).standard_normal(int(seconds * spec.sample_rate)) * 0.1).astype(np.float32)
+    settle()
     t_ours, ours = best_of(lambda: third_octave(audio, spec.sample_rate, spec, n_threads=args.threads), args.repeats)
     t_np, ref = best_of(lambda: numpy_third_octave(audio, spec), args.repeats)
     diff = float(np.abs(np.asarray(ours) - np.asarray(ref)).max())
@@ -113,6 +120,8 @@ def bench_pinv(args: argparse.Namespace) -> list[Result]:
         a = pinv_matrix(band, mel).astype(np.float32)
         w = interpolation_matrix(band.frames_per_chunk, mel.chunk_frames).astype(np.float32)
         seconds = args.chunks * band.chunk_duration
+        pinv_chunks(levels[:1], mel, band_spec=band)  # builds and caches the tables
+        settle()
         t_ours, ours = best_of(
             lambda: pinv_chunks(levels, mel, band_spec=band, n_threads=args.threads), args.repeats
         )

@@ -46,8 +46,10 @@ from spectral_transcoder.specs import get_band_spec, get_mel_spec  # noqa: E402
 from training.export import export_onnx  # noqa: E402
 from training.nets import CNNTranscoder, EfficientATMN, ResNet38, YAMNet  # noqa: E402
 
-CNN_CKPT = SHARED / "reference/models/classifier=PANN+dataset=full+dilation=1+epoch=200+kernel_size=5+learning_rate=-3" \
+CNN_CKPT = SHARED / "reference/models" / (
+    "classifier=PANN+dataset=full+dilation=1+epoch=200+kernel_size=5+learning_rate=-3"
     "+nb_channels=64+nb_layers=5+prop_logit=100+step=train+transcoder=cnn_pinv+ts=1_model"
+)
 
 
 def best_time(fn: Callable[[], object], min_time: float, min_repeats: int = 3) -> float:
@@ -88,8 +90,8 @@ def load_models(only: set[str], tmp: Path) -> dict[str, dict]:
         if CNN_CKPT.exists():
             m.load_state_dict(torch.load(CNN_CKPT, weights_only=True))
             src = "published PANN CNN-logits"
-        models["cnn"] = dict(module=m, kind="transcoder", spec="pann", inputs=[(101, 1.0)], batches=[1, 64], weights=src,
-                             dyn=True, min_frames=1)
+        models["cnn"] = dict(module=m, kind="transcoder", spec="pann", inputs=[(101, 1.0)], batches=[1, 64],
+                             weights=src, dyn=True, min_frames=1)
     if "yamnet" in only:
         m = YAMNet()
         src = "random"
@@ -169,7 +171,8 @@ def bench_quant(models: dict[str, dict], threads: list[int], min_time: float, tm
 
     print("\nint8 static QDQ (ONNX Runtime) and bf16 (torch CPU autocast) vs fp32; batch 64 "
           "(errors on real chunks: dB for the CNN, probabilities for YAMNet)")
-    print(f"{'model':<8} {'variant':<12} {'thr':>3} {'x RT':>10} {'vs fp32 ORT':>11} {'max |err|':>10} {'mean |err|':>10}")
+    print(f"{'model':<8} {'variant':<12} {'thr':>3} {'x RT':>10} {'vs fp32 ORT':>11} "
+          f"{'max |err|':>10} {'mean |err|':>10}")
     for name in ("cnn", "yamnet"):
         if name not in models:
             continue

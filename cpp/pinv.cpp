@@ -110,9 +110,28 @@ struct Tables {
 
 constexpr std::size_t kBlock = 16;
 
+// out[m] = (logop(in[m]) + norm_offset) / norm_scale for one output row.
+template <LogKind Kind, bool Normalise>
+void log_row(const Tables& tb, const float* __restrict in, float* __restrict out) {
+    // The clamps keep ln_approx in its domain: the floor (at least FLT_MIN)
+    // below, FLT_MAX above (a float overflow reads 385.3 dB, not inf). Both
+    // bounds are runtime values: with a literal bound gcc specialises the
+    // clamped path and then no longer vectorises the loop.
+    const float fl = tb.floor, top = tb.ceiling, no = tb.norm_offset, ns = tb.norm_scale;
+    constexpr float kDbPerNeper = 4.342944819032518f;  // 10 / ln 10
+    for (std::size_t m = 0; m < tb.M; ++m) {
+        float v = Kind == LogKind::db ? in[m] : in[m] + fl;
+        v = v > fl ? v : fl;  // for ln: only differs when y < 0, which cannot happen
+        v = v < top ? v : top;
+        float r = Kind == LogKind::db ? kDbPerNeper * ln_approx(v) : ln_approx(v);
+        if (Normalise) r = (r + no) / ns;
+        out[m] = r;
+    }
+}
+
 void pinv_range(const Tables& tb, const float* levels, float* out, std::size_t c0, std::size_t c1) {
     const std::size_t F = tb.F, nb = tb.nb, M = tb.M, T = tb.T;
-    std::vector<float> e(F * nb), p(F * M);
+    std::vector<float> e(F * nb), p(F * M), row(M);
     for (std::size_t c = c0; c < c1; ++c) {
         const float* x = levels + c * F * nb;
         float* y = out + c * T * M;
@@ -146,48 +165,28 @@ void pinv_range(const Tables& tb, const float* levels, float* out, std::size_t c
                 pf[m0] = acc;
             }
         }
-        // Y = W_t · P (each row mixes at most two frames for linear interpolation),
-        // then the log, row by row while the row is in L1.
+        // Y = W_t · P (each row mixes at most two frames for linear interpolation)
+        // into an L1 scratch row, then the log into the output: each output
+        // cache line is written once.
         for (std::size_t t = 0; t < T; ++t) {
-            float* yt = y + t * M;
             const std::size_t k0 = tb.start[t], k1 = tb.start[t + 1];
             if (k0 == k1) {
-                for (std::size_t m = 0; m < M; ++m) yt[m] = 0.0f;
+                for (std::size_t m = 0; m < M; ++m) row[m] = 0.0f;
             } else {
                 const float* p0 = p.data() + tb.idx[k0] * M;
                 const float w0 = tb.w[k0];
-                for (std::size_t m = 0; m < M; ++m) yt[m] = w0 * p0[m];
+                for (std::size_t m = 0; m < M; ++m) row[m] = w0 * p0[m];
                 for (std::size_t k = k0 + 1; k < k1; ++k) {
                     const float* pk = p.data() + tb.idx[k] * M;
                     const float wk = tb.w[k];
-                    for (std::size_t m = 0; m < M; ++m) yt[m] += wk * pk[m];
+                    for (std::size_t m = 0; m < M; ++m) row[m] += wk * pk[m];
                 }
             }
-            // The clamps keep ln_approx in its domain: the floor (at least FLT_MIN)
-            // below, FLT_MAX above (a float overflow reads 385.3 dB, not inf). Both
-            // bounds are runtime values: with a literal bound gcc specialises the
-            // clamped path and then no longer vectorises the loop.
-            const float fl = tb.floor, top = tb.ceiling;
-            if (tb.kind == LogKind::db) {
-                constexpr float kDbPerNeper = 4.342944819032518f;  // 10 / ln 10
-                for (std::size_t m = 0; m < M; ++m) {
-                    float v = yt[m];
-                    v = v > fl ? v : fl;
-                    v = v < top ? v : top;
-                    yt[m] = kDbPerNeper * ln_approx(v);
-                }
-            } else {
-                for (std::size_t m = 0; m < M; ++m) {
-                    float v = yt[m] + fl;
-                    v = v > fl ? v : fl;  // only differs when y < 0, which cannot happen
-                    v = v < top ? v : top;
-                    yt[m] = ln_approx(v);
-                }
-            }
-            if (tb.normalise) {
-                const float no = tb.norm_offset, ns = tb.norm_scale;
-                for (std::size_t m = 0; m < M; ++m) yt[m] = (yt[m] + no) / ns;
-            }
+            float* yt = y + t * M;
+            if (tb.kind == LogKind::db)
+                tb.normalise ? log_row<LogKind::db, true>(tb, row.data(), yt) : log_row<LogKind::db, false>(tb, row.data(), yt);
+            else
+                tb.normalise ? log_row<LogKind::ln, true>(tb, row.data(), yt) : log_row<LogKind::ln, false>(tb, row.data(), yt);
         }
     }
 }

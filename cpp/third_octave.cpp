@@ -23,11 +23,8 @@ namespace {
 namespace pf = pocketfft::detail;
 
 #ifndef POCKETFFT_NO_VECTORS
-#ifndef ST_TO_LANES
-#define ST_TO_LANES pf::VLEN<float>::val
-#endif
-constexpr std::size_t kLanes = ST_TO_LANES;
-typedef float vfloat __attribute__((vector_size(kLanes * sizeof(float))));
+constexpr std::size_t kLanes = pf::VLEN<float>::val;
+using vfloat = pf::vtype_t<float>;
 typedef double vdouble __attribute__((vector_size(kLanes * sizeof(double))));
 inline vdouble widen(vfloat x) { return __builtin_convertvector(x, vdouble); }
 inline double lane(const vdouble& v, std::size_t j) { return v[j]; }
@@ -210,8 +207,8 @@ py::array_t<float> third_octave_levels(f32_array audio, f32_array window, i64_ar
         // its own scratch, so one plan serves every thread.
         auto plan = pf::get_plan<pf::pocketfft_r<float>>(p.frame);
         const std::size_t groups = (items + kLanes - 1) / kLanes;
-        // Cost units of choose_threads are ~0.5 ns; a vectorised frame costs ~N/4 ns.
-        const double cost = kLanes * 0.5 * static_cast<double>(p.frame);
+        // Cost units of choose_threads are ~0.5 ns; a frame costs ~0.75 N ns.
+        const double cost = kLanes * 1.5 * static_cast<double>(p.frame);
         const unsigned threads = choose_threads(groups, cost, n_threads);
         parallel_for(groups, threads, [&](std::size_t gb, std::size_t ge) {
             analyse_range(p, *plan, gb * kLanes, std::min(items, ge * kLanes));

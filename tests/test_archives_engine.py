@@ -22,7 +22,7 @@ from spectral_transcoder import archives
 from archives_testutil import NS, T0, grid_times, levels, per_second, write_parquet
 
 TESTS = Path(__file__).resolve().parent
-PYTHON_DIR = TESTS.parent / "python"
+PACKAGE_PARENT = Path(st.__file__).resolve().parent.parent  # the child imports the package this process uses
 
 
 def _archive(tmp_path: Path, n_files: int = 3, frames: int = 2000) -> list[Path]:
@@ -238,7 +238,7 @@ def test_kill_9_and_resume(tmp_path):
     ref = _sorted(archives.read_results(ref_out))
     script = tmp_path / "child.py"
     script.write_text(_CHILD)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PYTHON_DIR), str(TESTS)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE_PARENT), str(TESTS)])}
     args = [sys.executable, str(script), str(out)] + [str(p) for p in paths]
     proc = subprocess.Popen(args, env=env)
     manifest = out / "_manifest.jsonl"

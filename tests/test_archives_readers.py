@@ -297,7 +297,8 @@ def test_open_many_collects_errors_and_goes_on(tmp_path):
     unsorted = write_parquet(tmp_path / "s2.parquet", times, levels(100))
     (tmp_path / "s3.parquet").write_bytes(b"garbage")
     good2 = write_csv(tmp_path / "s4.csv", grid_times(50, start=T0 + np.timedelta64(1, "D")), levels(50))
-    many = archives.open_many([good1, unsorted, tmp_path / "s3.parquet", good1, good2], block_seconds=5)
+    again = f"{tmp_path}/../{tmp_path.name}/s1.parquet"  # the same file, spelt differently
+    many = archives.open_many([good1, unsorted, tmp_path / "s3.parquet", again, good2], block_seconds=5)
     assert len(many) == 4  # the duplicate path is read once
     blocks = list(many)
     # s2's first block (rows 0-39) comes before its error at row 61, whatever the read batch size

@@ -85,6 +85,7 @@ def torch_load(path: str | Path, what: str) -> Any:
 
 
 def _short(keys: Iterable[str], n: int = 12) -> str:
+    """The first ``n`` names, comma-separated, with the total when there are more."""
     keys = list(keys)
     shown = ", ".join(keys[:n])
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > n else "")

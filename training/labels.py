@@ -46,7 +46,9 @@ def read_label_csv(path: str | Path, *, what: str, option: str) -> list[Label]:
         except ValueError:
             raise ModelError(f"{option}: {str(p)!r} line {line}: index {row[0]!r} is not an integer") from None
         if index != len(labels):
-            raise ModelError(f"{option}: {str(p)!r} line {line}: index {index}, expected {len(labels)} (rows must be in order)")
+            raise ModelError(
+                f"{option}: {str(p)!r} line {line}: index {index}, expected {len(labels)} (rows must be in order)"
+            )
         labels.append(Label(index, row[1].strip(), row[2].strip()))
     return labels
 
@@ -73,7 +75,8 @@ def yamnet_labels(
         raise ModelError(f"--yamnet-class-map: {str(class_map)!r} has {len(labels)} classes; YAMNet has {n_classes}")
     if audioset is None:
         return labels, "yamnet index (no class_labels_indices.csv given: pass --labels to get AudioSet indices)"
-    by_mid = {lb.mid: lb.index for lb in read_label_csv(audioset, what="AudioSet class_labels_indices.csv", option="--labels")}
+    audioset_rows = read_label_csv(audioset, what="AudioSet class_labels_indices.csv", option="--labels")
+    by_mid = {lb.mid: lb.index for lb in audioset_rows}
     missing = [lb.mid for lb in labels if lb.mid not in by_mid]
     if missing:
         raise ModelError(

@@ -26,7 +26,7 @@ import torch
 
 from spectral_transcoder.errors import ModelError
 
-from .checkpoints import CheckpointError, check_source_file
+from .checkpoints import CheckpointError, _short, check_source_file
 from .nets.yamnet import BN_EPS, YAMNET_LAYERS
 
 __all__ = ["read_tflite", "read_h5", "state_dict_from_folded", "h5_dataset_paths"]
@@ -39,10 +39,13 @@ _N_CLASSES, _N_FEATURES = 521, 1024
 
 
 def _layer_names() -> list[str]:
-    return ["layer1"] + [f"layer{i}.{part}" for i in range(2, len(YAMNET_LAYERS) + 2) for part in ("depthwise_conv", "pointwise_conv")]
+    parts = ("depthwise_conv", "pointwise_conv")
+    return ["layer1"] + [f"layer{i}.{part}" for i in range(2, len(YAMNET_LAYERS) + 2) for part in parts]
 
 
-def state_dict_from_folded(folded: dict[str, tuple[np.ndarray, np.ndarray]], classifier: tuple[np.ndarray, np.ndarray]) -> dict[str, torch.Tensor]:
+def state_dict_from_folded(
+    folded: dict[str, tuple[np.ndarray, np.ndarray]], classifier: tuple[np.ndarray, np.ndarray]
+) -> dict[str, torch.Tensor]:
     """BN-form YAMNet state dict from folded (weight OIHW, bias) pairs keyed by :func:`_layer_names`.
 
     The BN becomes an exact identity plus bias: weight 1, running_mean 0,
@@ -110,7 +113,9 @@ class _TFLite:
         if ttype == _FLOAT32:
             return np.frombuffer(data.tobytes(), dtype="<f4").reshape(shape).astype(np.float32), "float32"
         if ttype != _INT8:
-            raise ModelError(f"{str(self.path)!r}: weight tensor #{idx} has unsupported type {ttype} (expected float32 or int8)")
+            raise ModelError(
+                f"{str(self.path)!r}: weight tensor #{idx} has unsupported type {ttype} (expected float32 or int8)"
+            )
         q = np.frombuffer(data.tobytes(), dtype=np.int8).reshape(shape).astype(np.float64)
         qp = t.Quantization()
         scale = qp.ScaleAsNumpy() if qp is not None else 0
@@ -122,7 +127,9 @@ class _TFLite:
             return (scale[0] * (q - zero[0])).astype(np.float32), "per-tensor"
         axis = int(qp.QuantizedDimension())
         if scale.size != shape[axis]:
-            raise ModelError(f"{str(self.path)!r}: tensor #{idx} has {scale.size} scales for axis {axis} of size {shape[axis]}")
+            raise ModelError(
+                f"{str(self.path)!r}: tensor #{idx} has {scale.size} scales for axis {axis} of size {shape[axis]}"
+            )
         bshape = [1] * len(shape)
         bshape[axis] = -1
         return (scale.reshape(bshape) * (q - zero.reshape(bshape))).astype(np.float32), "per-channel"
@@ -179,7 +186,9 @@ def _read_tflite_layers(tf: _TFLite) -> tuple[dict[str, torch.Tensor], dict[str,
     for name, (code, op), stride in zip(_layer_names(), convs, strides):
         sh, sw, pad = tf.conv_options(op, code)
         if (sh, sw) != (stride, stride) or pad != _PADDING_SAME:
-            raise ModelError(f"{where!r}: {name} has stride ({sh}, {sw}) / padding {pad}; YAMNet expects {stride} / SAME")
+            raise ModelError(
+                f"{where!r}: {name} has stride ({sh}, {sw}) / padding {pad}; YAMNet expects {stride} / SAME"
+            )
         inputs = op.InputsAsNumpy()
         w, qw = tf.array(int(inputs[1]))
         b, qb = tf.array(int(inputs[2]))
@@ -254,17 +263,18 @@ def read_h5(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         expected = h5_dataset_paths(group)
         missing = [k for k in expected if k not in found]
         unexpected = [k for k in found if k not in expected]
-        shapes = [f"{k} {found[k]} (expected {expected[k]})" for k in expected if k in found and found[k] != expected[k]]
+        shapes = [f"{k} {found[k]} (expected {v})" for k, v in expected.items() if k in found and found[k] != v]
         problems = []
         if missing:
-            problems.append(f"missing datasets: {', '.join(missing[:12])}" + (f", ... ({len(missing)} in all)" if len(missing) > 12 else ""))
+            problems.append(f"missing datasets: {_short(missing)}")
         if unexpected:
-            problems.append(f"unexpected datasets: {', '.join(unexpected[:12])}" + (f", ... ({len(unexpected)} in all)" if len(unexpected) > 12 else ""))
+            problems.append(f"unexpected datasets: {_short(unexpected)}")
         if shapes:
-            problems.append(f"wrong shapes: {', '.join(shapes[:12])}")
+            problems.append(f"wrong shapes: {_short(shapes)}")
         if problems:
             raise CheckpointError(
-                f"{str(p)!r} is not a Keras-2 yamnet.h5 weights file ({len(expected)} datasets expected): " + "; ".join(problems)
+                f"{str(p)!r} is not a Keras-2 yamnet.h5 weights file ({len(expected)} datasets expected): "
+                + "; ".join(problems)
             )
         try:
             data = {k: np.asarray(f[k][()], dtype=np.float32) for k in expected}
@@ -274,11 +284,12 @@ def read_h5(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     sd: dict[str, torch.Tensor] = {}
 
     def put_bn(torch_prefix: str, keras_prefix: str) -> None:
-        beta = data[f"{keras_prefix}/bn/{keras_prefix}/bn/beta:0"]
+        beta = data[f"{keras_prefix}/bn/{keras_prefix}/bn/beta:0"]  # no gamma: scale=False upstream
         sd[f"{torch_prefix}.bn.weight"] = torch.ones(beta.shape[0])
         sd[f"{torch_prefix}.bn.bias"] = torch.from_numpy(beta)
-        sd[f"{torch_prefix}.bn.running_mean"] = torch.from_numpy(data[f"{keras_prefix}/bn/{keras_prefix}/bn/moving_mean:0"])
-        sd[f"{torch_prefix}.bn.running_var"] = torch.from_numpy(data[f"{keras_prefix}/bn/{keras_prefix}/bn/moving_variance:0"])
+        bn_path = f"{keras_prefix}/bn/{keras_prefix}/bn"
+        sd[f"{torch_prefix}.bn.running_mean"] = torch.from_numpy(data[f"{bn_path}/moving_mean:0"])
+        sd[f"{torch_prefix}.bn.running_var"] = torch.from_numpy(data[f"{bn_path}/moving_variance:0"])
         sd[f"{torch_prefix}.bn.num_batches_tracked"] = torch.tensor(0)
 
     def t(a: np.ndarray, *axes: int) -> torch.Tensor:

@@ -51,7 +51,9 @@ def _act(name: str) -> nn.Module:
     return nn.ReLU() if name == "RE" else nn.Hardswish()
 
 
-def _conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1, act: str | None = None) -> nn.Sequential:
+def _conv_bn(
+    c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1, act: str | None = None
+) -> nn.Sequential:
     """Conv (no bias, symmetric zero padding) -> BN(eps 1e-3) [-> activation]: keys ``.0``, ``.1``."""
     layers: list[nn.Module] = [
         nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=(kernel - 1) // 2, groups=groups, bias=False),
@@ -114,8 +116,9 @@ class EfficientATMN(nn.Module):
     def __init__(self, width_mult: float = 0.4, n_classes: int = 527, n_mels: int = 128) -> None:
         super().__init__()
         self.n_classes, self.n_mels = n_classes, n_mels
+        w = width_mult
         cfg = [
-            (make_divisible(i * width_mult), k, make_divisible(e * width_mult), make_divisible(o * width_mult), se, a, s)
+            (make_divisible(i * w), k, make_divisible(e * w), make_divisible(o * w), se, a, s)
             for i, k, e, o, se, a, s in MN_BASE_CONFIG
         ]
         stem = cfg[0][0]

@@ -385,7 +385,8 @@ class _PercentileHistogram:
 def make_reference(opts: BlockOptions, measure: "Iterator[tuple[np.ndarray, np.ndarray]] | None" = None,
                    where: str = "") -> LevelReference:
     """Build the :class:`LevelReference` for ``opts``. For ``"auto"``, ``measure`` yields
-    ``(levels (n, bands), seconds since the source start of each row)`` batches."""
+    ``(levels (n, bands), seconds since the source start of each row)`` batches of the
+    file ``where``."""
     if opts.reference == "dBFS":
         return LevelReference(mode="dBFS", offset_db=0.0)
     if opts.reference == "SPL":
@@ -398,7 +399,7 @@ def make_reference(opts: BlockOptions, measure: "Iterator[tuple[np.ndarray, np.n
             bb = bb[np.asarray(t_s) < opts.auto_window_s]
         hist.add(bb)
     if hist.n == 0:
-        raise InvalidInputError(f'{where}reference="auto": no valid frame to measure a level on')
+        raise ArchiveError(where, None, 'reference="auto": no valid frame to measure a level on')
     p = hist.percentile(opts.auto_percentile)
     return LevelReference(
         mode="auto", offset_db=round(opts.auto_target_db - p, 6), percentile=float(opts.auto_percentile),

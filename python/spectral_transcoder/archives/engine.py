@@ -10,8 +10,9 @@ rows to :class:`~.writer.ResultWriter`, which commits them crash-safely.
 array becomes a fixed-size list column, e.g. a probability vector per row; a
 scalar is repeated). One row per output window. It must give the window's start,
 as ``offset_s`` (seconds from ``block.start``) or ``window_start`` (UTC
-``datetime64``), and ``window_s`` (its length in seconds). The engine puts these
-columns first, in this order:
+``datetime64``), and ``window_s`` (its length in seconds). ``None`` or zero rows
+records the block as done with no rows. The engine puts these columns first, in
+this order:
 
 ==================  ======================  ==================================================
 ``source``          string                  the block's source (file) id

@@ -143,7 +143,7 @@ class BlockReader:
     @property
     def level_reference(self) -> LevelReference:
         if self._reference is None:
-            self._reference = make_reference(self.options, self._measure(), where=f"{self.path}: ")
+            self._reference = make_reference(self.options, self._measure(), where=self.path)
         return self._reference
 
     def _measure(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -927,14 +927,15 @@ class ArchiveFailure:
 class ArchiveSet:
     """Blocks of many files, one file open at a time. A file that fails (unreadable,
     corrupt, truncated, or breaking a rule) is recorded in :attr:`errors` and the
-    others go on; the blocks it gave before failing stay given. Paths are read in
-    the given order, duplicates removed."""
+    others go on; the blocks it gave before failing stay given (and, for a broken
+    rule, exactly the blocks before the offending row, whatever the read batch size).
+    Paths are read in the given order, duplicates removed."""
 
     def __init__(self, paths: Iterable[str | os.PathLike], **options: Any):
-        seen: dict[str, None] = {}
-        for p in paths:
-            seen.setdefault(str(p), None)
-        self.paths = list(seen)
+        seen: dict[str, str] = {}
+        for p in paths:  # the same file under two spellings is read once
+            seen.setdefault(str(Path(p).resolve()), str(p))
+        self.paths = list(seen.values())
         self.options = options
         common = {k: v for k, v in options.items() if k in BlockOptions.__dataclass_fields__}
         self.block_options = BlockOptions(**common)  # bad option values fail here, once
