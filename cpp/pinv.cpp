@@ -6,11 +6,12 @@
 // product, a sparse time interpolation and T·M logarithms. The exp and log are
 // written here in plain branch-free C++ so that gcc/clang vectorise the loops
 // at -O3 (libm calls would not be vectorised without -ffast-math):
-//   - exp2_approx (double): Taylor series of degree 9 on [-ln2/2, ln2/2],
-//     relative error < 1e-11 before the cast to float;
-//   - ln_approx (float): ln m = 2 atanh((m − 1)/(m + 1)) for m in [√½, √2),
-//     series to s⁹; max error about 1 ulp of the result (< 2.5e-7 relative for
-//     |ln x| > 0.5, < 3e-8 absolute near x = 1), tested against numpy.
+//   - exp2_approx (double): 2^n times a Taylor series of degree 9 of e^u on
+//     |u| <= ln2/2; measured relative error < 1e-11 before the cast to float;
+//   - ln_approx (float): x = m·2^e, ln m = 2 atanh((m − 1)/(m + 1)) for m in
+//     [√½, √2), series to s⁹; measured over 2e7 random normal floats: < 1 ulp
+//     (0.92), relative error < 8.1e-8 everywhere (< 2.8e-8 absolute near x = 1);
+//     10 log10 then errs by < 5e-5 dB even at ±380 dB (tests/test_pinv.py).
 #include "common.hpp"
 
 #include <cmath>
@@ -245,8 +246,8 @@ py::array_t<float> pinv_chunks(f32_array levels, f32_array A, f32_array W_t, dou
     float* y = out.mutable_data();
     {
         py::gil_scoped_release release;
-        // ~2 ns per output value (cost units are ~0.5 ns).
-        const double cost = 4.0 * static_cast<double>(tb.T * tb.M) + 2.0 * static_cast<double>(tb.F * tb.nb * tb.M);
+        // Cost units are ~0.5 ns: ~0.75 ns per output value, ~0.25 ns per product term.
+        const double cost = 1.5 * static_cast<double>(tb.T * tb.M) + 0.5 * static_cast<double>(tb.F * tb.nb * tb.M);
         const unsigned threads = choose_threads(B, cost, n_threads);
         parallel_for(B, threads, [&](std::size_t b0, std::size_t b1) { pinv_range(tb, x, y, b0, b1); });
     }

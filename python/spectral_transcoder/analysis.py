@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 
 import numpy as np
 
@@ -73,7 +74,7 @@ def third_octave(
     if db_offset is None:
         offset = float(spec.db_offset)
     else:
-        if isinstance(db_offset, bool) or not isinstance(db_offset, (int, float, np.integer, np.floating)):
+        if isinstance(db_offset, bool) or not isinstance(db_offset, numbers.Real):
             raise InputTypeError(f"db_offset must be a number of dB or None, got {type(db_offset).__name__}")
         offset = float(db_offset)
         if not math.isfinite(offset):

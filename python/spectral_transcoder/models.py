@@ -275,10 +275,11 @@ class Transcoder:
         self.batch_size = _check_batch_size(batch_size)
         if model is not None:
             t, m = model.input_shape[1], model.input_shape[2]
-            if _static(m) not in (None, output_spec.n_mels) or _static(t) not in (None, output_spec.chunk_frames):
+            frames = output_spec.frames_for_chunk(input_spec.chunk_duration)
+            if _static(m) not in (None, output_spec.n_mels) or _static(t) not in (None, frames):
                 raise ModelError(
                     f"{model.path}: CNN input shape {model.input_shape} does not fit the output spec "
-                    f"{output_spec.name!r} (batch, {output_spec.chunk_frames}, {output_spec.n_mels})"
+                    f"{output_spec.name!r} (batch, {frames}, {output_spec.n_mels})"
                 )
 
     # ------------------------------------------------------------ constructors
@@ -425,14 +426,20 @@ class Transcoder:
 
     def transcode_chunks(self, chunks: object, *, band_spec: str | BandSpec | None = None) -> np.ndarray:
         """Transcode 1-s chunks ``(..., n_chunks, frames_per_chunk, n_bands)`` dB into
-        ``(..., n_chunks, T, n_mels)`` (``T = output_spec.chunk_frames``). Each chunk
+        ``(..., n_chunks, T, n_mels)`` (``T = output_spec.frames_for_chunk(input_spec.chunk_duration)``). Each chunk
         is independent, as in training; the CNN sees them in batches of
         :attr:`batch_size`."""
+        mels = self.pinv_chunks(chunks, band_spec=band_spec)
+        return self.run_cnn(mels) if self._model is not None else mels
+
+    def pinv_chunks(self, chunks: object, *, band_spec: str | BandSpec | None = None) -> np.ndarray:
+        """The PINV stage alone (what the CNN receives): chunks ``(..., n_chunks,
+        frames_per_chunk, n_bands)`` dB -> ``(..., n_chunks, T, n_mels)``, with the
+        file's PINV matrix when it carries one."""
         from .pinv import pinv_chunks
 
         spec = self.check_band_spec(band_spec)
-        mels = pinv_chunks(chunks, self._output_spec, band_spec=spec, matrix=self._matrix)  # validates chunks
-        return self.run_cnn(mels) if self._model is not None else mels
+        return pinv_chunks(chunks, self._output_spec, band_spec=spec, matrix=self._matrix)  # validates chunks
 
     def run_cnn(self, mels: object) -> np.ndarray:
         """Apply the CNN alone to PINV Mels ``(..., T, n_mels)`` (identity without a CNN)."""

@@ -148,7 +148,7 @@ def n_valid_mel_frames(n_valid_frames: int, band_spec: str | BandSpec, mel_spec:
     """
     band = get_band_spec(band_spec)
     mel = get_mel_spec(mel_spec)
-    f, t = band.frames_per_chunk, mel.chunk_frames
+    f, t = band.frames_per_chunk, mel.frames_for_chunk(band.chunk_duration)
     return min(t, -(-int(n_valid_frames) * t // f))
 
 
@@ -169,8 +169,8 @@ def split_chunks(
         What to do when ``frames`` is not a multiple of the chunk length:
         ``"error"`` raises :class:`InvalidInputError`; ``"drop"`` drops the leftover
         frames; ``"pad"`` completes the last chunk by repeating its last frame.
-        Both issue a :class:`PartialChunkWarning` with the frame count. A partial
-        chunk is never stretched.
+        ``"drop"`` and ``"pad"`` issue a :class:`PartialChunkWarning` naming the
+        dropped or padded frame count. A partial chunk is never stretched.
 
     Returns
     -------
@@ -226,7 +226,9 @@ def pinv_chunks(
     chunks:
         dB levels in ``band_spec``'s convention, shape ``(..., F, n_bands)`` with
         ``F = band_spec.frames_per_chunk`` (typically ``(..., n_chunks, F, n_bands)``
-        from :func:`split_chunks`); all leading axes are batch axes.
+        from :func:`split_chunks`); all leading axes are batch axes. Computed in
+        float32 (float64 input is cast, as the reference does); levels more than
+        :data:`MAX_LEVEL_ABOVE_OFFSET` dB above ``band_spec.db_offset`` are rejected.
     target:
         The target :class:`MelSpec` or preset name (``"pann"``, ``"yamnet_torchport"``,
         ``"yamnet"``, ``"efficientat"``, ...).
@@ -241,7 +243,7 @@ def pinv_chunks(
     Returns
     -------
     numpy.ndarray
-        float32, shape ``(..., T, n_mels)`` with ``T = target.chunk_frames``, time-major,
+        float32, shape ``(..., T, n_mels)`` with ``T = target.frames_for_chunk(band_spec.chunk_duration)`` (``chunk_frames`` for 1-s chunks), time-major,
         in the target's units: ``10 log10(max(mel, log_floor))`` dB for ``log="db"``
         (PANN), ``ln(mel + log_floor)`` for ``log="ln"`` (YAMNet), then
         ``(· + norm_offset) / norm_scale``. The Mel value is computed from band power
@@ -259,10 +261,11 @@ def pinv_chunks(
         )
     _check_range(x, band, "chunks")
     lead = x.shape[:-2]
+    t = mel.frames_for_chunk(band.chunk_duration)
     out = _core.pinv_chunks(
         x.reshape(-1, f, band.n_bands),
         a,
-        _interp32(f, mel.chunk_frames),
+        _interp32(f, t),
         band_power_gain(band, mel),
         float(band.db_offset),
         mel.log,
@@ -271,7 +274,7 @@ def pinv_chunks(
         float(mel.norm_scale),
         threads,
     )
-    return out.reshape(*lead, mel.chunk_frames, mel.n_mels)
+    return out.reshape(*lead, t, mel.n_mels)
 
 
 def stitch_chunks(mels: object, mel_spec: str | MelSpec) -> np.ndarray:

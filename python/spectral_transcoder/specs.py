@@ -216,6 +216,17 @@ class MelSpec:
             return 1 + n // self.hop_length
         return 1 + (n - self.win_length) // self.hop_length
 
+    def frames_for_chunk(self, chunk_seconds: float) -> int:
+        """Mel frames the transcoder produces for one chunk of ``chunk_seconds``.
+
+        For the paper's 1-s chunks this is ``chunk_frames`` (101 PANN, 96 YAMNet);
+        other chunk lengths (the 10-s ``cense_slow`` chunks) get the front end's own
+        frame count for that much audio (1001 for PANN).
+        """
+        if abs(chunk_seconds - 1.0) < 1e-9:
+            return self.chunk_frames
+        return self.n_frames(int(round(chunk_seconds * self.sample_rate)))
+
     def to_dict(self) -> dict[str, Any]:
         return {"type": "MelSpec", **dataclasses.asdict(self)}
 
