@@ -116,7 +116,8 @@ using vint = int __attribute__((vector_size(kLanes * sizeof(int))));
 
 template <std::size_t... I>
 constexpr vint zip_mask(std::index_sequence<I...>, int base) {
-    return vint{((I % 2 == 0) ? base + static_cast<int>(I / 2) : static_cast<int>(kLanes) + base + static_cast<int>(I / 2))...};
+    // lane 2i takes a[base + i], lane 2i + 1 takes b[base + i] (b's lanes are numbered from kLanes)
+    return vint{(static_cast<int>(I % 2 ? kLanes : 0) + base + static_cast<int>(I / 2))...};
 }
 constexpr vint kZipLo = zip_mask(std::make_index_sequence<kLanes>{}, 0);
 constexpr vint kZipHi = zip_mask(std::make_index_sequence<kLanes>{}, static_cast<int>(kLanes / 2));
@@ -305,7 +306,8 @@ py::array_t<float> mel_spectrogram(f32_array audio, f32_array window, f32_array 
             "mel_spectrogram: mel_fb must be (n_fft // 2 + 1, n_mels)");
     require(hop >= 1, "mel_spectrogram: hop must be >= 1");
     require(win_length >= 1 && win_length <= window.shape(0), "mel_spectrogram: need 1 <= win_length <= n_fft");
-    require(pad_mode == "reflect" || pad_mode == "constant", "mel_spectrogram: pad_mode must be 'reflect' or 'constant'");
+    require(pad_mode == "reflect" || pad_mode == "constant",
+            "mel_spectrogram: pad_mode must be 'reflect' or 'constant'");
     require(log_kind == "db" || log_kind == "ln", "mel_spectrogram: log_kind must be 'db' or 'ln'");
     require(std::isfinite(log_floor) && log_floor > 0.0, "mel_spectrogram: log_floor must be positive");
     require(std::isfinite(norm_offset) && std::isfinite(norm_scale) && norm_scale != 0.0,

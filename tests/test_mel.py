@@ -222,7 +222,9 @@ def test_known_frame_counts(name, n, frames):
     assert mel(_noise(n, (n,)), spec.sample_rate, spec).shape == (frames, spec.n_mels)
 
 
-@pytest.mark.parametrize("name,minimum", [("pann", 513), ("yamnet_torchport", 257), ("yamnet", 1), ("efficientat", 514)])
+@pytest.mark.parametrize(
+    "name,minimum", [("pann", 513), ("yamnet_torchport", 257), ("yamnet", 1), ("efficientat", 514)]
+)
 def test_minimum_length(name, minimum):
     spec = SPECS[name]
     assert spec.min_samples() == minimum
@@ -233,7 +235,8 @@ def test_minimum_length(name, minimum):
 
 def test_reflect_padding_needs_more_than_half_a_frame():
     # the real constraint behind min_samples, straight at the kernel
-    window, fb = tables.stft_window(SPECS["pann"]).astype(np.float32), tables.mel_filterbank(SPECS["pann"]).astype(np.float32)
+    window = tables.stft_window(SPECS["pann"]).astype(np.float32)
+    fb = tables.mel_filterbank(SPECS["pann"]).astype(np.float32)
     args = dict(hop=320, center=True, win_length=1024, pad_mode="reflect", padded_length=0, preemphasis=0.0,
                 magnitude=False, log_kind="db", log_floor=1e-10, norm_offset=0.0, norm_scale=1.0)
     _core.mel_spectrogram(np.zeros((1, 513), np.float32), window, fb, **args)

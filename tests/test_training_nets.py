@@ -168,3 +168,20 @@ def test_yamnet_onnx_fixed_frames_and_outputs(tmp_path):
     got = _session(path).run(None, {"mel": x.numpy()})
     for g, r in zip(got, ref):
         np.testing.assert_allclose(g, r.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_torchscript_exporter_fallback_path(tmp_path):
+    # The legacy exporter (used when the dynamo exporter fails) gives the same names and values.
+    torch.manual_seed(2)
+    m = CNNTranscoder(n_layers=3, channels=16).eval()
+    path = export_onnx(m, _meta("transcoder", "cnn-ts"), tmp_path / "ts.onnx", example=torch.randn(2, 101, 64),
+                       dynamic_frames=True, exporter="torchscript")
+    model = onnx.load(str(path))
+    assert [i.name for i in model.graph.input] == ["mel"] and [o.name for o in model.graph.output] == ["mel_out"]
+    meta = ModelMetadata.from_props({p.key: p.value for p in model.metadata_props})
+    assert meta.extra["exporter"] == "torchscript"
+    x = torch.randn(3, 40, 64)
+    with torch.no_grad():
+        ref = m(x).numpy()
+    np.testing.assert_allclose(_session(path).run(None, {"mel": x.numpy()})[0], ref, atol=1e-4, rtol=0)
+

@@ -384,3 +384,7 @@ def _run_models_info(args: argparse.Namespace) -> int:
     # Not available: say how to get it (in every namespace that knows the name).
     known = [k for k in kinds if registry.known(args.model, k)] or kinds[:1]
     raise ModelError("\n".join(registry.how_to_get(args.model, k) for k in known))
+
+
+# The archive commands (process/classify, plot, bench) live in their own module; importing it registers them.
+from . import cli_process as _cli_process  # noqa: E402,F401

@@ -44,7 +44,7 @@ from .specs import MelSpec, get_mel_spec
 __all__ = ["mel", "patches"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=64)
 def _kernel_tables(spec: MelSpec) -> tuple[np.ndarray, np.ndarray]:
     """float32 C-contiguous window (n_fft,) and filterbank (n_bins, n_mels) of ``spec``."""
     window = np.ascontiguousarray(tables.stft_window(spec), dtype=np.float32)
