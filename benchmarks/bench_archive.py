@@ -101,6 +101,8 @@ def main() -> int:
         else convert_models(args.out)
     t0 = time.perf_counter()
     paths = clip_paths(args.us8k)
+    if not paths:
+        ap.error(f"no recordings under {SHARED}/data (set ST_SHARED_DIR)")
     clips = audio_levels(paths)
     src_s = sum(len(c) for c in clips) * 0.125
     print(f"material: {len(clips)} recordings ({src_s:.0f} s), analysed in {time.perf_counter() - t0:.1f} s",
@@ -125,6 +127,8 @@ def main() -> int:
         run("single process, 1 ORT thread", short, transcoder=str(tr), n_threads=1)
         run("dask LocalCluster, 1 worker x 2 threads", short, transcoder=str(tr), workers=1, n_threads=2)
         run("dask LocalCluster, 2 workers x 1 thread", short, transcoder=str(tr), workers=2, n_threads=1)
+        run("single process, 2 ORT threads, one ORT run per 60-s block", short, transcoder=str(tr), n_threads=2,
+            batch_size=None)
         run("PINV only (no CNN), single process", short, transcoder="pinv:yamnet_torchport", n_threads=2)
         one, two = results["single process, 1 ORT thread"], results["dask LocalCluster, 2 workers x 1 thread"]
         print(f"scaling: 1 -> 2 workers (processes, 1 thread each): "

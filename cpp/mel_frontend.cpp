@@ -190,31 +190,23 @@ inline vfloat bin_power(const vfloat* c, std::size_t k, std::size_t n) {
     return c[2 * k - 1] * c[2 * k - 1] + c[2 * k] * c[2 * k];
 }
 
-// Ask for the input samples of frames [first, last) ahead of time: one group's
-// frames read kLanes scattered windows of a long signal, which the hardware
-// prefetchers do not anticipate.
-inline void prefetch_frames(const Params& p, std::size_t first, std::size_t last) {
-    if (first >= last) return;
-    const Lane a = make_lane(p, first), b = make_lane(p, last - 1);
-    if (a.x != b.x) return;  // spans two rows: rare, skip
-    const std::ptrdiff_t lo = std::max<std::ptrdiff_t>(0, a.ys + static_cast<std::ptrdiff_t>(p.t0));
-    const std::ptrdiff_t hi = std::min<std::ptrdiff_t>(static_cast<std::ptrdiff_t>(p.n_samples),
-                                                       b.ys + static_cast<std::ptrdiff_t>(p.t1) + 1);
-    constexpr std::ptrdiff_t kLine = 64 / sizeof(float);
-    for (std::ptrdiff_t i = lo; i < hi; i += kLine) __builtin_prefetch(a.x + i);
-}
-
 // Square root of every lane. std::sqrt does not vectorise (errno), so use the
-// instruction that matches pocketfft's vector width where there is one.
-inline vfloat vsqrt(vfloat x) {
-#if !defined(POCKETFFT_NO_VECTORS) && defined(__AVX512F__)
+// x86 instruction of the vector's width where there is one (V is a template
+// parameter so that only the matching branch is instantiated).
+template <class V>
+inline V vsqrt(V x) {
+#ifndef POCKETFFT_NO_VECTORS
+#if defined(__AVX512F__)
     // (the zero-masked form: GCC 12 warns about _mm512_sqrt_ps's undefined passthrough)
-    return reinterpret_cast<vfloat>(_mm512_maskz_sqrt_ps(static_cast<__mmask16>(0xFFFF), reinterpret_cast<__m512>(x)));
-#elif !defined(POCKETFFT_NO_VECTORS) && defined(__AVX__)
-    return reinterpret_cast<vfloat>(_mm256_sqrt_ps(reinterpret_cast<__m256>(x)));
-#elif !defined(POCKETFFT_NO_VECTORS) && defined(__SSE2__)
-    return reinterpret_cast<vfloat>(_mm_sqrt_ps(reinterpret_cast<__m128>(x)));
-#elif !defined(POCKETFFT_NO_VECTORS)
+    if constexpr (sizeof(V) == sizeof(__m512))
+        return reinterpret_cast<V>(_mm512_maskz_sqrt_ps(static_cast<__mmask16>(0xFFFF), reinterpret_cast<__m512>(x)));
+#endif
+#if defined(__AVX__)
+    if constexpr (sizeof(V) == sizeof(__m256)) return reinterpret_cast<V>(_mm256_sqrt_ps(reinterpret_cast<__m256>(x)));
+#endif
+#if defined(__SSE2__)
+    if constexpr (sizeof(V) == sizeof(__m128)) return reinterpret_cast<V>(_mm_sqrt_ps(reinterpret_cast<__m128>(x)));
+#endif
     for (std::size_t l = 0; l < kLanes; ++l) x[l] = std::sqrt(x[l]);
     return x;
 #else
@@ -256,7 +248,6 @@ inline vfloat vlog(vfloat x) {
 void process_range(const Params& p, const pf::pocketfft_r<float>& plan, std::size_t first, std::size_t last) {
     const std::size_t n = p.n_fft, n_mels = p.bands.size();
     pf::arr<vfloat> buf(n);
-    pf::arr<vfloat> spec(n / 2 + 1);
     pf::arr<vfloat> mel(n_mels);
     const float* ml = reinterpret_cast<const float*>(mel.data());
     // dB = 10 log10(v) = ln(v) * 10 / ln(10); then (value + offset) / scale.
@@ -265,16 +256,17 @@ void process_range(const Params& p, const pf::pocketfft_r<float>& plan, std::siz
         const std::size_t used = std::min(kLanes, last - g);
         Lane lanes[kLanes];
         for (std::size_t j = 0; j < used; ++j) lanes[j] = make_lane(p, g + j);
-        prefetch_frames(p, g + kLanes, std::min(last, g + 2 * kLanes));
         fill_frames(p, lanes, used, buf.data());
         plan.exec(buf.data(), 1.0f, true);
-        for (std::size_t k = p.bin_lo; k < p.bin_hi; ++k) spec[k] = bin_power(buf.data(), k, n);
+        // In place: bin k's power goes to buf[k], which no later bin reads (bin k' > k reads 2k' - 1 and 2k').
+        vfloat* spec = buf.data();
+        for (std::size_t k = p.bin_lo; k < p.bin_hi; ++k) spec[k] = bin_power(spec, k, n);
         if (p.magnitude)
             for (std::size_t k = p.bin_lo; k < p.bin_hi; ++k) spec[k] = vsqrt(spec[k]);
         for (std::size_t m = 0; m < n_mels; ++m) {
             const Band& b = p.bands[m];
             const float* wt = p.weights.data() + b.offset;
-            const vfloat* s = spec.data() + b.first;
+            const vfloat* s = spec + b.first;
             vfloat acc{};
             for (std::size_t c = 0; c < b.count; ++c) acc += wt[c] * s[c];
             const vfloat arg = p.db ? (acc > p.floor ? acc : p.floor) : acc + p.floor;

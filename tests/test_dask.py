@@ -16,7 +16,7 @@ import spectral_transcoder as st  # noqa: E402
 from _tiny_models import make_classifier, make_transcoder  # noqa: E402
 from archives_testutil import NS, T0, grid_times, levels, write_parquet  # noqa: E402
 from spectral_transcoder import archives  # noqa: E402
-from spectral_transcoder import process as P  # noqa: E402
+from spectral_transcoder.archives import process as P  # noqa: E402
 
 PACKAGE_PARENT = str(Path(st.__file__).resolve().parent.parent)
 
@@ -75,7 +75,9 @@ def test_dask_rows_equal_single_process_and_models_load_once(tmp_path, client, d
     assert len(counts) == 2
     loads = [n for per_worker in counts.values() for n in per_worker.values()]
     assert loads and all(n == 1 for n in loads)
-    _process(data, tmp_path / "dask2", scheduler=client)  # a second run: still loaded once
+    # a second run, through the scheduler's address (as --scheduler does): the workers keep their models
+    _process(data, tmp_path / "dask2", scheduler=client.scheduler.address)
+    assert archives.read_results(tmp_path / "dask2").equals(a)
     assert all(n == 1 for w in client.run(P.load_counts).values() for n in w.values())
 
 

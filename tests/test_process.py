@@ -20,9 +20,9 @@ import spectral_transcoder as st
 from _tiny_models import classifier_metadata, make_classifier, make_transcoder
 from archives_testutil import NS, T0, grid_times, levels, write_noisecapture, write_parquet
 from spectral_transcoder import archives, cli
-from spectral_transcoder import process as P
+from spectral_transcoder.archives import process as P
 from spectral_transcoder.errors import InvalidInputError, SpecMismatchError
-from spectral_transcoder.models import Classifier, Transcoder, classify
+from spectral_transcoder.models import classify
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent

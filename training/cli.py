@@ -1,4 +1,8 @@
-"""Command line of ``training/``: ``python -m training convert KIND SOURCE -o MODEL.onnx``."""
+"""Command line of ``training/``: ``python -m training convert KIND SOURCE -o MODEL.onnx``.
+
+The teacher-student pipeline's subcommands (``training/pipeline_cli.py``) are added
+to the same parser when that module is present.
+"""
 
 from __future__ import annotations
 
@@ -49,8 +53,9 @@ _CONVERT_EPILOG = textwrap.dedent(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training",
-        description="Network definitions, checkpoint converters and ONNX export of spectral_transcoder "
-        "(the only part of the project that needs PyTorch).",
+        description="The PyTorch side of spectral_transcoder (the only part of the project that needs "
+        "torch): checkpoint converters to self-describing ONNX, and the teacher-student pipeline when present. "
+        "Run `python -m training COMMAND --help` for each command.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -79,7 +84,24 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--opset", type=int, default=None, help="ONNX opset (>= 17; default 18)")
     conv.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
                       help="torch ONNX exporter (default dynamo; falls back to torchscript on failure)")
+    conv.set_defaults(func=_cmd_convert)
+    _register_pipeline(parser, sub)
     return parser
+
+
+def _register_pipeline(parser: argparse.ArgumentParser, sub: argparse._SubParsersAction) -> None:
+    """Add the teacher-student pipeline's subcommands (training/pipeline_cli.py) when present.
+
+    A failure there must not take ``convert`` down: it is reported in ``--help`` instead.
+    """
+    try:
+        from . import pipeline_cli
+    except ImportError:
+        return
+    try:
+        pipeline_cli.register(sub)
+    except Exception as exc:  # noqa: BLE001 - a broken pipeline module must not break convert
+        parser.epilog = f"(pipeline commands unavailable: {type(exc).__name__}: {exc})"
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -105,9 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (errors print one line, status 1)."""
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "convert":
-            return _cmd_convert(args)
+        return int(args.func(args))
     except (SpectralTranscoderError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    return 2  # pragma: no cover - argparse rejects unknown commands

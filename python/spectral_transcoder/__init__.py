@@ -8,6 +8,8 @@ default), Mels ``(..., frames, n_mels)`` in the classifier's own units.
 - :func:`pinv` — levels -> Mel by the folded pseudo-inverse (C++).
 - :class:`Transcoder`, :class:`Classifier`, :func:`classify` — ONNX Runtime models.
 - :mod:`spectral_transcoder.archives` — streaming readers and the resumable engine.
+- :func:`process` — archives -> Parquet predictions, resumable, optionally on Dask
+  (:mod:`spectral_transcoder.archives.process`).
 
 See :mod:`spectral_transcoder.specs` for the representations.
 """
@@ -39,6 +41,7 @@ _LAZY = {
     "Classifier": "models",
     "ClassificationResult": "models",
     "classify": "models",
+    "process": "archives.process",
     "registry": None,
     "archives": None,
 }
@@ -63,6 +66,7 @@ __all__ = [
     "Classifier",
     "ClassificationResult",
     "classify",
+    "process",
     "BandSpec",
     "MelSpec",
     "BAND_SPECS",

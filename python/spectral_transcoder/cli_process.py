@@ -172,7 +172,7 @@ def _setup_process(p: argparse.ArgumentParser) -> Handler:
 
 
 def _run_process(args: argparse.Namespace) -> int:
-    from .process import process
+    from .archives.process import process
 
     s = process(
         [str(a) for a in args.archives], args.output, classifier=args.classifier, transcoder=args.transcoder,
@@ -180,9 +180,9 @@ def _run_process(args: argparse.Namespace) -> int:
         n_threads=args.threads, batch_size=args.batch_size, workers=args.workers, scheduler=args.scheduler,
         progress=not args.no_progress, blocks_per_part=args.blocks_per_part, **_read_options(args, blocks=True),
     )
-    rtf = s.real_time_factor
-    print(f"{s.blocks_done} blocks ({s.audio_seconds:.0f} s of valid frames) in {s.wall_seconds:.1f} s: "
-          f"{rtf:.1f}x real time; {s.rows} rows -> {args.output}")
+    speed = f": {s.real_time_factor:.1f}x real time" if s.blocks_done else ""
+    print(f"{s.blocks_done} blocks ({s.audio_seconds:.0f} s of valid frames) in {s.wall_seconds:.1f} s{speed}; "
+          f"{s.rows} rows -> {args.output}")
     if s.blocks_skipped:
         print(f"resumed: {s.blocks_skipped} blocks were already done")
     print(f"models: {s.transcoder} -> {s.classifier}" + (f"; {s.workers} workers" if s.workers > 1 else ""))
@@ -397,7 +397,7 @@ def run_bench(archive: str | os.PathLike, output: str | os.PathLike, *, classifi
     Returns the figures: x real time, stage seconds, RSS peak and series."""
     import shutil
 
-    from .process import process
+    from .archives.process import process
 
     shutil.rmtree(output, ignore_errors=True)
     with RssSampler(interval=interval) as rss:

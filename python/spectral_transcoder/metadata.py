@@ -6,7 +6,8 @@ read back by the inference package from ONNX Runtime's
 
 Tensor conventions (all models):
 - transcoder CNN: input ``mel`` (batch, frames, n_mels) = PINV output in the
-  output spec's units; output ``mel`` of the same shape;
+  output spec's units; output ``mel_out`` of the same shape (ONNX forbids an
+  output named like an input);
 - classifier: input ``mel`` (batch, frames, n_mels), time-major, in its
   MelSpec's units (the graph transposes internally); output ``probs``
   (batch, n_classes) sigmoid probabilities, optionally ``logits`` and ``embedding``.

@@ -52,6 +52,7 @@ def read_window(path: str | os.PathLike, *, start: float = 0.0, duration: float 
         raise InvalidInputError(f"start must be a number of seconds >= 0, got {start!r}")
     if not (np.isfinite(duration) and duration > 0):
         raise InvalidInputError(f"duration must be a number of seconds > 0, got {duration!r}")
+    read_options.setdefault("block_seconds", 60.0)  # small blocks: a short window reads little past its end
     reader = open_archive(path, **read_options)
     spec = reader.band_spec
     fpc = spec.frames_per_chunk
@@ -219,9 +220,9 @@ def plot_file(
     gt = None
     if audio is None and open_reader_class(input) is AudioReader:
         audio = input
-    if audio is not None:
-        gt = _ground_truth(audio, mspec, win.offset_s, n * spec.chunk_duration, n_threads)
     ref = win.level_reference
+    if audio is not None:  # at the level the transcoder saw: the level reference's gain applied
+        gt = _ground_truth(audio, mspec, win.offset_s, n * spec.chunk_duration, ref.offset_db, n_threads)
     unit = "dB re full scale" if ref.offset_db == 0 else f"dB re full scale ({ref.mode}, {ref.offset_db:+g} dB)"
     title = (f"{Path(str(input)).name}: {win.offset_s:g}-{win.offset_s + n * spec.chunk_duration:g} s "
              f"(UTC {str(win.start)[:19]}), {tr.model_id} -> {clf.model_id}")
@@ -246,9 +247,9 @@ def open_reader_class(path: str | os.PathLike) -> type | None:
     return _READERS.get(Path(str(path)).suffix.lower())
 
 
-def _ground_truth(path: str | os.PathLike, spec: MelSpec, offset_s: float, seconds: float,
+def _ground_truth(path: str | os.PathLike, spec: MelSpec, offset_s: float, seconds: float, gain_db: float,
                   n_threads: int | None) -> np.ndarray:
-    """The classifier's own Mel of ``seconds`` of audio from ``offset_s`` (mono mean)."""
+    """The classifier's own Mel of ``seconds`` of audio from ``offset_s`` (mono mean), scaled by ``gain_db``."""
     import soundfile as sf
 
     from .frontends import mel
@@ -259,4 +260,5 @@ def _ground_truth(path: str | os.PathLike, spec: MelSpec, offset_s: float, secon
     x, sr = sf.read(str(path), start=a, stop=min(b, info.frames), dtype="float32", always_2d=True)
     if x.shape[0] == 0:
         raise InvalidInputError(f"{path}: no audio in [{offset_s:g}, {offset_s + seconds:g}) s")
-    return mel(np.ascontiguousarray(x.mean(axis=1)), sr, spec=spec, n_threads=n_threads or 0)
+    mono = x.mean(axis=1) * np.float32(10.0 ** (gain_db / 20.0))
+    return mel(np.ascontiguousarray(mono, dtype=np.float32), sr, spec=spec, n_threads=n_threads or 0)

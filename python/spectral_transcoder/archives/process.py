@@ -2,18 +2,18 @@
 
 ::
 
-    from spectral_transcoder import process
+    import spectral_transcoder as st
 
-    summary = process.process(["sensor-a.parquet", "sensor-b.parquet"], "out/",
-                              classifier="yamnet-torchport", transcoder="yamnet-cnn-logits",
-                              reference="SPL", spl_offset=94.0)
-    table = archives.read_results("out/")
+    summary = st.process(["sensor-a.parquet", "sensor-b.parquet"], "out/",
+                         classifier="yamnet-torchport", transcoder="yamnet-cnn-logits",
+                         reference="SPL", spl_offset=94.0)
+    table = st.archives.read_results("out/")
 
-**Flow.** The archives are read as fixed-size blocks (:func:`~.archives.open_many`,
+**Flow.** The archives are read as fixed-size blocks (:func:`~.open_many`,
 ``block_seconds`` = 60 by default), so memory is bounded whatever their length.
 Each block goes through :func:`process_block`: its whole 1-s chunks (8 fast frames)
 -> PINV -> CNN -> classifier (ONNX Runtime, in batches of ``batch_size`` chunks, 8 by
-default: never one run per second) -> rows. :func:`~.archives.run_blocks` appends the rows as one Parquet row
+default: never one run per second) -> rows. :func:`~.run_blocks` appends the rows as one Parquet row
 group per block and keeps the manifest, so a killed run resumes with no loss and
 no duplicates when the same call is made again.
 
@@ -36,7 +36,7 @@ spans two blocks (``block_seconds`` must then be a multiple of 10 s); the last o
 a segment may be shorter (``window_s`` says how long).
 
 **Gaps.** A 1-s chunk holding a gap frame (missing, NaN row, end padding; see
-:mod:`.archives.blocks`) is *not classified*: probabilities are never computed from,
+:mod:`.blocks`) is *not classified*: probabilities are never computed from,
 or filled with, NaN. With ``gap_rows="mark"`` (default) its 1-s row is kept with
 ``chunks = 0`` and null labels, scores and probabilities, so a timeline shows the
 hole; a 10-s mean averages the window's classified chunks (``chunks`` < 10 tells)
@@ -64,8 +64,6 @@ single-process run. The model paths must be readable by the workers.
 from __future__ import annotations
 
 import collections
-import dataclasses
-import math
 import os
 import threading
 import time
@@ -75,8 +73,8 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 
-from .errors import InputTypeError, InvalidInputError, ModelError, SpecMismatchError
-from .specs import BandSpec
+from ..errors import InputTypeError, InvalidInputError, ModelError, SpecMismatchError
+from ..specs import BandSpec
 
 __all__ = [
     "process",
@@ -87,8 +85,12 @@ __all__ = [
     "ProcessSummary",
     "make_task",
     "loaded_models",
+    "load_counts",
+    "check_band_spec",
     "WINDOWS",
     "GAP_ROWS",
+    "DEFAULT_BLOCK_SECONDS",
+    "DEFAULT_BATCH_SIZE",
 ]
 
 Windows = Literal["1s", "10s", "both"]
@@ -106,11 +108,10 @@ DEFAULT_BATCH_SIZE = 8
 # ------------------------------------------------------------------ the task
 @dataclass(frozen=True)
 class ModelRef:
-    """A model a worker loads: a file (path and sha256) or, for a transcoder, the PINV alone."""
+    """A model a worker loads: a file (path and the sha256 it must have) or, for a
+    transcoder, the PINV alone (``pinv_target``)."""
 
     kind: Literal["transcoder", "classifier"]
-    id: str
-    """``name@sha256-prefix`` (``pinv-<target>`` for the PINV alone): what the output records."""
     path: str | None = None
     sha256: str | None = None
     pinv_target: str | None = None
@@ -166,52 +167,48 @@ class ProcessTask:
 
 
 def _model_ref(model: str | os.PathLike, kind: Literal["transcoder", "classifier"]) -> ModelRef:
-    """Resolve a registry name, a path or ``"pinv:TARGET"`` to a :class:`ModelRef` (file checksum included)."""
-    from . import registry
-    from .models import _looks_like_path, read_metadata
+    """A registry name, a path or ``"pinv:TARGET"`` -> :class:`ModelRef`, with the checksum
+    of the file as it is now (the registry's, for a name), which every worker then checks."""
+    from .. import registry
+    from ..models import _looks_like_path
 
     if not isinstance(model, (str, os.PathLike)):
         raise InputTypeError(f"{kind} must be a registry name, a path or 'pinv:TARGET' (the models are loaded "
                              f"by each worker), got {type(model).__name__}")
     if kind == "transcoder" and isinstance(model, str) and model.startswith("pinv:"):
-        from .specs import get_mel_spec
+        from ..specs import get_mel_spec
 
-        target = get_mel_spec(model[len("pinv:"):]).name
-        return ModelRef(kind, f"pinv-{target}", pinv_target=target)
+        return ModelRef(kind, pinv_target=get_mel_spec(model[len("pinv:"):]).name)
     if _looks_like_path(model):
         path = Path(model).resolve()
-        expected = None
+        sha = registry.sha256_file(path) if path.is_file() else None  # a missing file fails at load, with help
     else:
         entry = registry.resolve(str(model), kind)
-        path, expected = entry.path.resolve(), entry.sha256
-    meta, sha = read_metadata(path)  # ModelError for a missing or broken file
-    if expected is not None and sha != expected:
-        raise ModelError(f"{kind} {str(model)!r}: the file {path} has sha256 {sha}, the registry recorded "
-                         f"{expected}; import it again")
-    if meta.kind != kind:
-        raise ModelError(f"{str(path)!r} is a {meta.kind}, not a {kind}")
-    return ModelRef(kind, f"{meta.name}@{sha[:12]}", path=str(path), sha256=sha)
+        path, sha = entry.path.resolve(), entry.sha256
+    return ModelRef(kind, path=str(path), sha256=sha)
 
 
 def make_task(*, classifier: str | os.PathLike, transcoder: str | os.PathLike | None = None,
               **options: Any) -> ProcessTask:
     """Resolve the models (registry names, paths or ``"pinv:TARGET"``; ``transcoder=None``
-    takes the registry's default for the classifier) and check that they fit each
-    other; ``options`` are :class:`ProcessOptions` fields."""
-    from . import registry
+    takes the registry's default for the classifier), load them in this process and check
+    that they fit each other; ``options`` are :class:`ProcessOptions` fields."""
+    from .. import registry
+    from ..models import read_metadata
 
     opts = ProcessOptions(**options)
     clf = _model_ref(classifier, "classifier")
     if transcoder is None:
-        name = registry.default_transcoder(clf.id.split("@")[0])
+        name = registry.default_transcoder(read_metadata(clf.path)[0].name)
         if name is None:
-            raise ModelError(f"no default transcoder for the classifier {clf.id}: pass transcoder= (a name from "
-                             "`spectral-transcoder models list`, a path, or 'pinv:TARGET')")
+            raise ModelError(f"no default transcoder for the classifier {str(classifier)!r}: pass transcoder= (a "
+                             "name from `spectral-transcoder models list`, a path, or 'pinv:TARGET')")
         transcoder = name
     task = ProcessTask(_model_ref(transcoder, "transcoder"), clf, opts)
-    _, model = loaded_models(task)  # loads them here too: specs and labels are checked before any work
+    _, model = loaded_models(task)  # specs, kinds, checksums and labels are checked before any work
     if opts.top_k > len(model.labels):
-        raise InvalidInputError(f"top_k={opts.top_k} but the classifier {clf.id} has {len(model.labels)} classes")
+        raise InvalidInputError(f"top_k={opts.top_k} but the classifier {model.model_id} has "
+                                f"{len(model.labels)} classes")
     return task
 
 
@@ -255,7 +252,7 @@ def load_counts() -> dict[tuple, int]:
 
 
 def _load(task: ProcessTask) -> tuple[Any, Any]:
-    from .models import Classifier, Transcoder, _spec_diff
+    from ..models import Classifier, Transcoder, _spec_diff
 
     o = task.options
     big = 1 << 30  # batch_size None: every chunk of a block in one run
@@ -279,14 +276,14 @@ def _load(task: ProcessTask) -> tuple[Any, Any]:
 
 # ------------------------------------------------------------------ the block function
 def _group_chunks(spec: BandSpec) -> int:
-    from .models import GROUP_SECONDS
+    from ..models import GROUP_SECONDS
 
     return max(1, int(round(GROUP_SECONDS / spec.chunk_duration)))
 
 
-def check_band_spec(task: ProcessTask, spec: BandSpec, where: str = "") -> BandSpec:
-    """The transcoder's check of an archive's band spec, with the archive named in the error."""
-    tr, _ = loaded_models(task)
+def check_band_spec(transcoder: Any, spec: BandSpec, where: str = "") -> BandSpec:
+    """``transcoder.check_band_spec(spec)``, with the archive ``where`` named in the error."""
+    tr = transcoder
     try:
         return tr.check_band_spec(spec)
     except SpecMismatchError as exc:
@@ -326,13 +323,10 @@ def _timed_block(block: Any, task: ProcessTask) -> tuple[Any, dict[str, float]]:
     clock = time.perf_counter
     times = {"pinv": 0.0, "cnn": 0.0, "classifier": 0.0, "rows": 0.0}
     tr, clf = loaded_models(task)
-    spec = check_band_spec(task, block.band_spec, block.source)
+    spec = check_band_spec(tr, block.band_spec, block.source)
     opts = task.options
     fpc = spec.frames_per_chunk
-    n = block.n_frames // fpc
-    if n * fpc != block.n_frames:
-        raise InvalidInputError(f"{block.source}: block {block.position.index} has {block.n_frames} frames, "
-                                f"not a whole number of {fpc}-frame chunks")
+    n = block.n_frames // fpc  # a block is a whole number of chunks
     labels = clf.labels
     n_classes = len(labels)
     ok = block.chunk_valid()  # a chunk with any gap frame is not classified
@@ -394,8 +388,8 @@ def _timed_block(block: Any, task: ProcessTask) -> tuple[Any, dict[str, float]]:
 
 
 def process_block(block: Any, task: ProcessTask) -> Any:
-    """Classify one :class:`~.archives.Block`: a ``pyarrow.Table`` of rows for
-    :func:`~.archives.run_blocks` (columns in the module docstring, with ``offset_s``
+    """Classify one :class:`~.Block`: a ``pyarrow.Table`` of rows for
+    :func:`~.run_blocks` (columns in the module docstring, with ``offset_s``
     from the block start). Pure: the same block and task give the same table, in any
     process; the models come from this process's cache (:func:`loaded_models`)."""
     return _timed_block(block, task)[0]
@@ -404,7 +398,7 @@ def process_block(block: Any, task: ProcessTask) -> Any:
 # ------------------------------------------------------------------ driving it
 @dataclass
 class ProcessSummary:
-    """What :func:`process` did: the engine's :class:`~.archives.RunSummary` plus the
+    """What :func:`process` did: the engine's :class:`~.RunSummary` plus the
     models used and where the time went."""
 
     run: Any
@@ -425,7 +419,7 @@ class ProcessSummary:
 
 class _Wrapped:
     """An iterable of blocks that forwards ``describe``, ``duration_hint`` and ``errors``
-    to the one it wraps, so that :func:`~.archives.run_blocks` records the same options."""
+    to the one it wraps, so that :func:`~.run_blocks` records the same options."""
 
     def __init__(self, inner: Iterable[Any]):
         self.inner = inner
@@ -494,7 +488,7 @@ class _Pipelined(_Wrapped):
 
 
 def _open_inputs(inputs: Any, block_seconds: float | None, read_options: dict[str, Any]) -> Any:
-    from .archives import ArchiveSet, BlockReader, open_many
+    from . import ArchiveSet, BlockReader, open_many
 
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -516,7 +510,7 @@ def _open_inputs(inputs: Any, block_seconds: float | None, read_options: dict[st
 def _preflight(task: ProcessTask, blocks: Any) -> None:
     """Check every file's band spec (and the block length) before any work: a
     NoiseCapture archive, say, fails here and not after an hour of other files."""
-    from .archives import ArchiveError, ArchiveSet, BlockReader, open_archive
+    from . import ArchiveError, ArchiveSet, BlockReader, open_archive
 
     if isinstance(blocks, BlockReader):
         readers = [blocks]
@@ -529,13 +523,14 @@ def _preflight(task: ProcessTask, blocks: Any) -> None:
                 continue  # an unreadable file is reported by the set when its turn comes
     else:
         return  # a plain iterable of blocks: checked block by block
+    tr, _ = loaded_models(task)
     for r in readers:
-        spec = check_band_spec(task, r.band_spec, r.path)
+        spec = check_band_spec(tr, r.band_spec, r.path)
         _check_windows(task, spec, r.options.block_frames(spec), r.path)
 
 
 def _physical_cores() -> int:
-    from .models import physical_cores
+    from ..models import physical_cores
 
     return physical_cores()
 
@@ -562,17 +557,17 @@ def process(
 ) -> ProcessSummary:
     """Classify third-octave archives into a Parquet dataset of predictions.
 
-    ``inputs``: archive paths (any format :func:`~.archives.open_archive` reads; a file
+    ``inputs``: archive paths (any format :func:`~.open_archive` reads; a file
     that fails is reported in ``summary.errors`` with its position and the others are
     processed), or an opened reader / ``open_many`` set / iterable of blocks.
-    ``output``: the result directory (see :mod:`.archives.writer`); calling again with
+    ``output``: the result directory (see :mod:`.writer`); calling again with
     the same arguments resumes a killed run. ``classifier`` / ``transcoder``: registry
     names or ``.onnx`` paths (``"pinv:TARGET"`` for the PINV alone; None: the
     registry's default transcoder for the classifier). ``windows``, ``top_k``,
     ``probabilities``, ``gap_rows``: the rows (module docstring). ``block_seconds``
     (default 60) and ``read_options`` (``spec``, ``gaps``, ``duplicates``,
     ``reference``, ``spl_offset``, ``time_column``, ...) go to
-    :func:`~.archives.open_many`. Levels are dB re full scale unless
+    :func:`~.open_many`. Levels are dB re full scale unless
     ``reference``/``spl_offset`` say otherwise.
 
     Speed only (the rows do not change): ``n_threads`` (ONNX Runtime intra-op threads
@@ -586,8 +581,8 @@ def process(
     does not fit the transcoder (e.g. a 23-band NoiseCapture export), or the
     transcoder's output does not fit the classifier.
     """
-    from .archives import read_manifest, run_blocks
-    from .archives.writer import MANIFEST_NAME
+    from . import read_manifest, run_blocks
+    from .writer import MANIFEST_NAME
 
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise InvalidInputError(f"workers must be an integer >= 1, got {workers!r}")
@@ -602,8 +597,8 @@ def process(
     blocks = _open_inputs(inputs, block_seconds, read_options)
     _preflight(task, blocks)
     metadata = {"process": {
-        "transcoder": task.transcoder.id, "transcoder_sha256": task.transcoder.sha256,
-        "classifier": task.classifier.id, "classifier_sha256": task.classifier.sha256,
+        "transcoder": tr.model_id, "transcoder_sha256": task.transcoder.sha256,
+        "classifier": clf.model_id, "classifier_sha256": task.classifier.sha256,
         "band_spec": tr.input_spec.name, "mel_spec": tr.output_spec.name, **task.options.result_dict(),
         "group_seconds": _group_chunks(tr.input_spec) * tr.input_spec.chunk_duration,
         "labels": [[lb.index, lb.mid, lb.name] for lb in clf.labels],
@@ -653,7 +648,7 @@ def process(
     if distributed:
         stages["wait"] = fn_seconds
     stages["write"] = max(0.0, wall - reader.seconds - fn_seconds)  # what is left of the driver's time
-    return ProcessSummary(run=run, transcoder=task.transcoder.id, classifier=task.classifier.id,
+    return ProcessSummary(run=run, transcoder=tr.model_id, classifier=clf.model_id,
                           stages=dict(stages), workers=n_workers)
 
 

@@ -1,0 +1,584 @@
+"""Trainer of the CNN transcoder (specs/transcoder.md §5) and its ONNX export.
+
+``python -m training train CACHE_DIR -o RUN_DIR --mode logits|mels``
+``python -m training export-run RUN_DIR -o MODEL.onnx``
+
+The network is h3's :class:`~training.nets.CNNTranscoder` (paper configuration by
+default) applied to the PINV of the cached third-octave levels. The PINV is the
+package's C++ kernel :func:`spectral_transcoder.pinv.pinv_chunks`, run on each batch
+with the folded matrix ``A`` recorded in the run (``run.json``) and later in the ONNX
+metadata, so training and inference use one definition.
+
+- ``logits`` (CNN-logits): BCE between the frozen teacher's probabilities on the
+  ground-truth Mel (cached) and the teacher's output on the transcoded Mel. The teacher
+  is in eval mode with ``requires_grad_(False)`` on its parameters: gradients flow
+  through it to the CNN, none are kept for its weights, and it is not in the optimiser.
+  (BCE is computed from the logits, which equals BCE on the sigmoid probabilities
+  without torch's log clamp.)
+- ``mels`` (CNN-mels): MSE to the ground-truth Mel.
+
+Adam (lr 1e-3), batch 64, seeded init and per-epoch shuffles. The validation loss is
+computed before training (epoch 0) and after every epoch; ``best.pt`` keeps the lowest
+(ties keep the earlier epoch). ``last.pt`` (model, optimiser, epoch, best, history, RNG
+states) is rewritten after every epoch, so a killed run resumes from the last finished
+epoch and reaches the same weights as an uninterrupted run. ``log.csv`` / ``log.jsonl``
+hold one row per epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as _dt
+import io
+import json
+import math
+import os
+import random
+import string
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spectral_transcoder.errors import InvalidInputError, SpecMismatchError
+from spectral_transcoder.metadata import ModelMetadata
+from spectral_transcoder.pinv import pinv_chunks, pinv_matrix
+from spectral_transcoder.specs import BandSpec, MelSpec
+
+from .checkpoints import sha256_file, torch_load
+from .dataset import ChunkStore, Teacher, progress_bar, load_teacher
+from .nets import CNNTranscoder, count_parameters
+
+__all__ = [
+    "MODES",
+    "TrainConfig",
+    "TrainResult",
+    "train",
+    "load_run",
+    "resolve_device",
+    "export_run",
+    "render_model_card",
+    "data_licences",
+    "WEIGHTS_LICENSE",
+    "add_parsers",
+]
+
+MODES = ("logits", "mels")
+RUN_FORMAT = "spectral_transcoder.training.run/1"
+WEIGHTS_LICENSE = "MIT (transcoder weights trained by the spectral_transcoder project)"
+_CARD_TEMPLATE = Path(__file__).with_name("MODEL_CARD.md.in")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyper-parameters (a resumed run must use the same, except ``epochs``)."""
+
+    mode: str = "logits"
+    epochs: int = 200
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    n_layers: int = 5
+    channels: int = 64
+    kernel_time: int = 3
+    kernel_mel: int = 5
+    dilation: int = 1
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise InvalidInputError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.epochs < 0 or self.batch_size < 1:
+            raise InvalidInputError(f"epochs must be >= 0 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
+        if not (math.isfinite(self.lr) and self.lr >= 0):
+            raise InvalidInputError(f"lr must be a finite number >= 0, got {self.lr}")
+
+    @property
+    def arch(self) -> dict[str, int]:
+        return dict(n_layers=self.n_layers, channels=self.channels, kernel_time=self.kernel_time,
+                    kernel_mel=self.kernel_mel, dilation=self.dilation)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_epoch: int
+    best_val_loss: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``cpu`` (default), ``cuda[:i]``, or ``auto`` (CUDA when available, else CPU)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    d = torch.device(device)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"device {device!r} requested but CUDA is not available (use --device cpu)")
+    return d
+
+
+# ---------------------------------------------------------------------- helpers
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+
+
+def _set_rng_state(s: dict[str, Any]) -> None:
+    torch.set_rng_state(s["torch"])
+    if s.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    py = s["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = s["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], np.uint32), n[2], n[3], n[4]))
+
+
+def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    # Depends on (seed, epoch) only: a resumed run shuffles exactly like an uninterrupted one.
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+class _Batches:
+    """PINV input and targets of cached rows, as torch tensors on ``device``."""
+
+    def __init__(self, store: ChunkStore, matrix: np.ndarray, mode: str, device: torch.device) -> None:
+        self.store, self.matrix, self.device = store, matrix, device
+        self.fields = ("levels", "probs") if mode == "logits" else ("levels", "mel")
+        self.target = self.fields[1]
+
+    def __call__(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self.store.get(rows, self.fields)
+        x = pinv_chunks(d["levels"], self.store.mel_spec, band_spec=self.store.band_spec, matrix=self.matrix)
+        return (torch.from_numpy(x).to(self.device), torch.from_numpy(np.ascontiguousarray(d[self.target])).to(self.device))
+
+
+def _loss_fn(mode: str, teacher: Teacher | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if mode == "mels":
+        return lambda mel, target: F.mse_loss(mel, target)
+    assert teacher is not None
+    clf = teacher.module
+
+    def bce(mel: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(clf(mel).logits, target)
+
+    return bce
+
+
+def _validation_loss(model: CNNTranscoder, rows: np.ndarray, batches: _Batches, loss: Callable,
+                     batch_size: int) -> float:
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for s in range(0, rows.size, batch_size):
+            x, y = batches(rows[s : s + batch_size])
+            total += float(loss(model(x), y)) * x.shape[0]
+    return total / max(1, rows.size)
+
+
+def _run_fingerprint(store: ChunkStore) -> dict[str, Any]:
+    return {"teacher_sha256": store.teacher_info["sha256"], "teacher": store.teacher_info["name"],
+            "band_spec": store.manifest["band_spec"], "mel_spec": store.manifest["mel_spec"]}
+
+
+def _write_logs(run: Path, history: list[dict[str, Any]]) -> None:
+    cols = ["epoch", "train_loss", "val_loss", "best_epoch", "is_best", "seconds", "n_train", "n_val", "lr", "device"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    for row in history:
+        w.writerow(row)
+    _write_text_atomic(run / "log.csv", buf.getvalue())
+    _write_text_atomic(run / "log.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
+
+
+def _default_log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------- train
+def train(
+    cache_dir: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    config: TrainConfig | None = None,
+    *,
+    teacher: Teacher | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    log: Callable[[str], None] | None = _default_log,
+) -> TrainResult:
+    """Train (or resume) a CNN transcoder on the cache ``cache_dir`` into ``run_dir``.
+
+    Args:
+        cache_dir: a cache from :func:`training.dataset.build_dataset` (``train`` rows are
+            trained on, ``valid`` rows select the best epoch; ``eval`` rows are never read).
+        run_dir: output folder; if it holds a run, training resumes after its last
+            finished epoch (``config`` must match except ``epochs``, which may grow).
+        config: :class:`TrainConfig` (default: the paper's settings, CNN-logits).
+        teacher: the frozen classifier; default: loaded from the cache manifest's source
+            path (its sha256 must match the cache's teacher). Not needed for ``mels``.
+        device: ``cpu`` (default), ``cuda`` or ``auto``.
+        progress: tqdm bars over batches. log: receives one line per epoch (None: silent).
+    Returns:
+        :class:`TrainResult` with the best epoch, its validation loss and the history.
+    """
+    config = config or TrainConfig()
+    dev = resolve_device(device)
+    store = ChunkStore(cache_dir)
+    run = Path(run_dir)
+    fingerprint = _run_fingerprint(store)
+    if config.mode == "logits":
+        if teacher is None:
+            info = store.teacher_info
+            teacher = load_teacher(info["name"], info["source_path"])
+        if teacher.sha256 != store.teacher_info["sha256"]:
+            raise SpecMismatchError(f"the teacher's sha256 {teacher.sha256[:12]}... differs from the one the cache "
+                                    f"was built with ({store.teacher_info['sha256'][:12]}...)")
+        teacher.module.to(dev).eval()
+        for p in teacher.module.parameters():
+            p.requires_grad_(False)
+    train_rows, val_rows = store.rows("train"), store.rows("valid")
+    if train_rows.size == 0 or val_rows.size == 0:
+        raise InvalidInputError(f"{cache_dir}: needs 'train' and 'valid' chunks, has {train_rows.size} and "
+                                f"{val_rows.size} (see the split options of build-dataset)")
+
+    run.mkdir(parents=True, exist_ok=True)
+    run_json = run / "run.json"
+    if run_json.exists():
+        meta = json.loads(run_json.read_text())
+        old = {k: v for k, v in meta["config"].items() if k != "epochs"}
+        new = {k: v for k, v in config.to_dict().items() if k != "epochs"}
+        if old != new or meta["cache"] != fingerprint:
+            what = [k for k in new if old.get(k) != new[k]] + (["cache"] if meta["cache"] != fingerprint else [])
+            raise SpecMismatchError(f"{run} holds a run with other settings ({', '.join(what)}); "
+                                    "use a new RUN_DIR or the same settings")
+        matrix = np.asarray(meta["pinv_matrix"], np.float64)
+        meta["config"]["epochs"] = config.epochs
+    else:
+        matrix = np.asarray(pinv_matrix(store.band_spec, store.mel_spec), np.float64)
+        meta = {
+            "format": RUN_FORMAT, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "config": config.to_dict(), "cache": fingerprint, "cache_dir": str(Path(cache_dir).resolve()),
+            "counts": store.manifest.get("counts", {}),
+            "pinv_matrix": matrix.tolist(),
+            "pinv_matrix_from": "spectral_transcoder.pinv.pinv_matrix (float64 numpy pinv, rcond 1e-15, ReLU)",
+        }
+    _write_text_atomic(run_json, json.dumps(meta, indent=1))
+
+    torch.manual_seed(config.seed)
+    model = CNNTranscoder(**config.arch).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    loss = _loss_fn(config.mode, teacher)
+    batches = _Batches(store, matrix, config.mode, dev)
+    say = log or (lambda msg: None)
+
+    last = run / "last.pt"
+    if last.exists():
+        ck = torch_load(last, "training checkpoint")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        start, best, history = int(ck["epoch"]) + 1, dict(ck["best"]), list(ck["history"])
+        _set_rng_state(ck["rng"])
+        say(f"resuming {run} after epoch {start - 1} (best: epoch {best['epoch']}, val {best['val_loss']:.6g})")
+    else:
+        t0 = time.perf_counter()
+        val = _validation_loss(model, val_rows, batches, loss, max(config.batch_size, 256))
+        best = {"epoch": 0, "val_loss": val}
+        _atomic_save({"model": model.state_dict(), "epoch": 0, "val_loss": val, "config": config.to_dict()},
+                     run / "best.pt")
+        history = [{"epoch": 0, "train_loss": None, "val_loss": val, "best_epoch": 0, "is_best": True,
+                    "seconds": time.perf_counter() - t0, "n_train": int(train_rows.size), "n_val": int(val_rows.size),
+                    "lr": config.lr, "device": str(dev)}]
+        _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 0, "best": best,
+                      "history": history, "rng": _rng_state(), "config": config.to_dict()}, last)
+        _write_logs(run, history)
+        say(f"epoch 0: val {val:.6g} ({config.mode}, {count_parameters(model)} parameters, "
+            f"{train_rows.size} train / {val_rows.size} valid chunks, {dev})")
+        start = 1
+
+    for epoch in range(start, config.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        perm = train_rows[_epoch_permutation(train_rows.size, config.seed, epoch).numpy()]
+        starts = range(0, perm.size, config.batch_size)
+        total = 0.0
+        bar = progress_bar(starts, progress, "batch")
+        for s in bar:
+            x, y = batches(perm[s : s + config.batch_size])
+            value = loss(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            opt.step()
+            total += float(value.detach()) * x.shape[0]
+        train_loss = total / perm.size
+        val = _validation_loss(model, val_rows, batches, loss, max(config.batch_size, 256))
+        is_best = val < best["val_loss"]
+        if is_best:
+            best = {"epoch": epoch, "val_loss": val}
+            _atomic_save({"model": model.state_dict(), "epoch": epoch, "val_loss": val, "config": config.to_dict()},
+                         run / "best.pt")
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val, "best_epoch": best["epoch"],
+                        "is_best": is_best, "seconds": time.perf_counter() - t0, "n_train": int(train_rows.size),
+                        "n_val": int(val_rows.size), "lr": config.lr, "device": str(dev)})
+        _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "best": best,
+                      "history": history, "rng": _rng_state(), "config": config.to_dict()}, last)
+        _write_logs(run, history)
+        say(f"epoch {epoch}/{config.epochs}: train {train_loss:.6g}, val {val:.6g}"
+            f"{' (best)' if is_best else ''}, {history[-1]['seconds']:.1f} s")
+    return TrainResult(run, int(best["epoch"]), float(best["val_loss"]), history)
+
+
+def load_run(run_dir: str | os.PathLike, *, which: str = "best") -> tuple[CNNTranscoder, dict[str, Any], dict[str, Any]]:
+    """The trained CNN (eval mode) of a run, its ``run.json`` and the checkpoint dict.
+
+    ``which``: ``"best"`` (lowest validation loss) or ``"last"``.
+    """
+    run = Path(run_dir)
+    if not (run / "run.json").is_file():
+        raise InvalidInputError(f"{str(run)!r} is not a training run (no run.json)")
+    meta = json.loads((run / "run.json").read_text())
+    ck = torch_load(run / f"{which}.pt", f"{which} checkpoint")
+    cfg = TrainConfig(**meta["config"])
+    model = CNNTranscoder(**cfg.arch)
+    model.load_state_dict(ck["model"])
+    return model.eval(), meta, ck
+
+
+# ---------------------------------------------------------------------- export
+_DATA_LICENCES = (
+    # (test on a manifest file key, licence text)
+    (lambda key: key.split("/")[0].lower().startswith("fold") or "urbansound" in key.lower(),
+     "UrbanSound8K (Salamon, Jacoby & Bello 2014): CC BY-NC 3.0, non-commercial"),
+    (lambda key: _is_tau(key),
+     "TAU Urban Acoustic Scenes 2020 Mobile (Tampere University): research use only"),
+)
+
+
+def _is_tau(key: str) -> bool:
+    stem = Path(key).stem
+    parts = stem.split("-")
+    return len(parts) >= 5 and parts[-1] in ("a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6")
+
+
+def data_licences(manifest: dict[str, Any]) -> list[str]:
+    """Licences of the training data of a cache, recognised from its file keys.
+
+    UrbanSound8K folds (``foldN/...``) and TAU clips (``scene-city-loc-seg-device``) are
+    recognised; any other file is listed under "licence not recorded" by its directory.
+    """
+    out: list[str] = []
+    unknown: set[str] = set()
+    for key in manifest["files"]:
+        for test, text in _DATA_LICENCES:
+            if test(key):
+                if text not in out:
+                    out.append(text)
+                break
+        else:
+            unknown.add(key.split("/")[0])
+    if unknown:
+        out.append(f"other recordings in {', '.join(sorted(unknown))}: licence not recorded by this project "
+                   "(check each source before redistribution)")
+    return out
+
+
+def _default_name(teacher: str, mode: str) -> str:
+    base = {"yamnet": "yamnet", "efficientat": "efficientat-mn04"}.get(teacher, teacher)
+    return base if mode == "logits" else f"{base}-cnn-mels"
+
+
+def _training_data_text(manifest: dict[str, Any], teacher: dict[str, Any], mode: str) -> str:
+    c = manifest.get("counts", {})
+    files, chunks = c.get("files", {}), c.get("chunks", {})
+    dirs = ", ".join(d["name"] for d in manifest["audio_dirs"])
+    kind = ("CNN-logits: BCE against the frozen teacher's sigmoid outputs on 1-s chunks" if mode == "logits"
+            else "CNN-mels: MSE against the ground-truth Mel")
+    return (f"{kind}; teacher {teacher['name']} ({teacher['source']}, sha256 {teacher['sha256'][:12]}...); "
+            f"audio folders {dirs}; peak-normalised files cut into 1-s chunks; "
+            f"train {files.get('train', '?')} files / {chunks.get('train', '?')} chunks, "
+            f"valid {files.get('valid', '?')} / {chunks.get('valid', '?')}, "
+            f"eval {files.get('eval', '?')} / {chunks.get('eval', '?')} (held out: {manifest.get('split_rule', '')})")
+
+
+def render_model_card(values: dict[str, Any]) -> str:
+    """Fill ``training/MODEL_CARD.md.in`` (``$name`` placeholders) with ``values``."""
+    template = string.Template(_CARD_TEMPLATE.read_text())
+    return template.substitute({k: ("" if v is None else str(v)) for k, v in values.items()})
+
+
+def _metrics_table(metrics: dict[str, Any]) -> str:
+    rows = metrics.get("methods") if isinstance(metrics, dict) else None
+    if not rows:
+        return "(no evaluation recorded: run `python -m training evaluate ... --write-run-metrics`)"
+    def f(v: Any, fmt: str, scale: float = 1.0) -> str:
+        return "–" if v is None else format(scale * v, fmt)
+
+    lines = ["| method | Mel spec | Mel MSE | KL | PtoPa-FC % | files |", "|---|---|---|---|---|---|"]
+    for name, m in rows.items():
+        lines.append(f"| {name} | {m.get('mel_spec', '')} | {f(m.get('mel_mse'), '.4g')} | {f(m.get('kl'), '.6f')} | "
+                     f"{f(m.get('ptopafc'), '.1f', 100.0)} | {m.get('n_files', '')} |")
+    return "\n".join(lines)
+
+
+def export_run(
+    run_dir: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    name: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    exporter: str = "dynamo",
+    card: bool = True,
+) -> ModelMetadata:
+    """Export a run's best checkpoint to a self-describing ONNX transcoder (+ a model card).
+
+    Uses h3's :func:`training.export.export_onnx`. The metadata holds: kind
+    ``transcoder``, the cache's BandSpec (input) and MelSpec (output), the PINV matrix
+    the CNN was trained with, the training data and split, the teacher, the metrics
+    (``metrics`` or ``RUN_DIR/metrics.json`` written by ``evaluate --write-run-metrics``),
+    the licence of the weights (MIT) and of the data. The model card is written beside
+    the file as ``<stem>.md``. Returns the metadata.
+    """
+    from .export import export_onnx
+
+    run = Path(run_dir)
+    model, meta, ck = load_run(run, which="best")
+    cfg = TrainConfig(**meta["config"])
+    manifest = json.loads((Path(meta["cache_dir"]) / "manifest.json").read_text()) \
+        if (Path(meta["cache_dir"]) / "manifest.json").is_file() else {"files": {}, "audio_dirs": []}
+    from spectral_transcoder.specs import spec_from_json
+
+    band: BandSpec = spec_from_json(json.dumps(meta["cache"]["band_spec"]))  # type: ignore[assignment]
+    mel: MelSpec = spec_from_json(json.dumps(meta["cache"]["mel_spec"]))  # type: ignore[assignment]
+    teacher = manifest.get("teacher", {"name": meta["cache"]["teacher"], "source": "?",
+                                       "sha256": meta["cache"]["teacher_sha256"]})
+    if metrics is None and (run / "metrics.json").is_file():
+        metrics = json.loads((run / "metrics.json").read_text())
+    history = json.loads((run / "log.jsonl").read_text().splitlines()[-1]) if (run / "log.jsonl").is_file() else {}
+    licences = data_licences(manifest)
+    name = name or _default_name(teacher["name"], cfg.mode)
+    best_pt = run / "best.pt"
+    md = ModelMetadata(
+        kind="transcoder",
+        name=name,
+        input_spec=band,
+        output_spec=mel,
+        source=f"{run.name}/best.pt (epoch {ck['epoch']})",
+        source_sha256=sha256_file(best_pt),
+        license=f"{WEIGHTS_LICENSE}; trained on: " + "; ".join(licences),
+        training_data=_training_data_text(manifest, teacher, cfg.mode),
+        metrics={"best_epoch": int(ck["epoch"]), "best_val_loss": float(ck["val_loss"]),
+                 "val_loss_kind": "BCE vs teacher probabilities" if cfg.mode == "logits" else "Mel MSE",
+                 **({"evaluation": metrics} if metrics else {})},
+        pinv={"matrix": meta["pinv_matrix"], "phi_plus": meta.get("pinv_matrix_from", "")},
+        extra={"architecture": {"kind": "cnn_pinv", **model.config},
+               "n_parameters": count_parameters(model),
+               "training": {**cfg.to_dict(), "epochs_run": history.get("epoch"), "optimizer": "Adam",
+                            "loss": "BCE(teacher probs)" if cfg.mode == "logits" else "MSE(Mel)"},
+               "training_kind": cfg.mode,
+               "teacher": {k: teacher.get(k) for k in ("name", "kind", "source", "sha256", "n_classes", "mel_spec")},
+               "data_licences": licences,
+               "input": "PINV Mel of one 1-s chunk (chunk_frames x n_mels) in the output spec's units"},
+    )
+    example = torch.randn(2, mel.chunk_frames, mel.n_mels, generator=torch.Generator().manual_seed(0))
+    export_onnx(model, md, output, example=example, dynamic_frames=True, min_frames=1, exporter=exporter)
+    if card:
+        text = render_model_card({
+            "name": name, "kind": cfg.mode, "file": Path(output).name,
+            "input_spec": band.name, "output_spec": mel.name, "chunk_frames": mel.chunk_frames,
+            "n_mels": mel.n_mels, "teacher": f"{teacher['name']} ({teacher.get('source', '?')}, sha256 "
+                                             f"{teacher['sha256'][:12]}...)",
+            "front_end": mel.name, "architecture": json.dumps(model.config),
+            "n_parameters": count_parameters(model), "epochs": history.get("epoch", "?"),
+            "best_epoch": ck["epoch"], "best_val_loss": f"{float(ck['val_loss']):.6g}",
+            "loss": md.extra["training"]["loss"], "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
+            "training_data": md.training_data, "data_licences": "\n".join(f"  - {x}" for x in licences),
+            "weights_license": WEIGHTS_LICENSE, "metrics_table": _metrics_table(metrics or {}),
+            "metrics_note": (metrics or {}).get("note", ""),
+            "date": _dt.date.today().isoformat(),
+        })
+        _write_text_atomic(Path(output).with_suffix(".md"), text)
+    return md
+
+
+# ---------------------------------------------------------------------- CLI
+def add_parsers(sub: Any) -> None:
+    """Register ``train`` and ``export-run`` on an argparse subparsers object."""
+    p = sub.add_parser(
+        "train", help="train (or resume) a CNN transcoder on a dataset cache",
+        description="Train the residual CNN on the PINV of the cached third-octave levels: --mode logits "
+        "(BCE against the frozen teacher) or --mode mels (MSE to the ground-truth Mel). Rerun the same "
+        "command to resume after the last finished epoch (a larger --epochs continues training).",
+    )
+    p.add_argument("cache_dir", metavar="CACHE_DIR")
+    p.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run directory (created or resumed)")
+    p.add_argument("--mode", choices=MODES, default="logits", help="loss (default logits)")
+    p.add_argument("--epochs", type=int, default=200, help="epochs (default 200, the paper's)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layers", type=int, default=5, help="conv layers (default 5)")
+    p.add_argument("--channels", type=int, default=64, help="hidden channels (default 64)")
+    p.add_argument("--kernel-time", type=int, default=3)
+    p.add_argument("--kernel-mel", type=int, default=5)
+    p.add_argument("--dilation", type=int, default=1)
+    p.add_argument("--teacher-source", metavar="FILE", help="teacher checkpoint (default: the cache's)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser(
+        "export-run", help="export a run's best checkpoint to an ONNX transcoder with metadata and a model card",
+    )
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("-o", "--output", required=True, metavar="MODEL.onnx")
+    e.add_argument("--name", help="model name in the metadata (default: yamnet / efficientat-mn04 / ...-cnn-mels)")
+    e.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo")
+    e.set_defaults(func=_cmd_export)
+
+
+def _cmd_train(args: Any) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = TrainConfig(mode=args.mode, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      n_layers=args.layers, channels=args.channels, kernel_time=args.kernel_time,
+                      kernel_mel=args.kernel_mel, dilation=args.dilation)
+    teacher = None
+    if args.teacher_source and cfg.mode == "logits":
+        info = ChunkStore(args.cache_dir).teacher_info
+        teacher = load_teacher(info["name"], args.teacher_source)
+    res = train(args.cache_dir, args.output, cfg, teacher=teacher, device=args.device, progress=not args.no_progress)
+    print(f"{res.run_dir}: best epoch {res.best_epoch}, validation loss {res.best_val_loss:.6g}")
+    return 0
+
+
+def _cmd_export(args: Any) -> int:
+    md = export_run(args.run_dir, args.output, name=args.name, exporter=args.exporter)
+    print(f"wrote {args.output} ({md.name}: {md.input_spec.name} -> {md.output_spec.name}) and "
+          f"{Path(args.output).with_suffix('.md')}")
+    return 0
