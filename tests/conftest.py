@@ -16,6 +16,8 @@ from hypothesis import settings
 
 # Property tests are deterministic (fixed seed per test) and untimed.
 settings.register_profile("st", derandomize=True, deadline=None, max_examples=40, print_blob=True)
+# tools/sanitize.sh: the same properties on fewer examples (ASan/UBSan builds run several times slower).
+settings.register_profile("sanitize", parent=settings.get_profile("st"), max_examples=10)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "st"))
 
 SHARED = Path(os.environ.get("ST_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared"))
