@@ -63,3 +63,14 @@ def golden_clip(request) -> dict[str, np.ndarray]:
 def reference_matrices() -> dict[str, np.ndarray]:
     with np.load(shared_file("reference", "golden", "reference_matrices.npz")) as z:
         return dict(z)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """An empty model registry: SPECTRAL_TRANSCODER_HOME under tmp_path, no packaged models."""
+    from spectral_transcoder import registry
+
+    h = tmp_path / "home"
+    monkeypatch.setenv(registry.ENV_HOME, str(h))
+    monkeypatch.setattr(registry, "package_dir", lambda: tmp_path / "no_package_models")
+    return h

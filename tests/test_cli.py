@@ -19,14 +19,6 @@ from spectral_transcoder.specs import get_band_spec, get_mel_spec, spec_from_jso
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    h = tmp_path / "home"
-    monkeypatch.setenv(registry.ENV_HOME, str(h))
-    monkeypatch.setattr(registry, "package_dir", lambda: tmp_path / "no_package_models")
-    return h
-
-
 @pytest.fixture(scope="module")
 def birds() -> tuple[np.ndarray, int]:
     import soundfile as sf

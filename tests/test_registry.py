@@ -14,14 +14,6 @@ from spectral_transcoder.errors import InvalidInputError, ModelError
 from spectral_transcoder.models import Classifier, Transcoder, classify
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    h = tmp_path / "home"
-    monkeypatch.setenv(registry.ENV_HOME, str(h))
-    monkeypatch.setattr(registry, "package_dir", lambda: tmp_path / "no_package_models")
-    return h
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("reg")

@@ -40,6 +40,11 @@ command -v cmake >/dev/null || fail "cmake not found"
 # not instrumented, so libasan is preloaded into it.
 asan_rt=$("$cxx" -print-file-name=libasan.so)
 [ -f "$asan_rt" ] || fail "$CXX_BIN has no libasan.so (install gcc's libasan)"
+# libstdc++ too: python does not link it, and ASan resolves its __cxa_throw
+# interceptor at start-up; without it the first C++ exception (a require() in a
+# bad-input test) dies with "CHECK failed ... real___cxa_throw".
+stdcxx_rt=$("$cxx" -print-file-name=libstdc++.so.6)
+[ -f "$stdcxx_rt" ] || fail "$CXX_BIN has no libstdc++.so.6"
 pybind11_dir=$("$PY" -m pybind11 --cmakedir 2>/dev/null) || fail "pybind11 is not installed in $PY"
 
 mkdir -p "$BUILD"
@@ -47,12 +52,14 @@ if command -v flock >/dev/null; then
   exec 9>"$BUILD/.sanitize.lock"
   flock 9
 fi
+# RelWithDebInfo: -g for file:line in reports, and pybind11 strips Release
+# modules of their symbols; ST_SANITIZE's -O1 comes last and wins over -O2.
 generator=()
 if [ ! -f "$BUILD/CMakeCache.txt" ] && command -v ninja >/dev/null; then
   generator=(-G Ninja)
 fi
 echo "sanitize: building $BUILD with $cxx (-DST_SANITIZE=ON)"
-cmake -S . -B "$BUILD" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER="$cxx" \
+cmake -S . -B "$BUILD" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER="$cxx" \
   -DST_SANITIZE=ON -DPython_EXECUTABLE="$(command -v "$PY")" -Dpybind11_DIR="$pybind11_dir" >/dev/null \
   || fail "cmake configure"
 cmake --build "$BUILD" -j "${ST_SANITIZE_JOBS:-2}" >/dev/null || fail "build (rerun: cmake --build $BUILD)"
@@ -76,7 +83,7 @@ mkdir "$logs"
 # detect_leaks=0: CPython keeps interned objects alive at exit by design.
 run_env=(
   env
-  LD_PRELOAD="$asan_rt${LD_PRELOAD:+:$LD_PRELOAD}"
+  LD_PRELOAD="$asan_rt:$stdcxx_rt${LD_PRELOAD:+:$LD_PRELOAD}"
   ASAN_OPTIONS="halt_on_error=1:detect_leaks=0:log_path=$logs/asan"
   UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$logs/ubsan"
   PYTHONPATH="$tmp${PYTHONPATH:+:$PYTHONPATH}"

@@ -99,21 +99,38 @@ def check_min_length(n: int, minimum: int, name: str, what: str) -> None:
         )
 
 
-def as_float32_levels(levels: object, n_bands: int, name: str = "levels", spec_name: str = "") -> np.ndarray:
-    """Validate third-octave levels in dB, shape (..., frames, n_bands) -> float32 C array."""
-    if isinstance(levels, (str, bytes)) or levels is None:
-        raise InputTypeError(f"{name} must be an array of dB levels, got {type(levels).__name__}")
-    a = np.asarray(levels)
+def as_float32_frames(
+    values: object, n_last: int, name: str, *, axis: str, spec_kind: str, spec_name: str = ""
+) -> np.ndarray:
+    """Validate a time-major array (..., frames, n_last) of finite reals -> float32 C array.
+
+    ``axis`` names the last axis ("bands", "Mel bins") and ``spec_kind`` the spec that fixes
+    its size ("band spec", "Mel spec"), for the error messages.
+    """
+    if isinstance(values, (str, bytes)) or values is None:
+        raise InputTypeError(f"{name} must be an array (..., frames, {axis}), got {type(values).__name__}")
+    a = np.asarray(values)
     if a.dtype.kind not in "fiu":
-        raise InputTypeError(f"{name} must be real dB values, got dtype {a.dtype}")
+        raise InputTypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
     if a.ndim < 2:
-        raise InvalidInputError(f"{name} must have shape (..., frames, bands), got shape {a.shape}")
-    if a.shape[-1] != n_bands:
+        raise InvalidInputError(f"{name} must have shape (..., frames, {axis}), got shape {a.shape}")
+    if a.shape[-1] != n_last:
         raise InvalidInputError(
-            f"{name} has {a.shape[-1]} bands on its last axis, but the band spec {spec_name!r} has {n_bands}"
+            f"{name} has {a.shape[-1]} {axis} on its last axis (shape {a.shape}), but the {spec_kind} "
+            f"{spec_name!r} has {n_last}: expected (..., frames, {n_last})"
         )
     check_finite(a, name)
     return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def as_float32_levels(levels: object, n_bands: int, name: str = "levels", spec_name: str = "") -> np.ndarray:
+    """Validate third-octave levels in dB, shape (..., frames, n_bands) -> float32 C array."""
+    return as_float32_frames(levels, n_bands, name, axis="bands", spec_kind="band spec", spec_name=spec_name)
+
+
+def as_float32_mel(mel: object, n_mels: int, name: str = "mel", spec_name: str = "") -> np.ndarray:
+    """Validate a Mel spectrogram, shape (..., frames, n_mels) -> float32 C array."""
+    return as_float32_frames(mel, n_mels, name, axis="Mel bins", spec_kind="Mel spec", spec_name=spec_name)
 
 
 def check_threads(n_threads: object) -> int:

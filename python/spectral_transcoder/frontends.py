@@ -31,14 +31,14 @@ import numpy as np
 
 from . import _core, tables
 from ._validation import (
+    as_float32_mel,
     as_float32_signal,
-    check_finite,
     check_min_length,
     check_sample_rate,
     check_threads,
     resample,
 )
-from .errors import InputTypeError, InvalidInputError
+from .errors import InvalidInputError
 from .specs import MelSpec, get_mel_spec
 
 __all__ = ["mel", "patches"]
@@ -146,16 +146,7 @@ def patches(mel: np.ndarray, spec: str | MelSpec) -> np.ndarray:
     spec = get_mel_spec(spec)
     if spec.patch_frames is None or spec.patch_hop_frames is None:
         raise InvalidInputError(f"Mel spec {spec.name!r} has no fixed-size patches (patch_frames is None)")
-    if isinstance(mel, (str, bytes)) or mel is None:
-        raise InputTypeError(f"mel must be an array (..., frames, n_mels), got {type(mel).__name__}")
-    m = np.asarray(mel)
-    if m.dtype.kind not in "fiu":
-        raise InputTypeError(f"mel must hold real numbers, got dtype {m.dtype}")
-    if m.ndim < 2 or m.shape[-1] != spec.n_mels:
-        raise InvalidInputError(
-            f"mel must have shape (..., frames, {spec.n_mels}) for spec {spec.name!r}, got shape {m.shape}"
-        )
-    check_finite(m, "mel")
+    m = as_float32_mel(mel, spec.n_mels, "mel", spec.name)
     n_frames, size, hop = m.shape[-2], spec.patch_frames, spec.patch_hop_frames
     if n_frames < size:
         raise InvalidInputError(

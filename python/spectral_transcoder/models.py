@@ -24,7 +24,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from . import registry
-from ._validation import as_float32_levels, check_finite
+from ._validation import as_float32_levels, as_float32_mel
 from .errors import InputTypeError, InvalidInputError, ModelError, SpecMismatchError
 from .metadata import Label, ModelMetadata
 from .specs import BandSpec, MelSpec, get_band_spec, get_mel_spec
@@ -215,23 +215,6 @@ def _run_batched(model: _ModelFile, x: np.ndarray, batch_size: int) -> np.ndarra
         outs.append(np.asarray(y, dtype=np.float32)[:m])
     return np.concatenate(outs, axis=0)
 
-
-def _as_float32_mel(mel: object, n_mels: int, name: str, spec_name: str) -> np.ndarray:
-    """Validate a Mel spectrogram (..., frames, n_mels) -> float32 C array."""
-    if isinstance(mel, (str, bytes)) or mel is None:
-        raise InputTypeError(f"{name} must be an array (..., frames, n_mels), got {type(mel).__name__}")
-    a = np.asarray(mel)
-    if a.dtype.kind not in "fiu":
-        raise InputTypeError(f"{name} must hold real values, got dtype {a.dtype}")
-    if a.ndim < 2:
-        raise InvalidInputError(f"{name} must have shape (..., frames, n_mels), got shape {a.shape}")
-    if a.shape[-1] != n_mels:
-        raise InvalidInputError(
-            f"{name} has shape {a.shape}: expected (..., frames, {n_mels}) for the Mel spec {spec_name!r}, "
-            f"got {a.shape[-1]} Mel bins on the last axis"
-        )
-    check_finite(a, name)
-    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 def _spec_diff(a: object, b: object) -> list[str]:
@@ -444,7 +427,7 @@ class Transcoder:
     def run_cnn(self, mels: object) -> np.ndarray:
         """Apply the CNN alone to PINV Mels ``(..., T, n_mels)`` (identity without a CNN)."""
         spec = self._output_spec
-        x = _as_float32_mel(mels, spec.n_mels, "mels", spec.name)
+        x = as_float32_mel(mels, spec.n_mels, "mels", spec.name)
         if self._model is None:
             return x
         t = _static(self._model.input_shape[1])
@@ -566,7 +549,7 @@ class Classifier:
         if mel_spec is not None:
             self.check_input(mel_spec)
         spec = self._spec
-        x = _as_float32_mel(mel, spec.n_mels, "mel", spec.name)
+        x = as_float32_mel(mel, spec.n_mels, "mel", spec.name)
         if spec.patch_frames is not None:
             if x.shape[-2] < spec.patch_frames:
                 raise InvalidInputError(
