@@ -16,9 +16,21 @@ from hypothesis import settings
 
 # Property tests are deterministic (fixed seed per test) and untimed.
 settings.register_profile("st", derandomize=True, deadline=None, max_examples=40, print_blob=True)
-# tools/sanitize.sh: the same properties on fewer examples (ASan/UBSan builds run several times slower).
-settings.register_profile("sanitize", parent=settings.get_profile("st"), max_examples=10)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "st"))
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for a child Python that must import the same spectral_transcoder as
+    this process (the installed one under CI, the source tree in a dev build) and the
+    repository's training/ package."""
+    import spectral_transcoder
+
+    package_parent = str(Path(spectral_transcoder.__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (package_parent, str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
 
 SHARED = Path(os.environ.get("ST_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared"))
 REQUIRE_SHARED = os.environ.get("ST_REQUIRE_SHARED", "") == "1"

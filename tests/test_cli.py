@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 
 from _tiny_models import classifier_metadata, make_classifier, make_transcoder, transcoder_metadata
-from conftest import shared_file
+from conftest import subprocess_env, shared_file
 from spectral_transcoder import cli, registry
 from spectral_transcoder.specs import get_band_spec, get_mel_spec, spec_from_json
 
@@ -28,7 +27,7 @@ def birds() -> tuple[np.ndarray, int]:
 
 
 def test_help_subprocess():
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "python"), os.environ.get("PYTHONPATH", "")])}
+    env = subprocess_env()
     r = subprocess.run([sys.executable, "-m", "spectral_transcoder", "--help"], capture_output=True, text=True,
                        env=env, cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import subprocess_env
 
 from _tiny_models import (
     LABELS,
@@ -343,7 +344,7 @@ def real_yamnet(tmp_path_factory, shared):
         "classifier=YamNet+dataset=full+dilation=1+epoch=200+kernel_size=5+learning_rate=-3+nb_channels=64+"
         "nb_layers=5+prop_logit=100+step=train+transcoder=cnn_pinv+ts=1_model"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "python"), str(REPO)])}
+    env = subprocess_env()
     cmds = [
         ["transcoder", str(tr_src), "-o", str(d / "tr.onnx")],
         ["yamnet-tflite", str(shared / "models" / "yamnet_int8.tflite"), "-o", str(d / "clf.onnx"),

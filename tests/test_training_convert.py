@@ -18,7 +18,7 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 h5py = pytest.importorskip("h5py")
 
-from conftest import shared_file  # noqa: E402
+from conftest import subprocess_env, shared_file  # noqa: E402
 
 from spectral_transcoder import tables  # noqa: E402
 from spectral_transcoder.errors import ModelError  # noqa: E402
@@ -490,9 +490,8 @@ def test_cli_errors(tmp_path, capsys):
 
 
 def test_cli_help_subprocess():
-    env_path = f"{REPO / 'python'}:{REPO}"
     r = subprocess.run([sys.executable, "-m", "training", "convert", "--help"], capture_output=True, text=True,
-                       cwd=REPO, env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"}, timeout=120)
+                       cwd=REPO, env=subprocess_env(PATH="/usr/bin:/bin"), timeout=120)
     assert r.returncode == 0, r.stderr
     for word in ("yamnet-tflite", "pann-resnet38", "--yamnet-class-map", "--input-spec", "zenodo.org/record/3987831"):
         assert word in r.stdout
