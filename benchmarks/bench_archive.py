@@ -3,8 +3,9 @@
 Builds a third-octave archive by looping the analysis of real audio from ../shared/data
 (the 24 field recordings and a few UrbanSound8K clips, peak-normalised, then each repetition
 with a gain offset of +-12 dB, 0.5 dB of noise, in shuffled order), written as Parquet
-outside the repo, and classifies it with the published YAMNet transcoder and YAMNet converted
-from ../shared/models/yamnet_int8.tflite (torch-port front end). Reports, side by side in one
+outside the repo, and classifies it with the package's shipped yamnet transcoder and YAMNet
+converted from ../shared/models/yamnet_int8_perchannel.tflite (official front end), or with
+--pipeline published: the paper's 64-channel YAMNet transcoder and the torch-port YAMNet. Reports, side by side in one
 run: x real time, where the time goes, the RSS over time, 1 vs 2 workers and a Dask
 LocalCluster against a single process.
 
@@ -32,18 +33,30 @@ TRANSCODER_CKPT = ("classifier=YamNet+dataset=full+dilation=1+epoch=200+kernel_s
 DAY_S = 24 * 3600.0
 
 
-def convert_models(out: Path) -> tuple[Path, Path]:
-    tr, clf = out / "yamnet-cnn-logits.onnx", out / "yamnet-torchport.onnx"
+def convert_models(out: Path, pipeline: str) -> tuple[Path, Path]:
+    """The (transcoder, classifier) files of a YAMNet pipeline, converted once into ``out``.
+
+    ``shipped``: the package's own yamnet transcoder (16 channels) + YAMNet from the
+    per-channel int8 tflite, official front end (its teacher). ``published``: the paper's
+    YAMNet transcoder (64 channels) + YAMNet from yamnet_int8.tflite, torch-port front end.
+    """
+    m = SHARED / "models"
+    labels = ["--yamnet-class-map", str(m / "yamnet_class_map.csv"), "--labels", str(m / "class_labels_indices.csv")]
+    if pipeline == "shipped":
+        tr = REPO / "python" / "spectral_transcoder" / "models_data" / "yamnet.onnx"
+        clf = out / "yamnet.onnx"
+        cmds = [] if clf.exists() else [["yamnet-tflite", str(m / "yamnet_int8_perchannel.tflite"), "-o", str(clf),
+                                         *labels]]
+    else:
+        tr, clf = out / "yamnet-cnn-logits.onnx", out / "yamnet-torchport.onnx"
+        cmds = []
+        if not tr.exists():
+            cmds.append(["transcoder", str(SHARED / "reference" / "models" / TRANSCODER_CKPT), "-o", str(tr)])
+        if not clf.exists():
+            cmds.append(["yamnet-tflite", str(m / "yamnet_int8.tflite"), "-o", str(clf),
+                         "--input-spec", "yamnet_torchport", *labels])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "python"), str(REPO),
                                                         os.environ.get("PYTHONPATH", "")])}
-    cmds = []
-    if not tr.exists():
-        cmds.append(["transcoder", str(SHARED / "reference" / "models" / TRANSCODER_CKPT), "-o", str(tr)])
-    if not clf.exists():
-        cmds.append(["yamnet-tflite", str(SHARED / "models" / "yamnet_int8.tflite"), "-o", str(clf),
-                     "--input-spec", "yamnet_torchport",
-                     "--yamnet-class-map", str(SHARED / "models" / "yamnet_class_map.csv"),
-                     "--labels", str(SHARED / "models" / "class_labels_indices.csv")])
     for c in cmds:
         subprocess.run([sys.executable, "-m", "training", "convert", *c], env=env, cwd=REPO, check=True)
     return tr, clf
@@ -73,6 +86,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="working directory outside the repo (required)")
     ap.add_argument("--transcoder", default=None, help="transcoder .onnx (default: converted into --out)")
     ap.add_argument("--classifier", default=None, help="classifier .onnx (default: converted into --out)")
+    ap.add_argument("--pipeline", choices=("shipped", "published"), default="shipped",
+                    help="default models: the shipped yamnet transcoder + YAMNet (official front end), or the "
+                    "published 64-channel transcoder + YAMNet (torch-port front end)")
     ap.add_argument("--minutes", type=float, default=10.0, help="length of the short archive (scaling runs)")
     ap.add_argument("--us8k", type=int, default=20, help="UrbanSound8K clips added to the 24 field recordings")
     ap.add_argument("--day", action="store_true", help="also process a whole sensor-day (691 200 frames)")
@@ -98,7 +114,7 @@ def main() -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     tr, clf = (Path(args.transcoder), Path(args.classifier)) if args.transcoder and args.classifier \
-        else convert_models(args.out)
+        else convert_models(args.out, args.pipeline)
     t0 = time.perf_counter()
     paths = clip_paths(args.us8k)
     if not paths:
@@ -129,7 +145,10 @@ def main() -> int:
         run("dask LocalCluster, 2 workers x 1 thread", short, transcoder=str(tr), workers=2, n_threads=1)
         run("single process, 2 ORT threads, one ORT run per 60-s block", short, transcoder=str(tr), n_threads=2,
             batch_size=None)
-        run("PINV only (no CNN), single process", short, transcoder="pinv:yamnet_torchport", n_threads=2)
+        from spectral_transcoder.models import Transcoder
+
+        pinv_target = Transcoder.from_file(tr).output_spec.name
+        run("PINV only (no CNN), single process", short, transcoder=f"pinv:{pinv_target}", n_threads=2)
         one, two = results["single process, 1 ORT thread"], results["dask LocalCluster, 2 workers x 1 thread"]
         print(f"scaling: 1 -> 2 workers (processes, 1 thread each): "
               f"{two['x_real_time'] / one['x_real_time']:.2f}x; dask 2x1 / single process 1x2: "

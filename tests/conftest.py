@@ -8,6 +8,8 @@ ST_REQUIRE_SHARED=1 (set by CI), where a missing file fails the run.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +88,44 @@ def home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv(registry.ENV_HOME, str(h))
     monkeypatch.setattr(registry, "package_dir", lambda: tmp_path / "no_package_models")
     return h
+
+
+@pytest.fixture(scope="session")
+def real_yamnet(tmp_path_factory, shared):
+    """The published YAMNet transcoder and the YAMNet classifier (torch-port spec), converted by training/."""
+    pytest.importorskip("torch")
+    if not (REPO / "training" / "__main__.py").exists():
+        pytest.skip("training/ has no converter command yet")
+    d = tmp_path_factory.mktemp("real")
+    tr_src = shared / "reference" / "models" / (
+        "classifier=YamNet+dataset=full+dilation=1+epoch=200+kernel_size=5+learning_rate=-3+nb_channels=64+"
+        "nb_layers=5+prop_logit=100+step=train+transcoder=cnn_pinv+ts=1_model"
+    )
+    env = subprocess_env()
+    cmds = [
+        ["transcoder", str(tr_src), "-o", str(d / "tr.onnx")],
+        ["yamnet-tflite", str(shared / "models" / "yamnet_int8.tflite"), "-o", str(d / "clf.onnx"),
+         "--input-spec", "yamnet_torchport", "--yamnet-class-map", str(shared / "models" / "yamnet_class_map.csv"),
+         "--labels", str(shared / "models" / "class_labels_indices.csv")],
+    ]
+    for c in cmds:
+        r = subprocess.run([sys.executable, "-m", "training", "convert", *c], env=env, cwd=REPO,
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-3000:]
+    return d / "tr.onnx", d / "clf.onnx"
+
+
+@pytest.fixture(scope="session")
+def yamnet_teacher(tmp_path_factory, shared):
+    """YAMNet from the per-channel int8 tflite with the official front end (MelSpec 'yamnet'):
+    the teacher of the shipped yamnet transcoder, converted by training/."""
+    pytest.importorskip("torch")
+    out = tmp_path_factory.mktemp("teacher") / "yamnet.onnx"
+    m = shared / "models"
+    r = subprocess.run([sys.executable, "-m", "training", "convert", "yamnet-tflite",
+                        str(m / "yamnet_int8_perchannel.tflite"), "-o", str(out),
+                        "--yamnet-class-map", str(m / "yamnet_class_map.csv"),
+                        "--labels", str(m / "class_labels_indices.csv")],
+                       env=subprocess_env(), cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out

@@ -186,7 +186,9 @@ def test_blocks_before_an_error_do_not_depend_on_batch_size(tmp_path, problem):
             for b in archives.open_archive(path, block_seconds=2, batch_rows=batch_rows, **opts):
                 got.append(b)
         seen.append(_signature(got))
-    assert len(got) == 4 and all(s == seen[0] for s in seen)  # rows 0-63: 4 whole blocks of 16
+    # rows 0-63: 4 whole blocks of 16, then rows 64-69 (before the error) as a short last block
+    assert len(got) == 5 and all(s == seen[0] for s in seen)
+    assert (got[-1].position.row_start, got[-1].position.row_stop) == (64, 70) and got[-1].valid.sum() == 6
 
 
 def test_untimed_clips_are_segments():

@@ -150,8 +150,7 @@ def test_fn_error_keeps_finished_blocks_and_rerun_completes(tmp_path):
     s = archives.run_blocks(archives.open_many(paths, block_seconds=10), per_second, out, progress=False,
                             blocks_per_part=4)
     assert s.blocks_skipped == 8 and s.blocks_done == 4
-    ref = archives.run_blocks(archives.open_many(paths, block_seconds=10), per_second, tmp_path / "ref",
-                              progress=False)
+    archives.run_blocks(archives.open_many(paths, block_seconds=10), per_second, tmp_path / "ref", progress=False)
     assert _sorted(archives.read_results(out)).equals(_sorted(archives.read_results(tmp_path / "ref")))
 
 

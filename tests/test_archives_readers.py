@@ -301,11 +301,15 @@ def test_open_many_collects_errors_and_goes_on(tmp_path):
     many = archives.open_many([good1, unsorted, tmp_path / "s3.parquet", again, good2], block_seconds=5)
     assert len(many) == 4  # the duplicate path is read once
     blocks = list(many)
-    # s2's first block (rows 0-39) comes before its error at row 61, whatever the read batch size
+    # s2's rows before its error at row 61 all come out, whatever the read batch size: its first
+    # block (rows 0-39), then a last short block with rows 40-60; nothing read is lost
     assert [(b.sensor, b.position.index) for b in blocks] == [("s1", 0), ("s1", 1), ("s1", 2), ("s2", 0),
-                                                              ("s4", 0), ("s4", 1)]
+                                                              ("s2", 1), ("s4", 0), ("s4", 1)]
+    short = blocks[4]
+    assert (short.position.row_start, short.position.row_stop) == (40, 61)
+    assert short.valid.sum() == 21
     assert [(e.path.split("/")[-1], e.position, e.blocks_read) for e in many.errors] == [
-        ("s2.parquet", "row 61 (2024-03-01T12:00:07.500000000Z)", 1), ("s3.parquet", "file footer", 0)]
+        ("s2.parquet", "row 61 (2024-03-01T12:00:07.500000000Z)", 2), ("s3.parquet", "file footer", 0)]
     assert "go backwards" in many.errors[0].message
     with pytest.raises(st.InvalidInputError, match="gaps"):
         archives.open_many([good1], gaps="nope")

@@ -4,15 +4,12 @@ end with the real converted models when torch and ../shared are present."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import warnings
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import subprocess_env
 
 from _tiny_models import (
     LABELS,
@@ -201,6 +198,34 @@ def test_classifier_batching_is_invisible(tiny):
     np.testing.assert_allclose(Classifier.from_file(tiny["clf"], batch_size=4)(mel), ref, atol=1e-6)
 
 
+class _ShapeRecorder:
+    """Wraps an ORT session and records the input shapes it is run on."""
+
+    def __init__(self, session):
+        self.session, self.shapes = session, []
+
+    def run(self, names, feeds):
+        self.shapes.append(next(iter(feeds.values())).shape)
+        return self.session.run(names, feeds)
+
+
+@pytest.mark.parametrize("kind", ["transcoder", "classifier"])
+def test_padded_batches_give_one_shape_and_same_outputs(tiny, kind):
+    # pad_batches: ORT sees a single input shape (steady memory arena), outputs unchanged.
+    if kind == "transcoder":
+        x = _levels(8 * 11, seed=4)
+        plain = Transcoder.from_file(tiny["cnn"], batch_size=4)
+        padded = Transcoder.from_file(tiny["cnn"], batch_size=4, pad_batches=True)
+    else:
+        x = np.random.default_rng(7).normal(-30, 10, (11, 101, 64)).astype(np.float32)
+        plain = Classifier.from_file(tiny["clf"], batch_size=4)
+        padded = Classifier.from_file(tiny["clf"], batch_size=4, pad_batches=True)
+    rec = _ShapeRecorder(padded._model.session)
+    padded._model = replace(padded._model, session=rec)
+    np.testing.assert_allclose(padded(x), plain(x), rtol=0, atol=1e-6)
+    assert len(rec.shapes) == 3 and {s[0] for s in rec.shapes} == {4}  # 11 items -> 4 + 4 + (3 padded to 4)
+
+
 def test_classifier_checks(tiny):
     clf = Classifier.from_file(tiny["clf"])
     with pytest.raises(SpecMismatchError, match="'yamnet_torchport'.*'pann'"):
@@ -333,31 +358,6 @@ def test_session_options():
 
 
 # --------------------------------------------------------------------- real models
-@pytest.fixture(scope="session")
-def real_yamnet(tmp_path_factory, shared):
-    """The published YAMNet transcoder and the YAMNet classifier (torch-port spec), converted by training/."""
-    pytest.importorskip("torch")
-    if not (REPO / "training" / "__main__.py").exists():
-        pytest.skip("training/ has no converter command yet")
-    d = tmp_path_factory.mktemp("real")
-    tr_src = shared / "reference" / "models" / (
-        "classifier=YamNet+dataset=full+dilation=1+epoch=200+kernel_size=5+learning_rate=-3+nb_channels=64+"
-        "nb_layers=5+prop_logit=100+step=train+transcoder=cnn_pinv+ts=1_model"
-    )
-    env = subprocess_env()
-    cmds = [
-        ["transcoder", str(tr_src), "-o", str(d / "tr.onnx")],
-        ["yamnet-tflite", str(shared / "models" / "yamnet_int8.tflite"), "-o", str(d / "clf.onnx"),
-         "--input-spec", "yamnet_torchport", "--yamnet-class-map", str(shared / "models" / "yamnet_class_map.csv"),
-         "--labels", str(shared / "models" / "class_labels_indices.csv")],
-    ]
-    for c in cmds:
-        r = subprocess.run([sys.executable, "-m", "training", "convert", *c], env=env, cwd=REPO,
-                           capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr[-3000:]
-    return d / "tr.onnx", d / "clf.onnx"
-
-
 @pytest.mark.torch
 @pytest.mark.shared
 def test_classify_real_yamnet_equals_steps_by_hand(real_yamnet, golden_clip):

@@ -212,14 +212,17 @@ def test_damaged_files_are_reported_and_the_rest_processed(tmp_path, tiny):
     assert set(errs) == {"backwards.parquet", "cut.parquet", "dups.parquet", "wrong.parquet"}
     assert errs["backwards.parquet"]["position"].startswith("row 201") and "backwards" in errs[
         "backwards.parquet"]["message"]
-    assert errs["backwards.parquet"]["blocks_read"] == 1  # rows 0..159: the block before the bad row
+    # rows 0..159 (one whole block), then rows 160..200 read before the bad row: a short last block
+    assert errs["backwards.parquet"]["blocks_read"] == 2
     assert errs["cut.parquet"]["position"] == "file footer"
     assert errs["dups.parquet"]["position"].startswith("row 300") and "duplicates=\"drop\"" in errs[
         "dups.parquet"]["message"]
     assert "28 bands" in errs["wrong.parquet"]["message"] or "has 28" in errs["wrong.parquet"]["message"]
     t = archives.read_results(tmp_path / "out")
     by_sensor = {k: t.column("sensor").to_pylist().count(k) for k in set(t.column("sensor").to_pylist())}
-    assert by_sensor["good"] == 46 + 5 and by_sensor["backwards"] == 20 + 2 and by_sensor["dups"] == 20 + 2
+    # 1-s rows + 10-s rows; the short last blocks: backwards rows 160..200 (5 s + 1 frame -> 6 + 1 rows),
+    # dups rows 160..299 (17.5 s -> 18 + 2 rows)
+    assert by_sensor == {"good": 46 + 5, "backwards": 20 + 2 + 6 + 1, "dups": 20 + 2 + 18 + 2}
     # the documented repair for duplicates: keep the first
     s2 = _run([dups], tmp_path / "out2", tiny, duplicates="drop")
     assert s2.errors == [] and s2.blocks_done == 3
@@ -286,7 +289,6 @@ def test_kill_9_then_resume_gives_the_same_rows(tmp_path, tiny):
 
 
 # ------------------------------------------------------------------ the real pipeline
-from test_models import real_yamnet  # noqa: E402,F401  (the session fixture converting the real models)
 
 
 @pytest.mark.torch

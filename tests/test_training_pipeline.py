@@ -22,7 +22,7 @@ from conftest import shared_file  # noqa: E402
 
 from spectral_transcoder import frontends  # noqa: E402
 from spectral_transcoder.analysis import third_octave  # noqa: E402
-from spectral_transcoder.errors import InvalidInputError, SpecMismatchError  # noqa: E402
+from spectral_transcoder.errors import InvalidInputError, ModelError, SpecMismatchError  # noqa: E402
 from spectral_transcoder.pinv import pinv_chunks, pinv_matrix  # noqa: E402
 from spectral_transcoder.specs import get_band_spec, get_mel_spec  # noqa: E402
 from training.dataset import (  # noqa: E402
@@ -49,7 +49,7 @@ from training.evaluate import (  # noqa: E402
     run_method,
 )
 from training.nets import ClassifierOutput  # noqa: E402
-from training.train import TrainConfig, data_licences, export_run, load_run, train  # noqa: E402
+from training.train import TrainConfig, data_licences, export_run, load_run, ship, train  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -418,6 +418,28 @@ def test_export_loads_in_the_inference_package_and_matches_torch(cache, tmp_path
     assert np.max(np.abs(got - want)) <= 1e-4
     card = out.with_suffix(".md").read_text()
     assert "tiny-transcoder" in card and "$" not in card
+
+    # ship: into a models_data folder, under the metadata name, with the card and the sha256 the registry checks
+    from spectral_transcoder import registry
+
+    dest = tmp_path / "models_data"
+    rec = ship(out, dest=dest)
+    assert (dest / "tiny-transcoder.onnx").read_bytes() == out.read_bytes()
+    assert (dest / "tiny-transcoder.md").read_text() == card
+    index = json.loads((dest / "index.json").read_text())
+    assert index["models"]["transcoder"]["tiny-transcoder"]["sha256"] == rec["sha256"] == registry.sha256_file(out)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(registry, "package_dir", lambda: dest)
+        mp.setenv(registry.ENV_HOME, str(tmp_path / "empty-home"))
+        loaded = Transcoder.load("tiny-transcoder")
+        assert loaded.metadata.name == "tiny-transcoder"
+        np.testing.assert_array_equal(loaded.transcode_chunks(levels), got)
+        (dest / "tiny-transcoder.onnx").write_bytes(out.read_bytes()[:-1] + b"x")  # damaged after shipping
+        with pytest.raises(ModelError, match="checksum"):
+            Transcoder.load("tiny-transcoder")
+    with pytest.raises(InvalidInputError, match="model card"):
+        out.with_suffix(".md").unlink()
+        ship(out, dest=dest)
 
 
 def test_data_licences_from_keys():

@@ -15,7 +15,7 @@ from spectral_transcoder.errors import SpectralTranscoderError
 
 __all__ = ["COMMANDS", "register", "main"]
 
-COMMANDS = ("build-dataset", "train", "export-run", "evaluate", "downstream")
+COMMANDS = ("build-dataset", "train", "export-run", "ship", "evaluate", "downstream")
 
 
 def register(sub: Any) -> None:

@@ -63,6 +63,8 @@ __all__ = [
     "load_run",
     "resolve_device",
     "export_run",
+    "ship",
+    "PACKAGE_MODELS_DIR",
     "render_model_card",
     "data_licences",
     "WEIGHTS_LICENSE",
@@ -525,6 +527,43 @@ def export_run(
     return md
 
 
+#: Where transcoders shipped with the package live (``spectral_transcoder.registry.package_dir``).
+PACKAGE_MODELS_DIR = Path(__file__).resolve().parents[1] / "python" / "spectral_transcoder" / "models_data"
+
+
+def ship(model: str | os.PathLike, *, dest: str | os.PathLike = PACKAGE_MODELS_DIR) -> dict[str, Any]:
+    """Put an exported transcoder (and its model card ``<stem>.md``) into the package.
+
+    The file is copied to ``dest/<metadata name>.onnx`` (the registry name users load,
+    e.g. ``Transcoder.load("yamnet")``), the card beside it as ``<name>.md``, and its
+    sha256 is recorded in ``dest/index.json``, which the registry checks at every load.
+    Returns the index record.
+    """
+    import shutil
+
+    from spectral_transcoder.models import read_metadata
+
+    src = Path(model)
+    meta, sha = read_metadata(src)
+    if meta.kind != "transcoder":
+        raise InvalidInputError(f"{src}: only transcoders ship with the package, this is a {meta.kind}")
+    card = src.with_suffix(".md")
+    if not card.is_file():
+        raise InvalidInputError(f"{src}: no model card {card.name} beside it (export-run writes one)")
+    out = Path(dest)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, out / f"{meta.name}.onnx")
+    shutil.copyfile(card, out / f"{meta.name}.md")
+    index_path = out / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {"format": 1, "models": {}}
+    index.setdefault("models", {}).setdefault("classifier", {})
+    record = {"file": f"{meta.name}.onnx", "sha256": sha, "card": f"{meta.name}.md",
+              "input_spec": meta.input_spec.name, "output_spec": meta.output_spec.name if meta.output_spec else None}
+    index["models"].setdefault("transcoder", {})[meta.name] = record
+    _write_text_atomic(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return record
+
+
 # ---------------------------------------------------------------------- CLI
 def add_parsers(sub: Any) -> None:
     """Register ``train`` and ``export-run`` on an argparse subparsers object."""
@@ -561,6 +600,16 @@ def add_parsers(sub: Any) -> None:
     e.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo")
     e.set_defaults(func=_cmd_export)
 
+    s = sub.add_parser(
+        "ship", help="put an exported transcoder and its model card into the package (models_data/ + sha256)",
+        description="Copy MODEL.onnx and its card MODEL.md into python/spectral_transcoder/models_data/ under the "
+        "model's metadata name, and record its sha256 in models_data/index.json. The package then loads it "
+        "with Transcoder.load(NAME) from any install.",
+    )
+    s.add_argument("model", metavar="MODEL.onnx")
+    s.add_argument("--dest", default=str(PACKAGE_MODELS_DIR), help="models folder (default: the package's)")
+    s.set_defaults(func=_cmd_ship)
+
 
 def _cmd_train(args: Any) -> int:
     if args.threads:
@@ -581,4 +630,11 @@ def _cmd_export(args: Any) -> int:
     md = export_run(args.run_dir, args.output, name=args.name, exporter=args.exporter)
     print(f"wrote {args.output} ({md.name}: {md.input_spec.name} -> {md.output_spec.name}) and "
           f"{Path(args.output).with_suffix('.md')}")
+    return 0
+
+
+def _cmd_ship(args: Any) -> int:
+    rec = ship(args.model, dest=args.dest)
+    print(f"shipped {rec['file']} (sha256 {rec['sha256'][:12]}..., {rec['input_spec']} -> {rec['output_spec']}) "
+          f"and {rec['card']} in {args.dest}")
     return 0

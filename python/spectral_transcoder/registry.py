@@ -90,9 +90,11 @@ _PANN_SOURCE = (
 #: Every short name the project documents, with how to obtain its file.
 KNOWN: tuple[KnownModel, ...] = (
     KnownModel(
-        "yamnet", "classifier", "YAMNet (521 AudioSet classes), official TF front end (MelSpec 'yamnet')",
-        f"{_SHARED_MODELS}/yamnet_int8.tflite (models/README.md §2)",
-        _convert("yamnet-tflite", f"{_SHARED_MODELS}/yamnet_int8.tflite", "yamnet", _YAMNET_LABELS),
+        "yamnet", "classifier", "YAMNet (521 AudioSet classes), official TF front end (MelSpec 'yamnet'); "
+        "the teacher of the shipped yamnet transcoder",
+        # The per-channel int8 file is the closer one to float YAMNet, and the shipped transcoder's teacher.
+        f"{_SHARED_MODELS}/yamnet_int8_perchannel.tflite (models/README.md)",
+        _convert("yamnet-tflite", f"{_SHARED_MODELS}/yamnet_int8_perchannel.tflite", "yamnet", _YAMNET_LABELS),
     ),
     KnownModel(
         "yamnet-torchport", "classifier",

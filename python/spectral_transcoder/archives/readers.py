@@ -173,13 +173,18 @@ class BlockReader:
         framer = _Framer(path=self.path, source=self.source, sensor=self.sensor, spec=self.band_spec,
                          opts=self.options, reference=ref, stats=self.stats)
         late: ArchiveError | None = None
-        for ev in self._guard(self._events()):
-            if ev[0] == "segment":
-                yield from framer.new_segment(ev[1], ev[2])
-            elif ev[0] == "rows":
-                yield from framer.push(ev[1], ev[2], ev[3])
-            else:  # ("error", problem, position): a damage found after the readable data
-                late = self._fail(ev[1], ev[2])
+        try:
+            for ev in self._guard(self._events()):
+                if ev[0] == "segment":
+                    yield from framer.new_segment(ev[1], ev[2])
+                elif ev[0] == "rows":
+                    yield from framer.push(ev[1], ev[2], ev[3])
+                else:  # ("error", problem, position): a damage found after the readable data
+                    late = self._fail(ev[1], ev[2])
+        except ArchiveError as exc:
+            # Damage or a broken rule mid-file: the rows read before it (placed by the
+            # framer) still come out as a last, shorter block, then the error is raised.
+            late = exc
         yield from framer.finish()
         if late is not None:
             raise late

@@ -1,0 +1,95 @@
+"""The transcoders shipped inside the package (``spectral_transcoder/models_data/``).
+
+They load by registry name from any install, carry their own description (specs, PINV
+matrix, licence, training metrics, model card), and on real held-out audio they bring the
+teacher's output closer to its output on the ground-truth Mel than the PINV alone does.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import shared_file
+
+import spectral_transcoder as st
+from spectral_transcoder import registry
+from spectral_transcoder.models import Classifier, Transcoder
+
+#: registry name -> the MelSpec it produces (= its teacher's input)
+SHIPPED = {"yamnet": "yamnet", "efficientat-mn04": "efficientat"}
+
+
+@pytest.fixture
+def package_only(tmp_path, monkeypatch):
+    """An empty user registry: only the packaged transcoders are visible."""
+    monkeypatch.setenv(registry.ENV_HOME, str(tmp_path / "home"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_transcoder_loads_by_name_and_describes_itself(name, package_only):
+    entry = registry.resolve(name, "transcoder")
+    assert entry.origin == "package"
+    index = json.loads((registry.package_dir() / "index.json").read_text())
+    assert entry.sha256 == index["models"]["transcoder"][name]["sha256"] == registry.sha256_file(entry.path)
+    assert entry.path.stat().st_size < 1_000_000  # small: the CNN alone
+
+    tr = Transcoder.load(name)
+    md = tr.metadata
+    assert md.kind == "transcoder" and md.name == name
+    assert tr.input_spec == st.get_band_spec("cense_fast")
+    assert tr.output_spec == st.get_mel_spec(SHIPPED[name])
+    assert md.license.startswith("MIT")
+    assert np.asarray(md.pinv["matrix"]).shape == (tr.output_spec.n_mels, 29)
+    methods = md.metrics["evaluation"]["methods"]
+    assert "PINV" in methods and any(k.startswith("CNN-logits") for k in methods)
+    card = entry.path.with_suffix(".md").read_text()
+    assert f"`{name}`" in card and "PtoPa-FC" in card and "$" not in card
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_transcoder_outputs(name, package_only):
+    tr = Transcoder.load(name, n_threads=1)
+    spec = tr.output_spec
+    frames = spec.frames_for_chunk(1.0)
+    lv = np.random.default_rng(0).uniform(-90.0, -20.0, (2, 3, 8, 29)).astype(np.float32)
+    y = tr.transcode_chunks(lv)
+    assert y.shape == (2, 3, frames, spec.n_mels) and y.dtype == np.float32 and np.isfinite(y).all()
+    # deterministic, chunk-independent (each 1-s chunk alone gives the same), and more than the PINV
+    np.testing.assert_allclose(tr.transcode_chunks(lv[1, 2]), y[1, 2], rtol=0, atol=1e-5)
+    pinv = Transcoder.pinv(spec).transcode_chunks(lv)
+    assert np.abs(y - pinv).max() > 1e-2
+    # silence at any floor stays finite (no NaN / -inf)
+    for floor in (-200.0, -120.0):
+        assert np.isfinite(tr.transcode_chunks(np.full((1, 8, 29), floor, np.float32))).all()
+
+
+def _kl(q: np.ndarray, p: np.ndarray) -> float:
+    """specs/transcoder.md §6a: KL(oracle || model) of mean probabilities, unnormalised, / C."""
+    e = 1e-10
+    return float(np.sum((q + e) * (np.log(q + e) - np.log(p + e))) / q.size)
+
+
+@pytest.mark.shared
+@pytest.mark.torch
+def test_shipped_yamnet_beats_the_pinv_against_its_teacher(yamnet_teacher, package_only):
+    """Real held-out audio (the three reference clips are not in the training data):
+    the teacher on transcoded Mels is closer (KL) to the teacher on ground-truth Mels
+    with the shipped CNN than with the PINV alone."""
+    import soundfile as sf
+
+    from training.dataset import file_chunks  # the training set's own chunking, one definition
+
+    clf = Classifier.from_file(yamnet_teacher, n_threads=1)
+    tr = Transcoder.load("yamnet", n_threads=1)
+    pinv = Transcoder.pinv("yamnet")
+    kl_cnn, kl_pinv = [], []
+    for clip in ("street_pedestrian-paris-152-4607-a.wav", "birds.wav", "voice_male.wav"):
+        audio, sr = sf.read(shared_file("reference", "audio", clip), dtype="float32", always_2d=True)
+        c = file_chunks(audio.mean(axis=1), sr, st.get_band_spec("cense_fast"), st.get_mel_spec("yamnet"))
+        oracle = clf(c["mel"]).mean(axis=0)
+        kl_cnn.append(_kl(oracle, clf(tr.transcode_chunks(c["levels"])).mean(axis=0)))
+        kl_pinv.append(_kl(oracle, clf(pinv.transcode_chunks(c["levels"])).mean(axis=0)))
+    print(f"KL per clip: shipped CNN {np.round(kl_cnn, 5)}, PINV {np.round(kl_pinv, 5)}")
+    assert np.mean(kl_cnn) < np.mean(kl_pinv)
