@@ -361,7 +361,7 @@ def test_best_checkpoint_is_the_lowest_validation_loss(cache, tmp_path):
         assert torch.equal(v, m0.state_dict()[k])
 
 
-@pytest.mark.parametrize("mode", ["logits", "mels"])
+@pytest.mark.parametrize("mode", ["logits", "mels", "distill", "hybrid"])
 def test_resume_matches_an_uninterrupted_run(cache, tmp_path, mode):
     cfg = dict(batch_size=16, **TINY)
     full = train(cache, tmp_path / "full", TrainConfig(mode=mode, epochs=3, **cfg), teacher=tiny_teacher(),
@@ -381,6 +381,35 @@ def test_resume_matches_an_uninterrupted_run(cache, tmp_path, mode):
     with pytest.raises(SpecMismatchError, match="channels"):
         train(cache, tmp_path / "cut", TrainConfig(mode=mode, epochs=4, batch_size=16, n_layers=3, channels=8),
               teacher=tiny_teacher(), progress=False, log=None)
+
+
+def test_distill_and_hybrid_losses_by_hand():
+    from training.train import _loss_fn
+
+    teacher = tiny_teacher()
+    mel = torch.randn(5, 96, 64, generator=torch.Generator().manual_seed(1))
+    target = torch.rand(5, N_CLASSES, generator=torch.Generator().manual_seed(2))
+    w, temp = 0.3, 2.0
+    got = float(_loss_fn(TrainConfig(mode="distill", kd_weight=w, kd_temperature=temp), teacher)(mel, target))
+    bce = float(_loss_fn(TrainConfig(mode="logits"), teacher)(mel, target))
+    # by hand, in float64: KL(softmax(t / T) || softmax(s / T)) per row, mean over rows, times T^2
+    s = teacher.module(mel).logits.detach().double().numpy() / temp
+    q = np.clip(target.double().numpy(), 1e-6, 1 - 1e-6)
+    t = np.log(q / (1 - q)) / temp
+
+    def log_softmax(z):
+        z = z - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+    lt, ls = log_softmax(t), log_softmax(s)
+    kl = float(np.mean(np.sum(np.exp(lt) * (lt - ls), axis=1))) * temp**2
+    assert kl > 0 and got == pytest.approx(bce + w * kl, rel=1e-5)
+    assert float(_loss_fn(TrainConfig(mode="distill", kd_weight=0.0), teacher)(mel, target)) == pytest.approx(bce)
+    # hybrid (the paper's): (1 - p/100) MSE(Mel) + k (p/100) BCE
+    mel_t = torch.randn(5, 96, 64, generator=torch.Generator().manual_seed(3))
+    hyb = _loss_fn(TrainConfig(mode="hybrid", prop_logit=40.0, hybrid_k=10.0), teacher)(mel, (mel_t, target))
+    mse = float(torch.mean((mel - mel_t) ** 2))
+    assert float(hyb) == pytest.approx(0.6 * mse + 4.0 * bce, rel=1e-5)
 
 
 def test_trainer_rejects_another_teacher(cache, tmp_path):

@@ -71,7 +71,7 @@ __all__ = [
     "add_parsers",
 ]
 
-MODES = ("logits", "mels")
+MODES = ("logits", "mels", "distill", "hybrid")
 RUN_FORMAT = "spectral_transcoder.training.run/1"
 WEIGHTS_LICENSE = "MIT (transcoder weights trained by the spectral_transcoder project)"
 _CARD_TEMPLATE = Path(__file__).with_name("MODEL_CARD.md.in")
@@ -91,6 +91,14 @@ class TrainConfig:
     kernel_time: int = 3
     kernel_mel: int = 5
     dilation: int = 1
+    kd_weight: float = 0.05
+    """``distill`` only: weight of the softmax distillation term."""
+    kd_temperature: float = 2.0
+    """``distill`` only: temperature of both softmaxes."""
+    prop_logit: float = 50.0
+    """``hybrid`` only: the paper's p (percent): (1 - p/100) MSE(Mel) + k (p/100) BCE."""
+    hybrid_k: float = 10.0
+    """``hybrid`` only: the paper's k (10 for YAMNet, 1500 for PANN; specs/transcoder.md §5)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -167,21 +175,25 @@ def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class _Batches:
-    """PINV input and targets of cached rows, as torch tensors on ``device``."""
+    """PINV input and targets of cached rows, as torch tensors on ``device``: the
+    teacher's probabilities, the ground-truth Mel, or both (``hybrid``: a tuple)."""
+
+    _TARGETS = {"mels": ("mel",), "hybrid": ("mel", "probs")}
 
     def __init__(self, store: ChunkStore, matrix: np.ndarray, mode: str, device: torch.device) -> None:
         self.store, self.matrix, self.device = store, matrix, device
-        self.fields = ("levels", "probs") if mode == "logits" else ("levels", "mel")
-        self.target = self.fields[1]
+        self.targets = self._TARGETS.get(mode, ("probs",))
+        self.fields = ("levels", *self.targets)
 
-    def __call__(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, rows: np.ndarray) -> tuple[torch.Tensor, Any]:
         d = self.store.get(rows, self.fields)
         x = pinv_chunks(d["levels"], self.store.mel_spec, band_spec=self.store.band_spec, matrix=self.matrix)
-        return (torch.from_numpy(x).to(self.device), torch.from_numpy(np.ascontiguousarray(d[self.target])).to(self.device))
+        t = [torch.from_numpy(np.ascontiguousarray(d[k])).to(self.device) for k in self.targets]
+        return torch.from_numpy(x).to(self.device), (t[0] if len(t) == 1 else tuple(t))
 
 
-def _loss_fn(mode: str, teacher: Teacher | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if mode == "mels":
+def _loss_fn(config: TrainConfig, teacher: Teacher | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if config.mode == "mels":
         return lambda mel, target: F.mse_loss(mel, target)
     assert teacher is not None
     clf = teacher.module
@@ -189,7 +201,33 @@ def _loss_fn(mode: str, teacher: Teacher | None) -> Callable[[torch.Tensor, torc
     def bce(mel: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(clf(mel).logits, target)
 
-    return bce
+    if config.mode == "logits":
+        return bce
+    w, temp = config.kd_weight, config.kd_temperature
+
+    def distill(mel: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # BCE (the paper's CNN-logits loss) plus Hinton-style distillation on the softmax of
+        # the logits: it weighs the ranking of the classes, hence the teacher's top class,
+        # which the 521 mostly-zero BCE terms barely see. Teacher logits come from the cached
+        # probabilities (clipped away from 0 and 1).
+        logits = clf(mel).logits
+        q = target.clamp(1e-6, 1.0 - 1e-6)
+        t_logits = torch.log(q) - torch.log1p(-q)
+        kd = F.kl_div(F.log_softmax(logits / temp, dim=-1), F.log_softmax(t_logits / temp, dim=-1),
+                      log_target=True, reduction="batchmean") * temp * temp
+        return F.binary_cross_entropy_with_logits(logits, target) + w * kd
+
+    if config.mode == "distill":
+        return distill
+    a, b = 1.0 - config.prop_logit / 100.0, config.hybrid_k * config.prop_logit / 100.0
+
+    def hybrid(mel: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        # The paper's hybrid loss (specs/transcoder.md §5): the Mel MSE keeps the transcoded
+        # Mel close to the ground truth while the BCE pulls the classifier's output.
+        mel_t, probs_t = target
+        return a * F.mse_loss(mel, mel_t) + b * F.binary_cross_entropy_with_logits(clf(mel).logits, probs_t)
+
+    return hybrid
 
 
 def _validation_loss(model: CNNTranscoder, rows: np.ndarray, batches: _Batches, loss: Callable,
@@ -254,7 +292,7 @@ def train(
     store = ChunkStore(cache_dir)
     run = Path(run_dir)
     fingerprint = _run_fingerprint(store)
-    if config.mode == "logits":
+    if config.mode != "mels":
         if teacher is None:
             info = store.teacher_info
             teacher = load_teacher(info["name"], info["source_path"])
@@ -273,7 +311,7 @@ def train(
     run_json = run / "run.json"
     if run_json.exists():
         meta = json.loads(run_json.read_text())
-        old = {k: v for k, v in meta["config"].items() if k != "epochs"}
+        old = {k: v for k, v in {**TrainConfig().to_dict(), **meta["config"]}.items() if k != "epochs"}
         new = {k: v for k, v in config.to_dict().items() if k != "epochs"}
         if old != new or meta["cache"] != fingerprint:
             what = [k for k in new if old.get(k) != new[k]] + (["cache"] if meta["cache"] != fingerprint else [])
@@ -295,7 +333,7 @@ def train(
     torch.manual_seed(config.seed)
     model = CNNTranscoder(**config.arch).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    loss = _loss_fn(config.mode, teacher)
+    loss = _loss_fn(config, teacher)
     batches = _Batches(store, matrix, config.mode, dev)
     say = log or (lambda msg: None)
 
@@ -409,9 +447,19 @@ def data_licences(manifest: dict[str, Any]) -> list[str]:
     return out
 
 
+_LOSS_TEXT: dict[str, Callable[[TrainConfig], str]] = {
+    "logits": lambda c: "BCE(teacher probs)",
+    "mels": lambda c: "MSE(Mel)",
+    "distill": lambda c: (f"BCE(teacher probs) + {c.kd_weight:g} x T^2 KL(softmax(teacher logits / T) || "
+                          f"softmax(logits / T)), T = {c.kd_temperature:g}"),
+    "hybrid": lambda c: (f"{1 - c.prop_logit / 100:g} x MSE(Mel) + {c.hybrid_k * c.prop_logit / 100:g} x "
+                         f"BCE(teacher probs) (the paper's hybrid, p = {c.prop_logit:g}, k = {c.hybrid_k:g})"),
+}
+
+
 def _default_name(teacher: str, mode: str) -> str:
     base = {"yamnet": "yamnet", "efficientat": "efficientat-mn04"}.get(teacher, teacher)
-    return base if mode == "logits" else f"{base}-cnn-mels"
+    return f"{base}-cnn-mels" if mode == "mels" else base
 
 
 def _training_data_text(manifest: dict[str, Any], teacher: dict[str, Any], mode: str) -> str:
@@ -419,6 +467,9 @@ def _training_data_text(manifest: dict[str, Any], teacher: dict[str, Any], mode:
     files, chunks = c.get("files", {}), c.get("chunks", {})
     dirs = ", ".join(d["name"] for d in manifest["audio_dirs"])
     kind = ("CNN-logits: BCE against the frozen teacher's sigmoid outputs on 1-s chunks" if mode == "logits"
+            else "CNN-logits with distillation: BCE against the frozen teacher's sigmoid outputs on 1-s chunks "
+                 "plus a softmax distillation term on its logits" if mode == "distill"
+            else "hybrid: Mel MSE plus BCE against the frozen teacher's sigmoid outputs" if mode == "hybrid"
             else "CNN-mels: MSE against the ground-truth Mel")
     return (f"{kind}; teacher {teacher['name']} ({teacher['source']}, sha256 {teacher['sha256'][:12]}...); "
             f"audio folders {dirs}; peak-normalised files cut into 1-s chunks; "
@@ -494,13 +545,13 @@ def export_run(
         license=f"{WEIGHTS_LICENSE}; trained on: " + "; ".join(licences),
         training_data=_training_data_text(manifest, teacher, cfg.mode),
         metrics={"best_epoch": int(ck["epoch"]), "best_val_loss": float(ck["val_loss"]),
-                 "val_loss_kind": "BCE vs teacher probabilities" if cfg.mode == "logits" else "Mel MSE",
+                 "val_loss_kind": _LOSS_TEXT[cfg.mode](cfg),
                  **({"evaluation": metrics} if metrics else {})},
         pinv={"matrix": meta["pinv_matrix"], "phi_plus": meta.get("pinv_matrix_from", "")},
         extra={"architecture": {"kind": "cnn_pinv", **model.config},
                "n_parameters": count_parameters(model),
                "training": {**cfg.to_dict(), "epochs_run": history.get("epoch"), "optimizer": "Adam",
-                            "loss": "BCE(teacher probs)" if cfg.mode == "logits" else "MSE(Mel)"},
+                            "loss": _LOSS_TEXT[cfg.mode](cfg)},
                "training_kind": cfg.mode,
                "teacher": {k: teacher.get(k) for k in ("name", "kind", "source", "sha256", "n_classes", "mel_spec")},
                "data_licences": licences,
@@ -575,7 +626,9 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("cache_dir", metavar="CACHE_DIR")
     p.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run directory (created or resumed)")
-    p.add_argument("--mode", choices=MODES, default="logits", help="loss (default logits)")
+    p.add_argument("--mode", choices=MODES, default="logits",
+                   help="loss: logits (the paper's CNN-logits, BCE), mels (CNN-mels, MSE), hybrid (the paper's "
+                   "MSE + k BCE mix) or distill (BCE + softmax distillation); default logits")
     p.add_argument("--epochs", type=int, default=200, help="epochs (default 200, the paper's)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -585,6 +638,14 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--kernel-time", type=int, default=3)
     p.add_argument("--kernel-mel", type=int, default=5)
     p.add_argument("--dilation", type=int, default=1)
+    p.add_argument("--prop-logit", type=float, default=TrainConfig.prop_logit,
+                   help="--mode hybrid: the paper's p in percent (default %(default)s)")
+    p.add_argument("--hybrid-k", type=float, default=TrainConfig.hybrid_k,
+                   help="--mode hybrid: the paper's k (default %(default)s, YAMNet's)")
+    p.add_argument("--kd-weight", type=float, default=TrainConfig.kd_weight,
+                   help="--mode distill: weight of the softmax distillation term (default %(default)s)")
+    p.add_argument("--kd-temperature", type=float, default=TrainConfig.kd_temperature,
+                   help="--mode distill: softmax temperature (default %(default)s)")
     p.add_argument("--teacher-source", metavar="FILE", help="teacher checkpoint (default: the cache's)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -616,9 +677,10 @@ def _cmd_train(args: Any) -> int:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(mode=args.mode, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       n_layers=args.layers, channels=args.channels, kernel_time=args.kernel_time,
-                      kernel_mel=args.kernel_mel, dilation=args.dilation)
+                      kernel_mel=args.kernel_mel, dilation=args.dilation, kd_weight=args.kd_weight,
+                      kd_temperature=args.kd_temperature, prop_logit=args.prop_logit, hybrid_k=args.hybrid_k)
     teacher = None
-    if args.teacher_source and cfg.mode == "logits":
+    if args.teacher_source and cfg.mode != "mels":
         info = ChunkStore(args.cache_dir).teacher_info
         teacher = load_teacher(info["name"], args.teacher_source)
     res = train(args.cache_dir, args.output, cfg, teacher=teacher, device=args.device, progress=not args.no_progress)
