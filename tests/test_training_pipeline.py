@@ -471,6 +471,33 @@ def test_export_loads_in_the_inference_package_and_matches_torch(cache, tmp_path
         ship(out, dest=dest)
 
 
+def test_calibrated_cnn_fits_on_train_and_exports(cache, tmp_path):
+    from spectral_transcoder.models import Transcoder
+    from training.train import fit_calibration
+
+    store = ChunkStore(cache)
+    run = tmp_path / "cal"
+    train(cache, run, TrainConfig(epochs=1, lr=0.0, batch_size=16, calibrate=True, **TINY), teacher=tiny_teacher(),
+          progress=False, log=None)
+    meta = json.loads((run / "run.json").read_text())
+    cal = meta["calibration"]
+    assert len(cal["scale"]) == len(cal["bias"]) == 64 and np.isfinite(cal["scale"] + cal["bias"]).all()
+    assert cal == fit_calibration(store, np.asarray(meta["pinv_matrix"]))  # deterministic, train split only
+    # the fit is least squares: on the training chunks it beats the identity map, bin by bin
+    d = store.get(store.rows("train"), ("levels", "mel"))
+    x = pinv_chunks(d["levels"], "yamnet", band_spec="cense_fast").astype(np.float64)
+    fitted = np.asarray(cal["scale"]) * x + np.asarray(cal["bias"])
+    assert (((fitted - d["mel"]) ** 2).mean(axis=(0, 1)) <= ((x - d["mel"]) ** 2).mean(axis=(0, 1)) + 1e-9).all()
+    model, _, _ = load_run(run)
+    np.testing.assert_allclose(model.in_scale.numpy(), cal["scale"], rtol=1e-6)
+    out = tmp_path / "cal.onnx"
+    export_run(run, out, name="tiny-calibrated")
+    levels = store.get(store.rows("eval"), ("levels",))["levels"]
+    with torch.no_grad():
+        want = model(torch.from_numpy(pinv_chunks(levels, "yamnet", band_spec="cense_fast"))).numpy()
+    assert np.max(np.abs(Transcoder.from_file(out).transcode_chunks(levels) - want)) <= 1e-4
+
+
 def test_data_licences_from_keys():
     m = {"files": {"fold1/1-2-3-4.wav": {}, "field-recordings/park-london-96-2684-a.flac": {},
                    "field-recordings/car.flac": {}}}

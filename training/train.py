@@ -99,6 +99,9 @@ class TrainConfig:
     """``hybrid`` only: the paper's p (percent): (1 - p/100) MSE(Mel) + k (p/100) BCE."""
     hybrid_k: float = 10.0
     """``hybrid`` only: the paper's k (10 for YAMNet, 1500 for PANN; specs/transcoder.md §5)."""
+    calibrate: bool = False
+    """Fit a fixed per-bin affine map from the PINV Mel to the target Mel on the training
+    split, applied in front of the CNN (:class:`~training.nets.CNNTranscoder` ``calibrated``)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -108,10 +111,13 @@ class TrainConfig:
         if not (math.isfinite(self.lr) and self.lr >= 0):
             raise InvalidInputError(f"lr must be a finite number >= 0, got {self.lr}")
 
-    @property
-    def arch(self) -> dict[str, int]:
-        return dict(n_layers=self.n_layers, channels=self.channels, kernel_time=self.kernel_time,
-                    kernel_mel=self.kernel_mel, dilation=self.dilation)
+    def arch(self, n_mels: int) -> dict[str, Any]:
+        """Keyword arguments of :class:`~training.nets.CNNTranscoder` for a target with ``n_mels`` bins."""
+        a: dict[str, Any] = dict(n_layers=self.n_layers, channels=self.channels, kernel_time=self.kernel_time,
+                                 kernel_mel=self.kernel_mel, dilation=self.dilation)
+        if self.calibrate:
+            a.update(calibrated=True, n_mels=n_mels)
+        return a
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -190,6 +196,28 @@ class _Batches:
         x = pinv_chunks(d["levels"], self.store.mel_spec, band_spec=self.store.band_spec, matrix=self.matrix)
         t = [torch.from_numpy(np.ascontiguousarray(d[k])).to(self.device) for k in self.targets]
         return torch.from_numpy(x).to(self.device), (t[0] if len(t) == 1 else tuple(t))
+
+
+def fit_calibration(store: ChunkStore, matrix: np.ndarray, *, max_chunks: int = 4096) -> dict[str, Any]:
+    """Per-Mel-bin least squares ``target ≈ scale * pinv + bias`` on training chunks.
+
+    Uses the first ``max_chunks`` regular training chunks (never the held-out splits).
+    Returns ``{"scale": [...], "bias": [...], "n_chunks": n, "r2": [...]}`` (JSON-able).
+    """
+    rows = store.rows("train")[:max_chunks]
+    d = store.get(rows, ("levels", "mel"))
+    x = pinv_chunks(d["levels"], store.mel_spec, band_spec=store.band_spec, matrix=matrix).astype(np.float64)
+    y = d["mel"].astype(np.float64)
+    x = x.reshape(-1, x.shape[-1])
+    y = y.reshape(-1, y.shape[-1])
+    xm, ym = x.mean(axis=0), y.mean(axis=0)
+    var = ((x - xm) ** 2).mean(axis=0)
+    cov = ((x - xm) * (y - ym)).mean(axis=0)
+    scale = np.where(var > 1e-12, cov / np.maximum(var, 1e-12), 1.0)
+    bias = ym - scale * xm
+    resid = ((y - (scale * x + bias)) ** 2).mean(axis=0)
+    r2 = 1.0 - resid / np.maximum(((y - ym) ** 2).mean(axis=0), 1e-12)
+    return {"scale": scale.tolist(), "bias": bias.tolist(), "n_chunks": int(rows.size), "r2": r2.tolist()}
 
 
 def _loss_fn(config: TrainConfig, teacher: Teacher | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -331,7 +359,16 @@ def train(
     _write_text_atomic(run_json, json.dumps(meta, indent=1))
 
     torch.manual_seed(config.seed)
-    model = CNNTranscoder(**config.arch).to(dev)
+    model = CNNTranscoder(**config.arch(store.mel_spec.n_mels)).to(dev)
+    if config.calibrate:
+        cal = meta.get("calibration")
+        if cal is None:
+            cal = fit_calibration(store, matrix)
+            meta["calibration"] = cal
+            _write_text_atomic(run_json, json.dumps(meta, indent=1))
+        with torch.no_grad():
+            model.in_scale.copy_(torch.tensor(cal["scale"]))
+            model.in_bias.copy_(torch.tensor(cal["bias"]))
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     loss = _loss_fn(config, teacher)
     batches = _Batches(store, matrix, config.mode, dev)
@@ -404,7 +441,8 @@ def load_run(run_dir: str | os.PathLike, *, which: str = "best") -> tuple[CNNTra
     meta = json.loads((run / "run.json").read_text())
     ck = torch_load(run / f"{which}.pt", f"{which} checkpoint")
     cfg = TrainConfig(**meta["config"])
-    model = CNNTranscoder(**cfg.arch)
+    mel = meta["cache"]["mel_spec"]
+    model = CNNTranscoder(**cfg.arch(int(mel["n_mels"]) if isinstance(mel, dict) else 0))
     model.load_state_dict(ck["model"])
     return model.eval(), meta, ck
 
@@ -638,6 +676,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--kernel-time", type=int, default=3)
     p.add_argument("--kernel-mel", type=int, default=5)
     p.add_argument("--dilation", type=int, default=1)
+    p.add_argument("--calibrate", action="store_true",
+                   help="fit a per-bin affine map PINV -> target Mel on the training split, in front of the CNN "
+                   "(recommended for magnitude targets such as the official YAMNet front end)")
     p.add_argument("--prop-logit", type=float, default=TrainConfig.prop_logit,
                    help="--mode hybrid: the paper's p in percent (default %(default)s)")
     p.add_argument("--hybrid-k", type=float, default=TrainConfig.hybrid_k,
@@ -678,7 +719,8 @@ def _cmd_train(args: Any) -> int:
     cfg = TrainConfig(mode=args.mode, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       n_layers=args.layers, channels=args.channels, kernel_time=args.kernel_time,
                       kernel_mel=args.kernel_mel, dilation=args.dilation, kd_weight=args.kd_weight,
-                      kd_temperature=args.kd_temperature, prop_logit=args.prop_logit, hybrid_k=args.hybrid_k)
+                      kd_temperature=args.kd_temperature, prop_logit=args.prop_logit, hybrid_k=args.hybrid_k,
+                      calibrate=args.calibrate)
     teacher = None
     if args.teacher_source and cfg.mode != "mels":
         info = ChunkStore(args.cache_dir).teacher_info

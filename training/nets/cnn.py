@@ -8,6 +8,14 @@ The default configuration is the paper's: 5 layers of replication padding +
 (3 time x 5 mel) conv, 64 channels, ReLU after every layer but the last, which
 gives 186 497 parameters and the published ``mod_conv.{1,4,7,10,13}`` keys
 (the index is the position in the Sequential: pad, conv, relu, pad, conv, ...).
+
+``calibrated=True`` adds a fixed per-Mel-bin affine map in front of the stack,
+``x = in_scale * mel + in_bias`` (buffers, saved in the state dict and exported as
+ONNX constants). The PINV projects band *power* for every target, as the reference
+does, so for a magnitude target such as the official YAMNet front end its log-Mel is
+about twice the target's, with a tilt across bins; the trainer fits the map on the
+training split (least squares of the target on the PINV, per bin) so that the CNN
+starts from a Mel on the target's scale instead of spending its capacity on that.
 """
 
 from __future__ import annotations
@@ -31,7 +39,8 @@ class CNNTranscoder(nn.Module):
     """
 
     def __init__(
-        self, *, n_layers: int = 5, channels: int = 64, kernel_time: int = 3, kernel_mel: int = 5, dilation: int = 1
+        self, *, n_layers: int = 5, channels: int = 64, kernel_time: int = 3, kernel_mel: int = 5, dilation: int = 1,
+        calibrated: bool = False, n_mels: int | None = None,
     ) -> None:
         super().__init__()
         if n_layers < 2:
@@ -40,9 +49,15 @@ class CNNTranscoder(nn.Module):
             raise ValueError(f"kernels must be odd, got ({kernel_time}, {kernel_mel})")
         if dilation < 1:
             raise ValueError(f"dilation must be >= 1, got {dilation}")
+        if calibrated and not n_mels:
+            raise ValueError("calibrated=True needs n_mels")
         self.config = dict(
             n_layers=n_layers, channels=channels, kernel_time=kernel_time, kernel_mel=kernel_mel, dilation=dilation
         )
+        if calibrated:
+            self.config.update(calibrated=True, n_mels=int(n_mels))
+            self.register_buffer("in_scale", torch.ones(int(n_mels)))
+            self.register_buffer("in_bias", torch.zeros(int(n_mels)))
         layers: list[nn.Module] = []
         for i in range(n_layers):
             c_in = 1 if i == 0 else channels
@@ -57,6 +72,9 @@ class CNNTranscoder(nn.Module):
         self.mod_conv = nn.Sequential(*layers)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        """``mel`` (B, T, M) -> (B, T, M); out = mel - convs(mel) (subtractive residual)."""
+        """``mel`` (B, T, M) -> (B, T, M); out = x - convs(x) (subtractive residual), with
+        ``x = in_scale * mel + in_bias`` when calibrated, else ``x = mel``."""
+        if "calibrated" in self.config:
+            mel = mel * self.in_scale + self.in_bias
         x = mel.unsqueeze(1)
         return (x - self.mod_conv(x)).squeeze(1)
