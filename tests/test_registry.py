@@ -95,7 +95,7 @@ def test_missing_model_messages(home):
     with pytest.raises(ModelError, match="no classifier named 'nonesuch'.*Known names"):
         Classifier.load("nonesuch")
     # the packaged transcoders are not imported but installed with the package
-    with pytest.raises(ModelError, match="not installed.*models_data/yamnet.onnx"):
+    with pytest.raises(ModelError, match="not installed.*ships inside it .models_data/yamnet.onnx"):
         Transcoder.load("yamnet")
 
 

@@ -143,13 +143,14 @@ KNOWN: tuple[KnownModel, ...] = (
     ),
     KnownModel(
         "yamnet", "transcoder", "CNN transcoder cense_fast -> yamnet (official front end), shipped with the package",
-        "spectral_transcoder/models_data/yamnet.onnx (trained by this project; not released yet)",
-        "install a spectral_transcoder release that ships models_data/yamnet.onnx",
+        "spectral_transcoder/models_data/yamnet.onnx (trained by this project; model card yamnet.md beside it)",
+        "reinstall the package: this transcoder ships inside it (models_data/yamnet.onnx)",
     ),
     KnownModel(
         "efficientat-mn04", "transcoder", "CNN transcoder cense_fast -> efficientat, shipped with the package",
-        "spectral_transcoder/models_data/efficientat-mn04.onnx (trained by this project; not released yet)",
-        "install a spectral_transcoder release that ships models_data/efficientat-mn04.onnx",
+        "spectral_transcoder/models_data/efficientat-mn04.onnx (trained by this project; model card "
+        "efficientat-mn04.md beside it)",
+        "reinstall the package: this transcoder ships inside it (models_data/efficientat-mn04.onnx)",
     ),
 )
 
@@ -304,7 +305,7 @@ def how_to_get(name: str, kind: Kind) -> str:
             f"Known names: {names}. Import an ONNX file with `spectral-transcoder models import PATH --name {name}`."
         )
     m = k[0]
-    if m.convert.startswith("install"):
+    if m.convert.startswith("reinstall"):
         return f"the {kind} {name!r} ({m.description}) is not installed: {m.convert}."
     return (
         f"the {kind} {name!r} ({m.description}) is not in the registry ({home()}). To get it:\n"
