@@ -426,7 +426,7 @@ def test_export_loads_in_the_inference_package_and_matches_torch(cache, tmp_path
     train(cache, run, TrainConfig(epochs=1, lr=1e-2, batch_size=16, **TINY), teacher=tiny_teacher(), progress=False,
           log=None)
     out = tmp_path / "model.onnx"
-    md = export_run(run, out, name="tiny-transcoder")
+    md = export_run(run, out, name="tiny-transcoder", notes="Smoke run: **one** epoch.")
     assert out.is_file() and out.with_suffix(".md").is_file()
     t = Transcoder.from_file(out)
     meta = t.metadata
@@ -447,6 +447,7 @@ def test_export_loads_in_the_inference_package_and_matches_torch(cache, tmp_path
     assert np.max(np.abs(got - want)) <= 1e-4
     card = out.with_suffix(".md").read_text()
     assert "tiny-transcoder" in card and "$" not in card
+    assert "## Status\nSmoke run: **one** epoch.\n" in card
 
     # ship: into a models_data folder, under the metadata name, with the card and the sha256 the registry checks
     from spectral_transcoder import registry

@@ -544,6 +544,7 @@ def export_run(
     metrics: dict[str, Any] | None = None,
     exporter: str = "dynamo",
     card: bool = True,
+    notes: str = "",
 ) -> ModelMetadata:
     """Export a run's best checkpoint to a self-describing ONNX transcoder (+ a model card).
 
@@ -552,7 +553,8 @@ def export_run(
     the CNN was trained with, the training data and split, the teacher, the metrics
     (``metrics`` or ``RUN_DIR/metrics.json`` written by ``evaluate --write-run-metrics``),
     the licence of the weights (MIT) and of the data. The model card is written beside
-    the file as ``<stem>.md``. Returns the metadata.
+    the file as ``<stem>.md``, with ``notes`` (Markdown: status, caveats) as its
+    "Status" section. Returns the metadata.
     """
     from .export import export_onnx
 
@@ -610,6 +612,7 @@ def export_run(
             "training_data": md.training_data, "data_licences": "\n".join(f"  - {x}" for x in licences),
             "weights_license": WEIGHTS_LICENSE, "metrics_table": _metrics_table(metrics or {}),
             "metrics_note": (metrics or {}).get("note", ""),
+            "notes": f"\n## Status\n{notes.strip()}\n" if notes.strip() else "",
             "date": _dt.date.today().isoformat(),
         })
         _write_text_atomic(Path(output).with_suffix(".md"), text)
@@ -700,6 +703,7 @@ def add_parsers(sub: Any) -> None:
     e.add_argument("-o", "--output", required=True, metavar="MODEL.onnx")
     e.add_argument("--name", help="model name in the metadata (default: yamnet / efficientat-mn04 / ...-cnn-mels)")
     e.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo")
+    e.add_argument("--notes", metavar="FILE.md", help="Markdown put in the model card's Status section")
     e.set_defaults(func=_cmd_export)
 
     s = sub.add_parser(
@@ -731,7 +735,8 @@ def _cmd_train(args: Any) -> int:
 
 
 def _cmd_export(args: Any) -> int:
-    md = export_run(args.run_dir, args.output, name=args.name, exporter=args.exporter)
+    notes = Path(args.notes).read_text() if args.notes else ""
+    md = export_run(args.run_dir, args.output, name=args.name, exporter=args.exporter, notes=notes)
     print(f"wrote {args.output} ({md.name}: {md.input_spec.name} -> {md.output_spec.name}) and "
           f"{Path(args.output).with_suffix('.md')}")
     return 0
