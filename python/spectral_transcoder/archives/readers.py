@@ -361,7 +361,9 @@ class ParquetReader(_TabularReader):
         import pyarrow.parquet as pq
 
         try:
-            return pq.ParquetFile(self.path)
+            # pre_buffer=False: with pre-buffering (pyarrow's default) the reader keeps every
+            # row group it has read until the file is closed, so memory grows with the file.
+            return pq.ParquetFile(self.path, pre_buffer=False)
         except Exception as exc:  # noqa: BLE001 - ArrowInvalid, OSError...
             raise self._fail(f"not a readable Parquet file ({type(exc).__name__}: {exc})", "file footer") from exc
 
