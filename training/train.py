@@ -1,7 +1,8 @@
 """Trainer of the CNN transcoder (specs/transcoder.md §5) and its ONNX export.
 
-``python -m training train CACHE_DIR -o RUN_DIR --mode logits|mels``
-``python -m training export-run RUN_DIR -o MODEL.onnx``
+``python -m training train CACHE_DIR -o RUN_DIR --mode logits|mels|hybrid|distill [--calibrate]``
+``python -m training export-run RUN_DIR -o MODEL.onnx [--notes STATUS.md]``
+``python -m training ship MODEL.onnx`` (into the package's ``models_data/``)
 
 The network is h3's :class:`~training.nets.CNNTranscoder` (paper configuration by
 default) applied to the PINV of the cached third-octave levels. The PINV is the
@@ -16,6 +17,10 @@ metadata, so training and inference use one definition.
   (BCE is computed from the logits, which equals BCE on the sigmoid probabilities
   without torch's log clamp.)
 - ``mels`` (CNN-mels): MSE to the ground-truth Mel.
+- ``hybrid``: the paper's ``(1 - p/100) MSE + k (p/100) BCE`` (not used for its released models).
+- ``distill``: BCE plus a softmax distillation term on the logits (weighs the class ranking).
+- ``--calibrate``: a per-bin affine map from the PINV Mel to the target, fitted on the
+  training split, in front of the CNN (for magnitude targets such as official YAMNet).
 
 Adam (lr 1e-3), batch 64, seeded init and per-epoch shuffles. The validation loss is
 computed before training (epoch 0) and after every epoch; ``best.pt`` keeps the lowest
@@ -662,8 +667,9 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser(
         "train", help="train (or resume) a CNN transcoder on a dataset cache",
         description="Train the residual CNN on the PINV of the cached third-octave levels: --mode logits "
-        "(BCE against the frozen teacher) or --mode mels (MSE to the ground-truth Mel). Rerun the same "
-        "command to resume after the last finished epoch (a larger --epochs continues training).",
+        "(BCE against the frozen teacher, the paper's CNN-logits), --mode mels (MSE to the ground-truth Mel), "
+        "--mode hybrid (the paper's mix of both) or --mode distill (BCE plus softmax distillation). Rerun the "
+        "same command to resume after the last finished epoch (a larger --epochs continues training).",
     )
     p.add_argument("cache_dir", metavar="CACHE_DIR")
     p.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run directory (created or resumed)")
