@@ -5,7 +5,7 @@
 #      per-channel int8 tflite, EfficientAT mn04) and register them (out/registry);
 #   3. classify the reference recordings through the transcoders shipped in the package:
 #      audio -> third-octave levels -> transcoder -> classifier -> Parquet predictions
-#      (out/predictions-yamnet, out/predictions-efficientat-mn04) and a plot (out/street.png).
+#      (out/predictions-yamnet, out/predictions-efficientat-mn04) and a plot of the first input (out/plot.png).
 # Pass other audio files or third-octave archives as arguments to classify those instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,5 +38,5 @@ for clf in yamnet efficientat-mn04; do
   "$ST" classify "${inputs[@]}" -o "out/predictions-$clf" -c "$clf" --reference auto --windows both --top-k 5 \
     --no-progress
 done
-"$ST" plot "${inputs[0]}" -o out/street.png -c yamnet --reference auto --duration 10
-echo "predictions: out/predictions-yamnet, out/predictions-efficientat-mn04 (Parquet datasets); plot: out/street.png"
+"$ST" plot "${inputs[0]}" -o out/plot.png -c efficientat-mn04 --reference auto --duration 10
+echo "predictions: out/predictions-yamnet, out/predictions-efficientat-mn04 (Parquet datasets); plot: out/plot.png"
