@@ -198,34 +198,6 @@ def test_classifier_batching_is_invisible(tiny):
     np.testing.assert_allclose(Classifier.from_file(tiny["clf"], batch_size=4)(mel), ref, atol=1e-6)
 
 
-class _ShapeRecorder:
-    """Wraps an ORT session and records the input shapes it is run on."""
-
-    def __init__(self, session):
-        self.session, self.shapes = session, []
-
-    def run(self, names, feeds):
-        self.shapes.append(next(iter(feeds.values())).shape)
-        return self.session.run(names, feeds)
-
-
-@pytest.mark.parametrize("kind", ["transcoder", "classifier"])
-def test_padded_batches_give_one_shape_and_same_outputs(tiny, kind):
-    # pad_batches: ORT sees a single input shape (steady memory arena), outputs unchanged.
-    if kind == "transcoder":
-        x = _levels(8 * 11, seed=4)
-        plain = Transcoder.from_file(tiny["cnn"], batch_size=4)
-        padded = Transcoder.from_file(tiny["cnn"], batch_size=4, pad_batches=True)
-    else:
-        x = np.random.default_rng(7).normal(-30, 10, (11, 101, 64)).astype(np.float32)
-        plain = Classifier.from_file(tiny["clf"], batch_size=4)
-        padded = Classifier.from_file(tiny["clf"], batch_size=4, pad_batches=True)
-    rec = _ShapeRecorder(padded._model.session)
-    padded._model = replace(padded._model, session=rec)
-    np.testing.assert_allclose(padded(x), plain(x), rtol=0, atol=1e-6)
-    assert len(rec.shapes) == 3 and {s[0] for s in rec.shapes} == {4}  # 11 items -> 4 + 4 + (3 padded to 4)
-
-
 def test_classifier_checks(tiny):
     clf = Classifier.from_file(tiny["clf"])
     with pytest.raises(SpecMismatchError, match="'yamnet_torchport'.*'pann'"):

@@ -190,17 +190,14 @@ def _static(dim: object) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
-def _run_batched(model: _ModelFile, x: np.ndarray, batch_size: int, *, pad: bool = False) -> np.ndarray:
+def _run_batched(model: _ModelFile, x: np.ndarray, batch_size: int) -> np.ndarray:
     """Run ``x`` (N, frames, n_mels) through the session in batches of ``batch_size``.
 
     A model exported with a fixed batch dimension gets exactly that many items per
     run (the last batch is padded with copies of its last item, then cut back).
-    ``pad=True`` does the same for dynamic models: ONNX Runtime then sees a single
-    input shape, so its memory arena stops growing with each new batch size (flat RSS
-    for long archive runs, at the cost of computing the padding).
     """
     n = x.shape[0]  # callers never pass an empty batch
-    fixed = _static(model.input_shape[0]) or (batch_size if pad else None)
+    fixed = _static(model.input_shape[0])
     step = fixed or batch_size
     outs = []
     for start in range(0, n, step):
@@ -253,14 +250,12 @@ class Transcoder:
         model: _ModelFile | None = None,
         matrix: np.ndarray | None = None,
         batch_size: int = 32,
-        pad_batches: bool = False,
     ) -> None:
         self._input_spec = input_spec
         self._output_spec = output_spec
         self._model = model
         self._matrix = matrix
         self.batch_size = _check_batch_size(batch_size)
-        self.pad_batches = bool(pad_batches)
         if model is not None:
             t, m = model.input_shape[1], model.input_shape[2]
             frames = output_spec.frames_for_chunk(input_spec.chunk_duration)
@@ -283,16 +278,13 @@ class Transcoder:
         *,
         n_threads: int | None = None,
         batch_size: int = 32,
-        pad_batches: bool = False,
         providers: Sequence[str] | None = None,
         expected_sha256: str | None = None,
     ) -> "Transcoder":
         """Load an ONNX transcoder CNN (``st.kind = transcoder``).
 
         ``n_threads``: ONNX Runtime intra-op threads (None: physical cores).
-        ``batch_size``: 1-s chunks per ONNX Runtime run; ``pad_batches``: pad the last
-        batch to ``batch_size`` so that ONNX Runtime sees one shape (flat memory in long
-        runs; the outputs are unchanged). ``providers``: default
+        ``batch_size``: 1-s chunks per ONNX Runtime run. ``providers``: default
         CUDA (when available) then CPU. ``expected_sha256``: fail unless the file
         has this checksum (the registry passes the one recorded at import).
         """
@@ -309,7 +301,7 @@ class Transcoder:
                 raise ModelError(f"{model.path}: st.pinv matrix has shape {matrix.shape}, expected finite {want}")
         return cls(
             input_spec=meta.input_spec, output_spec=meta.output_spec, model=model, matrix=matrix,
-            batch_size=batch_size, pad_batches=pad_batches,
+            batch_size=batch_size,
         )
 
     @classmethod
@@ -444,7 +436,7 @@ class Transcoder:
         flat = x.reshape(-1, x.shape[-2], x.shape[-1])
         if flat.shape[0] == 0:
             return x.copy()
-        y = _run_batched(self._model, flat, self.batch_size, pad=self.pad_batches)
+        y = _run_batched(self._model, flat, self.batch_size)
         if y.shape != flat.shape:
             raise ModelError(f"{self._model.path}: the CNN returned shape {y.shape} for input {flat.shape}")
         return y.reshape(x.shape)
@@ -461,10 +453,9 @@ class Classifier:
     are averaged, as YAMNet does; others (PANN, EfficientAT) take any length.
     """
 
-    def __init__(self, model: _ModelFile, *, batch_size: int = 16, pad_batches: bool = False) -> None:
+    def __init__(self, model: _ModelFile, *, batch_size: int = 16) -> None:
         self._model = model
         self.batch_size = _check_batch_size(batch_size)
-        self.pad_batches = bool(pad_batches)
         spec = model.metadata.input_spec
         assert isinstance(spec, MelSpec)
         self._spec = spec
@@ -484,17 +475,15 @@ class Classifier:
         *,
         n_threads: int | None = None,
         batch_size: int = 16,
-        pad_batches: bool = False,
         providers: Sequence[str] | None = None,
         expected_sha256: str | None = None,
     ) -> "Classifier":
         """Load an ONNX classifier. ``n_threads``: ONNX Runtime intra-op threads (None:
-        physical cores); ``batch_size``: inputs (or patches) per run; ``pad_batches``: as
-        in :meth:`Transcoder.from_file`."""
+        physical cores); ``batch_size``: inputs (or patches) per run."""
         model = _open_model(
             path, n_threads=n_threads, providers=providers, expected_sha256=expected_sha256, kind="classifier"
         )
-        return cls(model, batch_size=batch_size, pad_batches=pad_batches)
+        return cls(model, batch_size=batch_size)
 
     @classmethod
     def load(cls, name: str, **kwargs: Any) -> "Classifier":
@@ -575,7 +564,7 @@ class Classifier:
         n_classes = len(self._model.metadata.labels)
         if flat.shape[0] == 0:
             return np.zeros((*lead, n_classes), dtype=np.float32)
-        y = _run_batched(self._model, flat, self.batch_size, pad=self.pad_batches)
+        y = _run_batched(self._model, flat, self.batch_size)
         if y.ndim != 2 or (n_classes and y.shape[1] != n_classes):
             raise ModelError(
                 f"{self._model.path}: output {self._model.output_name!r} has shape {y.shape}, expected "

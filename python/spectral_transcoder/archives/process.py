@@ -261,10 +261,9 @@ def _load(task: ProcessTask) -> tuple[Any, Any]:
         tr = Transcoder.pinv(t.pinv_target)
     else:
         tr = Transcoder.from_file(t.path, n_threads=o.n_threads, batch_size=o.batch_size or big,
-                                  pad_batches=o.batch_size is not None, expected_sha256=t.sha256)
-    # Padded batches: ONNX Runtime sees one input shape per model, so RSS stays flat over an archive.
+                                  expected_sha256=t.sha256)
     clf = Classifier.from_file(c.path, n_threads=o.n_threads, batch_size=o.batch_size or big,
-                               pad_batches=o.batch_size is not None, expected_sha256=c.sha256)
+                               expected_sha256=c.sha256)
     diff = _spec_diff(tr.output_spec, clf.input_spec)
     if diff:
         raise SpecMismatchError(
