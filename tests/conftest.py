@@ -90,6 +90,13 @@ def home(tmp_path, monkeypatch) -> Path:
     return h
 
 
+def convert_model(*args: object) -> None:
+    """``python -m training convert ARGS...`` in a child process (the CLI users run); fails on error."""
+    r = subprocess.run([sys.executable, "-m", "training", "convert", *map(str, args)], env=subprocess_env(),
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
 @pytest.fixture(scope="session")
 def real_yamnet(tmp_path_factory, shared):
     """The published YAMNet transcoder and the YAMNet classifier (torch-port spec), converted by training/."""
@@ -101,17 +108,10 @@ def real_yamnet(tmp_path_factory, shared):
         "classifier=YamNet+dataset=full+dilation=1+epoch=200+kernel_size=5+learning_rate=-3+nb_channels=64+"
         "nb_layers=5+prop_logit=100+step=train+transcoder=cnn_pinv+ts=1_model"
     )
-    env = subprocess_env()
-    cmds = [
-        ["transcoder", str(tr_src), "-o", str(d / "tr.onnx")],
-        ["yamnet-tflite", str(shared / "models" / "yamnet_int8.tflite"), "-o", str(d / "clf.onnx"),
-         "--input-spec", "yamnet_torchport", "--yamnet-class-map", str(shared / "models" / "yamnet_class_map.csv"),
-         "--labels", str(shared / "models" / "class_labels_indices.csv")],
-    ]
-    for c in cmds:
-        r = subprocess.run([sys.executable, "-m", "training", "convert", *c], env=env, cwd=REPO,
-                           capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr[-3000:]
+    convert_model("transcoder", tr_src, "-o", d / "tr.onnx")
+    convert_model("yamnet-tflite", shared / "models" / "yamnet_int8.tflite", "-o", d / "clf.onnx",
+                  "--input-spec", "yamnet_torchport", "--yamnet-class-map", shared / "models" / "yamnet_class_map.csv",
+                  "--labels", shared / "models" / "class_labels_indices.csv")
     return d / "tr.onnx", d / "clf.onnx"
 
 
@@ -122,10 +122,6 @@ def yamnet_teacher(tmp_path_factory, shared):
     pytest.importorskip("torch")
     out = tmp_path_factory.mktemp("teacher") / "yamnet.onnx"
     m = shared / "models"
-    r = subprocess.run([sys.executable, "-m", "training", "convert", "yamnet-tflite",
-                        str(m / "yamnet_int8_perchannel.tflite"), "-o", str(out),
-                        "--yamnet-class-map", str(m / "yamnet_class_map.csv"),
-                        "--labels", str(m / "class_labels_indices.csv")],
-                       env=subprocess_env(), cwd=REPO, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
+    convert_model("yamnet-tflite", m / "yamnet_int8_perchannel.tflite", "-o", out,
+                  "--yamnet-class-map", m / "yamnet_class_map.csv", "--labels", m / "class_labels_indices.csv")
     return out

@@ -206,7 +206,8 @@ class _Batches:
 def fit_calibration(store: ChunkStore, matrix: np.ndarray, *, max_chunks: int = 4096) -> dict[str, Any]:
     """Per-Mel-bin least squares ``target ≈ scale * pinv + bias`` on training chunks.
 
-    Uses the first ``max_chunks`` regular training chunks (never the held-out splits).
+    Uses the first ``max_chunks`` training chunks in storage order, crops included
+    (never the held-out splits).
     Returns ``{"scale": [...], "bias": [...], "n_chunks": n, "r2": [...]}`` (JSON-able).
     """
     rows = store.rows("train")[:max_chunks]
@@ -446,8 +447,7 @@ def load_run(run_dir: str | os.PathLike, *, which: str = "best") -> tuple[CNNTra
     meta = json.loads((run / "run.json").read_text())
     ck = torch_load(run / f"{which}.pt", f"{which} checkpoint")
     cfg = TrainConfig(**meta["config"])
-    mel = meta["cache"]["mel_spec"]
-    model = CNNTranscoder(**cfg.arch(int(mel["n_mels"]) if isinstance(mel, dict) else 0))
+    model = CNNTranscoder(**cfg.arch(int(meta["cache"]["mel_spec"]["n_mels"])))
     model.load_state_dict(ck["model"])
     return model.eval(), meta, ck
 
@@ -500,6 +500,15 @@ _LOSS_TEXT: dict[str, Callable[[TrainConfig], str]] = {
 }
 
 
+_KIND_TEXT = {
+    "logits": "CNN-logits: BCE against the frozen teacher's sigmoid outputs on 1-s chunks",
+    "distill": "CNN-logits with distillation: BCE against the frozen teacher's sigmoid outputs on 1-s chunks "
+               "plus a softmax distillation term on its logits",
+    "hybrid": "hybrid: Mel MSE plus BCE against the frozen teacher's sigmoid outputs",
+    "mels": "CNN-mels: MSE against the ground-truth Mel",
+}
+
+
 def _default_name(teacher: str, mode: str) -> str:
     base = {"yamnet": "yamnet", "efficientat": "efficientat-mn04"}.get(teacher, teacher)
     return f"{base}-cnn-mels" if mode == "mels" else base
@@ -509,11 +518,7 @@ def _training_data_text(manifest: dict[str, Any], teacher: dict[str, Any], mode:
     c = manifest.get("counts", {})
     files, chunks = c.get("files", {}), c.get("chunks", {})
     dirs = ", ".join(d["name"] for d in manifest["audio_dirs"])
-    kind = ("CNN-logits: BCE against the frozen teacher's sigmoid outputs on 1-s chunks" if mode == "logits"
-            else "CNN-logits with distillation: BCE against the frozen teacher's sigmoid outputs on 1-s chunks "
-                 "plus a softmax distillation term on its logits" if mode == "distill"
-            else "hybrid: Mel MSE plus BCE against the frozen teacher's sigmoid outputs" if mode == "hybrid"
-            else "CNN-mels: MSE against the ground-truth Mel")
+    kind = _KIND_TEXT[mode]
     return (f"{kind}; teacher {teacher['name']} ({teacher['source']}, sha256 {teacher['sha256'][:12]}...); "
             f"audio folders {dirs}; peak-normalised files cut into 1-s chunks; "
             f"train {files.get('train', '?')} files / {chunks.get('train', '?')} chunks, "
@@ -639,6 +644,7 @@ def ship(model: str | os.PathLike, *, dest: str | os.PathLike = PACKAGE_MODELS_D
     import shutil
 
     from spectral_transcoder.models import read_metadata
+    from spectral_transcoder.registry import read_index, write_index
 
     src = Path(model)
     meta, sha = read_metadata(src)
@@ -651,13 +657,11 @@ def ship(model: str | os.PathLike, *, dest: str | os.PathLike = PACKAGE_MODELS_D
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, out / f"{meta.name}.onnx")
     shutil.copyfile(card, out / f"{meta.name}.md")
-    index_path = out / "index.json"
-    index = json.loads(index_path.read_text()) if index_path.is_file() else {"format": 1, "models": {}}
-    index.setdefault("models", {}).setdefault("classifier", {})
+    index = read_index(out / "index.json")  # the registry's own index format and atomic writer
     record = {"file": f"{meta.name}.onnx", "sha256": sha, "card": f"{meta.name}.md",
               "input_spec": meta.input_spec.name, "output_spec": meta.output_spec.name if meta.output_spec else None}
-    index["models"].setdefault("transcoder", {})[meta.name] = record
-    _write_text_atomic(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
+    index["models"]["transcoder"][meta.name] = record
+    write_index(out / "index.json", index)
     return record
 
 

@@ -47,6 +47,8 @@ __all__ = [
     "how_to_get",
     "default_transcoder",
     "sha256_file",
+    "read_index",
+    "write_index",
 ]
 
 Kind = Literal["classifier", "transcoder"]
@@ -221,7 +223,8 @@ def _check_name(name: str) -> None:
         )
 
 
-def _read_index(path: Path) -> dict:
+def read_index(path: Path) -> dict:
+    """A registry index (``{"format", "models": {kind: {name: record}}}``), empty when absent."""
     if not path.exists():
         return {"format": INDEX_FORMAT, "models": {k: {} for k in KINDS}}
     try:
@@ -237,7 +240,8 @@ def _read_index(path: Path) -> dict:
     return idx
 
 
-def _write_index(path: Path, idx: dict) -> None:
+def write_index(path: Path, idx: dict) -> None:
+    """Write an index atomically (readers see the old or the new one, never half)."""
     # Atomic replace: a concurrent reader sees the old or the new index, never half of one.
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".index.", suffix=".json")
@@ -254,7 +258,7 @@ def _write_index(path: Path, idx: dict) -> None:
 # ------------------------------------------------------------------ queries
 def _cache_entries() -> list[Entry]:
     root = home()
-    idx = _read_index(root / "index.json")
+    idx = read_index(root / "index.json")
     out = []
     for kind in KINDS:
         for name, rec in sorted(idx["models"][kind].items()):
@@ -269,7 +273,7 @@ def _package_entries() -> list[Entry]:
         return []
     recorded: dict = {}
     if (d / "index.json").exists():
-        recorded = _read_index(d / "index.json")["models"].get("transcoder", {})
+        recorded = read_index(d / "index.json")["models"].get("transcoder", {})
     return [
         Entry(p.stem, "transcoder", p, recorded.get(p.stem, {}).get("sha256"), "package")
         for p in sorted(d.glob("*.onnx"))
@@ -366,7 +370,7 @@ def import_model(path: str | os.PathLike, *, name: str | None = None) -> Entry:
         Path(tmp).unlink(missing_ok=True)
         raise
     idx_path = root / "index.json"
-    idx = _read_index(idx_path)
+    idx = read_index(idx_path)
     now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
     idx["models"][meta.kind][name] = {
         "file": rel.as_posix(),
@@ -378,5 +382,5 @@ def import_model(path: str | os.PathLike, *, name: str | None = None) -> Entry:
         "output_spec": meta.output_spec.name if meta.output_spec is not None else None,
     }
     idx["format"] = INDEX_FORMAT
-    _write_index(idx_path, idx)
+    write_index(idx_path, idx)
     return Entry(name, meta.kind, dest, sha, "cache", str(src.resolve()), now)
