@@ -88,3 +88,47 @@ def test_shipped_yamnet_beats_the_pinv_against_its_teacher(yamnet_teacher, packa
         kl_pinv.append(kl_divergence(oracle, clf(pinv.transcode_chunks(c["levels"])).mean(axis=0, keepdims=True)))
     print(f"KL per clip: shipped CNN {np.round(kl_cnn, 5)}, PINV {np.round(kl_pinv, 5)}")
     assert np.mean(kl_cnn) < np.mean(kl_pinv)
+
+
+#: int8 registry name -> the float transcoder it was quantised from
+INT8 = {"yamnet-int8": "yamnet", "efficientat-mn04-int8": "efficientat-mn04"}
+
+
+def _scene_levels(seconds: float = 6.0, sr: int = 32000) -> np.ndarray:
+    """1-s chunks (n, 8, 29) dBFS of a synthetic street-like scene: pink-ish noise,
+    a 300-Hz hum and a chirp, peak-normalised as the training audio."""
+    rng = np.random.default_rng(7)
+    t = np.arange(int(seconds * sr)) / sr
+    noise = np.cumsum(rng.normal(size=t.size)) * 1e-3
+    noise -= np.convolve(noise, np.ones(400) / 400, mode="same")
+    x = noise + 0.3 * np.sin(2 * np.pi * 300 * t) + 0.2 * np.sin(2 * np.pi * (500 + 400 * t) * t)
+    lv = st.third_octave((x / np.abs(x).max()).astype(np.float32), sr)
+    n = lv.shape[0] // 8
+    return lv[: n * 8].reshape(n, 8, 29)
+
+
+@pytest.mark.parametrize("name", INT8)
+def test_shipped_int8_transcoder_is_its_float_model_quantised(name, package_only):
+    import onnx
+
+    entry = registry.resolve(name, "transcoder")
+    assert entry.origin == "package" and entry.sha256 == registry.sha256_file(entry.path)
+    q, f = Transcoder.load(name, n_threads=1), Transcoder.load(INT8[name], n_threads=1)
+    md, fmd = q.metadata, f.metadata
+    assert md.name == name and q.input_spec == f.input_spec and q.output_spec == f.output_spec
+    np.testing.assert_array_equal(np.asarray(md.pinv["matrix"]), np.asarray(fmd.pinv["matrix"]))
+    assert md.license == fmd.license and md.training_data == fmd.training_data
+    float_file = registry.resolve(INT8[name], "transcoder").path
+    assert registry.sha256_file(float_file) in md.extra["quantization"]["from"]
+    assert md.metrics["float_model"] == fmd.metrics
+    fid = md.metrics["int8_vs_float"]  # measured on the eval split against the teacher
+    assert fid["eval_chunks"] > 1000 and fid["mel_mse"] < 0.02 * fid["mel_var"] and fid["top1_agreement"] > 0.95
+    ops = {n.op_type for n in onnx.load(str(entry.path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    # on a scene it never saw, the int8 CNN stays close to the float one (relative to what the CNN changes)
+    lv = _scene_levels()
+    yq, yf, pinv = q.transcode_chunks(lv), f.transcode_chunks(lv), Transcoder.pinv(f.output_spec).transcode_chunks(lv)
+    assert np.isfinite(yq).all()
+    assert np.mean((yq - yf) ** 2) < 0.05 * np.mean((yf - pinv) ** 2)
+    card = entry.path.with_suffix(".md").read_text()
+    assert f"`{name}`" in card and f"`{INT8[name]}.md`" in card and "best class unchanged" in card

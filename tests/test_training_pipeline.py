@@ -619,3 +619,52 @@ def test_real_yamnet_teacher_on_two_us8k_clips(tmp_path):
     data = store.get(np.arange(8), ("mel", "probs"))
     np.testing.assert_allclose(data["probs"], teacher.probs(data["mel"]), atol=1e-6)
     assert np.isfinite(data["probs"]).all() and data["probs"].max() > 0.1
+
+
+def test_quantize_writes_a_measured_int8_transcoder(cache, tmp_path):
+    import onnx
+
+    from spectral_transcoder import registry
+    from spectral_transcoder.models import Transcoder
+    from training.quantize import quantize_transcoder
+
+    run = tmp_path / "run"
+    train(cache, run, TrainConfig(epochs=1, lr=1e-2, batch_size=16, **TINY), teacher=tiny_teacher(), progress=False,
+          log=None)
+    src = tmp_path / "float.onnx"
+    export_run(run, src, name="tiny-transcoder")
+    out = tmp_path / "q" / "int8.onnx"
+    from _tiny_models import classifier_metadata, make_classifier
+
+    clf = make_classifier(tmp_path / "clf.onnx", meta=classifier_metadata(mel="yamnet"))
+    fid = quantize_transcoder(src, out, cache_dir=cache, calibration_chunks=16, classifier=clf)
+    f, q = Transcoder.from_file(src), Transcoder.from_file(out)
+    md = q.metadata
+    assert md.name == "tiny-transcoder-int8" and q.input_spec == f.input_spec and q.output_spec == f.output_spec
+    np.testing.assert_array_equal(np.asarray(md.pinv["matrix"]), np.asarray(f.metadata.pinv["matrix"]))
+    assert md.metrics["float_model"] == f.metadata.metrics and md.metrics["int8_vs_float"] == fid
+    assert registry.sha256_file(src) in md.extra["quantization"]["from"]
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in onnx.load(str(out)).graph.node}
+    # measured on the eval split, and what the file says is what it does
+    store = ChunkStore(cache)
+    rows = store.rows("eval", regular_only=True)
+    levels = store.get(rows, ("levels",))["levels"]
+    yf, yq = f.transcode_chunks(levels), q.transcode_chunks(levels)
+    assert fid["eval_chunks"] == len(rows) and fid["calibration_chunks"] == 16
+    assert fid["mel_mse"] == pytest.approx(float(np.mean((yq - yf) ** 2, dtype=np.float64)), rel=1e-4)
+    assert 0 < fid["mel_mse"] < 0.01 * fid["mel_var"]  # int8, but close
+    _, groups = store.file_groups(rows)
+    assert fid["files"] == len(groups) and fid["classifier"].startswith("tiny-clf@")
+    assert 0.0 <= fid["max_abs_prob_diff"] < 0.05 and fid["top1_agreement"] > 0.5
+    card = out.with_suffix(".md").read_text()
+    assert "`tiny-transcoder-int8`" in card and "Mel MSE int8 vs float" in card and "best class unchanged" in card
+    # refusals: a classifier, and a cache built for another Mel spec
+    with pytest.raises(InvalidInputError, match="only transcoders"):
+        quantize_transcoder(clf, tmp_path / "x.onnx", cache_dir=cache)
+    with pytest.raises(InvalidInputError, match="the cache holds"):
+        manifest = json.loads((cache / "manifest.json").read_text())
+        other = tmp_path / "other-cache"
+        shutil.copytree(cache, other)
+        manifest["mel_spec"] = json.loads(get_mel_spec("pann").to_json())
+        (other / "manifest.json").write_text(json.dumps(manifest))
+        quantize_transcoder(src, tmp_path / "x.onnx", cache_dir=other)

@@ -1,4 +1,4 @@
-"""Subcommands of the teacher-student pipeline: build-dataset, train, export-run, evaluate, downstream.
+"""Subcommands of the teacher-student pipeline: build-dataset, train, export-run, ship, quantize, evaluate, downstream.
 
 :func:`register` adds them to an argparse subparsers object; every subcommand sets
 ``func`` (``args.func(args)`` returns the exit status). Until ``training/cli.py``
@@ -15,15 +15,16 @@ from spectral_transcoder.errors import SpectralTranscoderError
 
 __all__ = ["COMMANDS", "register", "main"]
 
-COMMANDS = ("build-dataset", "train", "export-run", "ship", "evaluate", "downstream")
+COMMANDS = ("build-dataset", "train", "export-run", "ship", "quantize", "evaluate", "downstream")
 
 
 def register(sub: Any) -> None:
     """Add the pipeline's subcommands to ``sub`` (from ``ArgumentParser.add_subparsers``)."""
-    from . import dataset, downstream, evaluate, train
+    from . import dataset, downstream, evaluate, quantize, train
 
     dataset.add_parser(sub)
     train.add_parsers(sub)
+    quantize.add_parser(sub)
     evaluate.add_parser(sub)
     downstream.add_parser(sub)
 

@@ -57,7 +57,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="transcoder: registry name, .onnx file, or 'pinv:TARGET' for the PINV alone "
                         "(default: the registry's transcoder for the classifier)")
     g.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="ONNX Runtime threads per model (default: physical cores, shared among --workers)")
+                   help="threads (default: physical cores). One process runs N blocks at once, each with "
+                   "one-threaded models; with --workers/--scheduler, each worker's models get N threads "
+                   "(default: the cores shared among --workers)")
 
 
 def _add_read_args(p: argparse.ArgumentParser, *, blocks: bool) -> None:
@@ -418,7 +420,7 @@ def _setup_bench(p: argparse.ArgumentParser) -> Handler:
                    help="recordings to loop into the archive (default: synthetic scenes)")
     p.add_argument("--workers", type=int, nargs="*", default=[], metavar="N",
                    help="also run on local Dask clusters of N worker processes (e.g. --workers 1 2)")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="ONNX Runtime threads per model")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="threads, as for process --threads")
     p.add_argument("--dir", type=Path, default=None, metavar="DIR",
                    help="where to write the archive and outputs (default: a temporary directory, removed)")
     return _run_bench

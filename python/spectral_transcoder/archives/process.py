@@ -407,9 +407,11 @@ class ProcessSummary:
     stages: dict[str, float] = field(default_factory=dict)
     """Seconds per stage: ``read`` (archive reading, in the driver), ``pinv``, ``cnn``,
     ``classifier``, ``rows`` (building the tables; these four summed over all
-    workers), ``wait`` (the driver waiting for workers; distributed runs only),
+    workers and threads), ``wait`` (the driver waiting for workers or threads; runs
+    with more than one),
     ``write`` (Parquet writer, manifest and engine: the rest of the driver's wall time)."""
     workers: int = 1
+    """Blocks computed at once: Dask worker threads, or this process's block threads."""
 
     def __getattr__(self, name: str) -> Any:  # blocks_done, rows, real_time_factor, errors...
         if name == "run":
@@ -570,8 +572,12 @@ def process(
     :func:`~.open_many`. Levels are dB re full scale unless
     ``reference``/``spl_offset`` say otherwise.
 
-    Speed only (the rows do not change): ``n_threads`` (ONNX Runtime intra-op threads
-    per session; None: physical cores, divided among local workers), ``batch_size``
+    Speed only (the rows do not change): ``n_threads`` (the threads of this process;
+    None or 0: physical cores). A single process runs that many blocks at once, each
+    through one-threaded ONNX Runtime sessions, which on 2 cores is about twice as fast
+    as one block at a time through two-threaded sessions (``benchmarks/bench_archive.py``);
+    with ``workers``/``scheduler`` each worker gives them to its sessions instead (None:
+    physical cores divided among the local workers). ``batch_size``
     (chunks per ONNX Runtime run, default 8; None: one run per block), ``workers`` (a local
     Dask cluster of that many processes) or ``scheduler`` (a Dask scheduler address
     or ``distributed.Client``), ``blocks_per_part`` (blocks per committed part: the
@@ -589,8 +595,13 @@ def process(
     if workers is not None and scheduler is not None:
         raise InvalidInputError("give workers (a local cluster) or scheduler (an existing one), not both")
     distributed = workers is not None or scheduler is not None
-    if distributed and n_threads is None and workers is not None:
-        n_threads = max(1, _physical_cores() // workers)  # the workers share this machine's cores
+    block_threads = 1
+    if distributed:
+        if n_threads is None and workers is not None:
+            n_threads = max(1, _physical_cores() // workers)  # the workers share this machine's cores
+    else:
+        ProcessOptions(n_threads=n_threads)  # validates it
+        block_threads, n_threads = n_threads or _physical_cores(), 1  # blocks in parallel, not ops
     task = make_task(classifier=classifier, transcoder=transcoder, windows=windows, top_k=top_k,
                      probabilities=probabilities, gap_rows=gap_rows, n_threads=n_threads, batch_size=batch_size)
     tr, clf = loaded_models(task)
@@ -613,7 +624,7 @@ def process(
             stages[k] += v
 
     n_workers = 1
-    if not distributed:
+    if not distributed and block_threads == 1:
         def fn(block: Any) -> Any:
             nonlocal fn_seconds
             t0 = time.perf_counter()
@@ -625,13 +636,23 @@ def process(
         run = run_blocks(reader, fn, output, progress=progress, blocks_per_part=blocks_per_part,
                          metadata=metadata, resume=resume)
     else:
-        with _dask_client(scheduler, workers) as client:
-            n_workers = max(1, sum(client.nthreads().values()))
+        if distributed:
+            executor: Any = _dask_client(scheduler, workers)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            executor = ThreadPoolExecutor(block_threads, thread_name_prefix="spectral_transcoder-block")
+        with executor as pool:
+            if distributed:
+                n_workers = max(1, sum(pool.nthreads().values()))
+                submit = lambda b: pool.submit(_timed_block, b, task, pure=False)  # noqa: E731
+            else:
+                n_workers = block_threads
+                submit = lambda b: pool.submit(_timed_block, b, task)  # noqa: E731
             done = {(e["source"], int(e["index"])) for e in read_manifest(Path(output) / MANIFEST_NAME)
                     for e in e.get("blocks", [])} if resume else set()
             t_start = time.perf_counter()
-            pipe = _Pipelined(reader, lambda b: client.submit(_timed_block, b, task, pure=False),
-                              depth=2 * n_workers + 2, done=done)
+            pipe = _Pipelined(reader, submit, depth=2 * n_workers + 2, done=done)
 
             def fn(block: Any) -> Any:
                 nonlocal fn_seconds
@@ -645,7 +666,7 @@ def process(
                              metadata=metadata, resume=resume)
     wall = time.perf_counter() - t_start
     stages["read"] = reader.seconds
-    if distributed:
+    if n_workers > 1 or distributed:
         stages["wait"] = fn_seconds
     stages["write"] = max(0.0, wall - reader.seconds - fn_seconds)  # what is left of the driver's time
     return ProcessSummary(run=run, transcoder=tr.model_id, classifier=clf.model_id,
