@@ -69,7 +69,7 @@ def main() -> int:
     ap.add_argument("--transcoder", default="yamnet", help="transcoder name or .onnx (default: yamnet)")
     ap.add_argument("--threads", type=int, default=2, help="N (default 2: this machine's cores)")
     ap.add_argument("--batch", type=int, default=8, help="chunks per ONNX Runtime run (process()'s default)")
-    ap.add_argument("--files", type=int, default=4, help="field recordings to analyse")
+    ap.add_argument("--files", type=int, default=24, help="field recordings to analyse")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
 
