@@ -256,10 +256,12 @@ def test_cli_process_and_alias(tmp_path, tiny, capsys):
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"garbage")
     argv = [str(path), str(bad), "-o", str(tmp_path / "out"), "-c", str(tiny["clf"]), "-t", str(tiny["tr"]),
-            "--block-seconds", "20", "--no-progress", "--top-k", "2", "--reference", "SPL", "--spl-offset", "94"]
+            "--block-seconds", "20", "--no-progress", "--top-k", "2", "--reference", "SPL", "--spl-offset", "94",
+            "--threads", "2"]
     assert cli.main(["process", *argv]) == 1  # a file failed; the other was processed
     out, err = capsys.readouterr()
     assert "3 blocks" in out and "x real time" in out and "tiny-cnn@" in out and "cnn" in out
+    assert "2 blocks at once (threads)" in out
     assert "bad.parquet, file footer" in err
     t = archives.read_results(tmp_path / "out")
     assert t.num_rows == 51 and set(t.column("level_offset_db").to_pylist()) == {-94.0}

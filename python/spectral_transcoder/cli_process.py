@@ -187,7 +187,9 @@ def _run_process(args: argparse.Namespace) -> int:
           f"{s.rows} rows -> {args.output}")
     if s.blocks_skipped:
         print(f"resumed: {s.blocks_skipped} blocks were already done")
-    print(f"models: {s.transcoder} -> {s.classifier}" + (f"; {s.workers} workers" if s.workers > 1 else ""))
+    at_once = "" if s.workers == 1 else f"; {s.workers} blocks at once" + (
+        " (Dask)" if args.workers or args.scheduler else " (threads)")
+    print(f"models: {s.transcoder} -> {s.classifier}{at_once}")
     print(f"time: {format_stages(s.stages)}")
     for e in s.errors:
         where = f", {e['position']}" if e.get("position") else ""
