@@ -30,14 +30,17 @@ SHARED = Path(os.environ.get("ST_SHARED_DIR", REPO.parent / "shared"))
 
 def chunks_from_audio(n_files: int) -> np.ndarray:
     """1-s cense_fast chunks (n, 8, 29) dBFS from the first field recordings."""
+    import warnings
+
     from spectral_transcoder.cli_process import audio_levels
+    from spectral_transcoder.pinv import PartialChunkWarning, split_chunks
 
     paths = sorted((SHARED / "data" / "field-recordings").glob("*.flac"))[:n_files]
     if not paths:
         raise SystemExit(f"no recordings under {SHARED}/data/field-recordings (set ST_SHARED_DIR)")
-    levels = np.concatenate(audio_levels(paths))
-    n = len(levels) // 8
-    return np.ascontiguousarray(levels[: n * 8].reshape(n, 8, levels.shape[-1]), dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PartialChunkWarning)  # the last frames of less than a chunk: not needed
+        return split_chunks(np.concatenate(audio_levels(paths)), "cense_fast", partial="drop")[0]
 
 
 def stream(tr, clf, mels: np.ndarray, batch: int, start: int, stop: int) -> None:

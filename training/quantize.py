@@ -48,11 +48,6 @@ def _spread(rows: np.ndarray, n: int) -> np.ndarray:
     return rows[np.linspace(0, len(rows) - 1, n).round().astype(np.int64)]
 
 
-def _run(session: Any, x: np.ndarray) -> np.ndarray:
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: x[i : i + _BATCH]})[0] for i in range(0, len(x), _BATCH)])
-
-
 def quantize_transcoder(
     model: str | os.PathLike,
     output: str | os.PathLike,
@@ -75,7 +70,7 @@ def quantize_transcoder(
     Returns the measured fidelity (also stored as ``metrics["int8_vs_float"]``).
     """
     import onnx
-    import onnxruntime as ort
+    import onnxruntime as ort  # for its version, recorded in the metadata
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
@@ -114,19 +109,31 @@ def quantize_transcoder(
             x = next(self.batches, None)
             return None if x is None else {"mel": x}
 
+    new_name = name or f"{meta.name}-int8"
+    meta.name = new_name
+    quantization = {
+        "from": f"{src.name} (sha256 {src_sha})", "tool": f"onnxruntime {ort.__version__} quantize_static",
+        "format": "QDQ", "weights": "int8, symmetric, per output channel", "activations": "uint8, per tensor",
+        "calibration": f"MinMax on {len(cal)} PINV chunks of the training split of {Path(cache_dir).name}"}
+    meta.extra = {**meta.extra, "quantization": quantization}
+    float_metrics = meta.metrics
+
+    def with_metadata(model_proto: Any) -> Any:
+        del model_proto.metadata_props[:]
+        for k, v in meta.to_props().items():
+            model_proto.metadata_props.add(key=k, value=v)
+        return model_proto
+
+    x = tr.pinv_chunks(store.get(eval_rows, ("levels",))["levels"])
+    mel_f = tr.run_cnn(x)
     with tempfile.TemporaryDirectory(prefix="st-quantize-") as tmp:
         q_path = Path(tmp) / "q.onnx"
         quantize_static(str(src), str(q_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax)
-        qmodel = onnx.load(str(q_path))
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    q_session = ort.InferenceSession(qmodel.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-    x = tr.pinv_chunks(store.get(eval_rows, ("levels",))["levels"])
-    mel_f = tr.run_cnn(x)
-    mel_q = _run(q_session, x)
+        qmodel = with_metadata(onnx.load(str(q_path)))
+        onnx.save(qmodel, str(q_path))
+        mel_q = Transcoder.from_file(q_path, n_threads=1).run_cnn(x)  # the package's own loader and batching
     if not np.isfinite(mel_q).all():
         raise InvalidInputError(f"{src}: the int8 CNN gives non-finite values on the eval split")
     fidelity: dict[str, Any] = {
@@ -135,33 +142,23 @@ def quantize_transcoder(
         "mel_var": float(np.var(mel_f, dtype=np.float64)),
     }
     if classifier is not None:
-        from .evaluate import kl_divergence
+        from .evaluate import file_means, kl_divergence
 
         clf = Classifier.from_file(classifier, n_threads=1)
         p_f, p_q = clf(mel_f), clf(mel_q)
-        _, groups = store.file_groups(eval_rows)
-        per_file = [np.stack([p[g].mean(axis=0) for g in groups]) for p in (p_f, p_q)]
-        fidelity.update({"classifier": clf.model_id, "files": len(groups),
+        file_ids = store.get(eval_rows, ("file_id",))["file_id"]
+        per_file = [file_means(p, file_ids)[1] for p in (p_f, p_q)]
+        fidelity.update({"classifier": clf.model_id, "files": len(per_file[0]),
                          "top1_agreement": float(np.mean(p_f.argmax(-1) == p_q.argmax(-1))),
                          "kl": float(kl_divergence(per_file[0], per_file[1])),
                          "max_abs_prob_diff": float(np.abs(per_file[0] - per_file[1]).max())})
 
-    new_name = name or f"{meta.name}-int8"
-    meta.name = new_name
-    meta.metrics = {"float_model": meta.metrics, "int8_vs_float": fidelity}
-    meta.extra = {**meta.extra, "quantization": {
-        "from": f"{src.name} (sha256 {src_sha})", "tool": f"onnxruntime {ort.__version__} quantize_static",
-        "format": "QDQ", "weights": "int8, symmetric, per output channel", "activations": "uint8, per tensor",
-        "calibration": f"MinMax on {len(cal)} PINV chunks of the training split of {Path(cache_dir).name}"}}
-    del qmodel.metadata_props[:]
-    for k, v in meta.to_props().items():
-        qmodel.metadata_props.add(key=k, value=v)
+    meta.metrics = {"float_model": float_metrics, "int8_vs_float": fidelity}
+    with_metadata(qmodel)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(qmodel, str(out))
-    Transcoder.from_file(out, n_threads=1)  # it loads as a transcoder, metadata and all
-    out.with_suffix(".md").write_text(_card(new_name, src, src_sha, fidelity, meta.extra["quantization"],
-                                            sha256_file(out)))
+    out.with_suffix(".md").write_text(_card(new_name, src, src_sha, fidelity, quantization, sha256_file(out)))
     return fidelity
 
 

@@ -64,6 +64,7 @@ single-process run. The model paths must be readable by the workers.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import threading
 import time
@@ -575,7 +576,7 @@ def process(
     Speed only (the rows do not change): ``n_threads`` (the threads of this process;
     None or 0: physical cores). A single process runs that many blocks at once, each
     through one-threaded ONNX Runtime sessions, which on 2 cores is about twice as fast
-    as one block at a time through two-threaded sessions (``benchmarks/bench_archive.py``);
+    as one block at a time through two-threaded sessions (``benchmarks/bench_block_threads.py``);
     with ``workers``/``scheduler`` each worker gives them to its sessions instead (None:
     physical cores divided among the local workers). ``batch_size``
     (chunks per ONNX Runtime run, default 8; None: one run per block), ``workers`` (a local
@@ -600,8 +601,10 @@ def process(
         if n_threads is None and workers is not None:
             n_threads = max(1, _physical_cores() // workers)  # the workers share this machine's cores
     else:
-        ProcessOptions(n_threads=n_threads)  # validates it
-        block_threads, n_threads = n_threads or _physical_cores(), 1  # blocks in parallel, not ops
+        from ..models import _check_n_threads
+
+        block_threads, n_threads = _check_n_threads(n_threads), 1  # blocks in parallel, not ops
+    pipelined = distributed or block_threads > 1
     task = make_task(classifier=classifier, transcoder=transcoder, windows=windows, top_k=top_k,
                      probabilities=probabilities, gap_rows=gap_rows, n_threads=n_threads, batch_size=batch_size)
     tr, clf = loaded_models(task)
@@ -624,7 +627,7 @@ def process(
             stages[k] += v
 
     n_workers = 1
-    if not distributed and block_threads == 1:
+    if not pipelined:
         def fn(block: Any) -> Any:
             nonlocal fn_seconds
             t0 = time.perf_counter()
@@ -636,19 +639,7 @@ def process(
         run = run_blocks(reader, fn, output, progress=progress, blocks_per_part=blocks_per_part,
                          metadata=metadata, resume=resume)
     else:
-        if distributed:
-            executor: Any = _dask_client(scheduler, workers)
-        else:
-            from concurrent.futures import ThreadPoolExecutor
-
-            executor = ThreadPoolExecutor(block_threads, thread_name_prefix="spectral_transcoder-block")
-        with executor as pool:
-            if distributed:
-                n_workers = max(1, sum(pool.nthreads().values()))
-                submit = lambda b: pool.submit(_timed_block, b, task, pure=False)  # noqa: E731
-            else:
-                n_workers = block_threads
-                submit = lambda b: pool.submit(_timed_block, b, task)  # noqa: E731
+        with _block_executor(task, scheduler, workers, block_threads) as (submit, n_workers):
             done = {(e["source"], int(e["index"])) for e in read_manifest(Path(output) / MANIFEST_NAME)
                     for e in e.get("blocks", [])} if resume else set()
             t_start = time.perf_counter()
@@ -666,11 +657,28 @@ def process(
                              metadata=metadata, resume=resume)
     wall = time.perf_counter() - t_start
     stages["read"] = reader.seconds
-    if n_workers > 1 or distributed:
+    if pipelined:
         stages["wait"] = fn_seconds
     stages["write"] = max(0.0, wall - reader.seconds - fn_seconds)  # what is left of the driver's time
     return ProcessSummary(run=run, transcoder=tr.model_id, classifier=clf.model_id,
                           stages=dict(stages), workers=n_workers)
+
+
+@contextlib.contextmanager
+def _block_executor(task: ProcessTask, scheduler: Any, workers: int | None,
+                    block_threads: int) -> Iterator[tuple[Callable[[Any], Any], int]]:
+    """``(submit(block) -> future of _timed_block's result, blocks computed at once)``: on
+    a Dask cluster when ``scheduler`` or ``workers`` is given, else on ``block_threads``
+    threads of this process (the models' ONNX Runtime sessions are safe to share)."""
+    if scheduler is None and workers is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(block_threads, thread_name_prefix="spectral_transcoder-block") as pool:
+            yield (lambda b: pool.submit(_timed_block, b, task)), block_threads
+        return
+    with _dask_client(scheduler, workers) as client:
+        yield ((lambda b: client.submit(_timed_block, b, task, pure=False)),
+               max(1, sum(client.nthreads().values())))
 
 
 class _dask_client:
