@@ -92,6 +92,20 @@ def test_efficientat_accepts_any_length():
             assert out.probs.shape == (2, 527) and out.embedding.shape == (2, 384)
 
 
+@pytest.mark.parametrize("make,shape,n_maps", [(YAMNet, (2, 96, 64), 14), (EfficientATMN, (2, 50, 128), 17)])
+def test_feature_maps_are_the_forward_pass(make, shape, n_maps):
+    # forward_with_maps (texture matching in training) returns forward's output and one
+    # map per layer, the last of which pools to the embedding
+    torch.manual_seed(0)
+    m = make().eval()
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        out, maps = m.forward_with_maps(x)
+        ref = m(x)
+    assert len(maps) == n_maps and all(z.dim() == 4 and z.shape[0] == 2 for z in maps)
+    assert torch.equal(out.logits, ref.logits) and torch.equal(out.embedding, maps[-1].mean(dim=(2, 3)))
+
+
 def test_pann_shapes_and_min_frames():
     m = Cnn14().eval()
     with torch.no_grad():

@@ -7,6 +7,7 @@ two UrbanSound8K clips from ../shared (skipped when absent).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -73,11 +74,15 @@ class TinyClassifier(torch.nn.Module):
             self.bn.running_mean.uniform_(-0.5, 0.5)
             self.bn.running_var.uniform_(0.5, 2.0)
 
-    def forward(self, mel):
-        x = torch.relu(self.bn(self.conv(mel.unsqueeze(1))))
+    def forward_with_maps(self, mel):
+        h = self.conv(mel.unsqueeze(1))
+        x = torch.relu(self.bn(h))
         emb = x.mean(dim=(2, 3))
         logits = self.fc(emb)
-        return ClassifierOutput(torch.sigmoid(logits), logits, emb)
+        return ClassifierOutput(torch.sigmoid(logits), logits, emb), [h, x]
+
+    def forward(self, mel):
+        return self.forward_with_maps(mel)[0]
 
 
 def tiny_teacher(seed: int = 0) -> Teacher:
@@ -338,7 +343,16 @@ def test_training_decreases_loss_and_keeps_the_teacher_frozen(cache, tmp_path):
     assert all(p.grad is None and not p.requires_grad for p in teacher.module.parameters())
     assert not teacher.module.training
     lines = (tmp_path / "run" / "log.csv").read_text().splitlines()
-    assert lines[0].startswith("epoch,train_loss,val_loss") and len(lines) == 1 + 7
+    assert lines[0].startswith("epoch,train_loss,val_loss,val_top1") and len(lines) == 1 + 7
+    # the logged top-1 agreement on the validation chunks, recomputed by hand for the last epoch
+    model, meta, _ = load_run(tmp_path / "run", which="last")
+    vrows = store.rows("valid")
+    d = store.get(vrows, ("levels", "probs"))
+    x = pinv_chunks(d["levels"], store.mel_spec, band_spec=store.band_spec,
+                    matrix=np.asarray(meta["pinv_matrix"], np.float64))
+    with torch.no_grad():
+        pred = teacher.module(model(torch.from_numpy(x))).logits.argmax(-1).numpy()
+    assert res.history[-1]["val_top1"] == pytest.approx(float(np.mean(pred == d["probs"].argmax(-1))))
     assert len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == 7
 
 
@@ -383,33 +397,68 @@ def test_resume_matches_an_uninterrupted_run(cache, tmp_path, mode):
               teacher=tiny_teacher(), progress=False, log=None)
 
 
-def test_distill_and_hybrid_losses_by_hand():
+def test_teacher_losses_by_hand():
     from training.train import _loss_fn
 
     teacher = tiny_teacher()
     mel = torch.randn(5, 96, 64, generator=torch.Generator().manual_seed(1))
     target = torch.rand(5, N_CLASSES, generator=torch.Generator().manual_seed(2))
+    mel_t = torch.randn(5, 96, 64, generator=torch.Generator().manual_seed(3))
+    t = {"probs": target, "mel": mel_t}
+
+    def value(**cfg):
+        got, logits = _loss_fn(TrainConfig(**cfg), teacher)(mel, t)
+        assert torch.equal(logits, teacher.module(mel).logits)  # what validation scores top-1 agreement on
+        return float(got)
+
     w, temp = 0.3, 2.0
-    got = float(_loss_fn(TrainConfig(mode="distill", kd_weight=w, kd_temperature=temp), teacher)(mel, target))
-    bce = float(_loss_fn(TrainConfig(mode="logits"), teacher)(mel, target))
+    got = value(mode="distill", kd_weight=w, kd_temperature=temp)
+    bce = value(mode="logits")
     # by hand, in float64: KL(softmax(t / T) || softmax(s / T)) per row, mean over rows, times T^2
-    s = teacher.module(mel).logits.detach().double().numpy() / temp
+    out = teacher.module(mel)
+    s = out.logits.detach().double().numpy()
     q = np.clip(target.double().numpy(), 1e-6, 1 - 1e-6)
-    t = np.log(q / (1 - q)) / temp
+    tl = np.log(q / (1 - q))
 
     def log_softmax(z):
         z = z - z.max(axis=1, keepdims=True)
         return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
-    lt, ls = log_softmax(t), log_softmax(s)
+    lt, ls = log_softmax(tl / temp), log_softmax(s / temp)
     kl = float(np.mean(np.sum(np.exp(lt) * (lt - ls), axis=1))) * temp**2
     assert kl > 0 and got == pytest.approx(bce + w * kl, rel=1e-5)
-    assert float(_loss_fn(TrainConfig(mode="distill", kd_weight=0.0), teacher)(mel, target)) == pytest.approx(bce)
+    assert value(mode="distill", kd_weight=0.0) == pytest.approx(bce)
     # hybrid (the paper's): (1 - p/100) MSE(Mel) + k (p/100) BCE
-    mel_t = torch.randn(5, 96, 64, generator=torch.Generator().manual_seed(3))
-    hyb = _loss_fn(TrainConfig(mode="hybrid", prop_logit=40.0, hybrid_k=10.0), teacher)(mel, (mel_t, target))
     mse = float(torch.mean((mel - mel_t) ** 2))
-    assert float(hyb) == pytest.approx(0.6 * mse + 4.0 * bce, rel=1e-5)
+    assert value(mode="hybrid", prop_logit=40.0, hybrid_k=10.0) == pytest.approx(0.6 * mse + 4.0 * bce, rel=1e-5)
+    # logit matching: mean squared difference to the teacher's logits
+    assert value(mode="logit_mse") == pytest.approx(float(np.mean((s - tl) ** 2)), rel=1e-5)
+    # feature matching: MSE to the teacher's embedding of the ground-truth Mel, plus BCE
+    e_t = teacher.module(mel_t).embedding.detach().double().numpy()
+    e_s = out.embedding.detach().double().numpy()
+    assert value(mode="embed_mse") == pytest.approx(float(np.mean((e_s - e_t) ** 2)) + bce, rel=1e-5)
+    # texture matching: per layer, per-channel mean and std of the maps vs the ground truth's,
+    # each MSE over the mean square of the reference, averaged over the 2 layers x 2 statistics
+    _, maps_s = teacher.module.forward_with_maps(mel)
+    _, maps_t = teacher.module.forward_with_maps(mel_t)
+    terms = []
+    for a, b in zip(maps_s, maps_t):
+        a, b = a.detach().double().numpy(), b.detach().double().numpy()
+        for st in (lambda z: z.mean(axis=(2, 3)), lambda z: z.reshape(*z.shape[:2], -1).std(axis=-1, ddof=1)):
+            terms.append(np.mean((st(a) - st(b)) ** 2) / (np.mean(st(b) ** 2) + 1e-6))
+    assert value(mode="feature_stats") == pytest.approx(float(np.mean(terms)) + bce, rel=1e-5)
+    # CNN-mels has no classifier: no logits to score
+    got, logits = _loss_fn(TrainConfig(mode="mels"), None)(mel, t)
+    assert logits is None and float(got) == pytest.approx(mse, rel=1e-6)
+
+
+def test_texture_matching_needs_feature_maps():
+    from training.nets import Cnn14
+    from training.train import _loss_fn
+
+    t = dataclasses.replace(tiny_teacher(), module=Cnn14())
+    with pytest.raises(InvalidInputError, match="feature maps"):
+        _loss_fn(TrainConfig(mode="feature_stats"), t)
 
 
 def test_trainer_rejects_another_teacher(cache, tmp_path):

@@ -1,6 +1,6 @@
 """Trainer of the CNN transcoder (specs/transcoder.md §5) and its ONNX export.
 
-``python -m training train CACHE_DIR -o RUN_DIR --mode logits|mels|hybrid|distill [--calibrate]``
+``python -m training train CACHE_DIR -o RUN_DIR --mode logits|mels|hybrid|distill|logit_mse|embed_mse|feature_stats [--calibrate]``
 ``python -m training export-run RUN_DIR -o MODEL.onnx [--notes STATUS.md]``
 ``python -m training ship MODEL.onnx`` (into the package's ``models_data/``)
 
@@ -19,6 +19,10 @@ metadata, so training and inference use one definition.
 - ``mels`` (CNN-mels): MSE to the ground-truth Mel.
 - ``hybrid``: the paper's ``(1 - p/100) MSE + k (p/100) BCE`` (not used for its released models).
 - ``distill``: BCE plus a softmax distillation term on the logits (weighs the class ranking).
+- ``logit_mse``: MSE between the classifier's logits and the teacher's (logit matching).
+- ``embed_mse``: MSE to the teacher's pooled embedding on the ground-truth Mel, plus BCE.
+- ``feature_stats``: the per-channel mean and std of every teacher layer's feature maps
+  matched to those on the ground-truth Mel (position-free texture statistics), plus BCE.
 - ``--calibrate``: a per-bin affine map from the PINV Mel to the target, fitted on the
   training split, in front of the CNN (for magnitude targets such as official YAMNet).
 
@@ -76,7 +80,7 @@ __all__ = [
     "add_parsers",
 ]
 
-MODES = ("logits", "mels", "distill", "hybrid")
+MODES = ("logits", "mels", "distill", "hybrid", "logit_mse", "embed_mse", "feature_stats")
 RUN_FORMAT = "spectral_transcoder.training.run/1"
 WEIGHTS_LICENSE = "MIT (transcoder weights trained by the spectral_transcoder project)"
 _CARD_TEMPLATE = Path(__file__).with_name("MODEL_CARD.md.in")
@@ -186,21 +190,23 @@ def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class _Batches:
-    """PINV input and targets of cached rows, as torch tensors on ``device``: the
-    teacher's probabilities, the ground-truth Mel, or both (``hybrid``: a tuple)."""
+    """PINV input of cached rows and the targets its loss reads, as torch tensors on
+    ``device``: a dict with the teacher's probabilities (``probs``) and/or the
+    ground-truth Mel (``mel``)."""
 
-    _TARGETS = {"mels": ("mel",), "hybrid": ("mel", "probs")}
+    _TARGETS = {"mels": ("mel",), "hybrid": ("mel", "probs"), "embed_mse": ("mel", "probs"),
+                "feature_stats": ("mel", "probs")}
 
     def __init__(self, store: ChunkStore, matrix: np.ndarray, mode: str, device: torch.device) -> None:
         self.store, self.matrix, self.device = store, matrix, device
         self.targets = self._TARGETS.get(mode, ("probs",))
         self.fields = ("levels", *self.targets)
 
-    def __call__(self, rows: np.ndarray) -> tuple[torch.Tensor, Any]:
+    def __call__(self, rows: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         d = self.store.get(rows, self.fields)
         x = pinv_chunks(d["levels"], self.store.mel_spec, band_spec=self.store.band_spec, matrix=self.matrix)
-        t = [torch.from_numpy(np.ascontiguousarray(d[k])).to(self.device) for k in self.targets]
-        return torch.from_numpy(x).to(self.device), (t[0] if len(t) == 1 else tuple(t))
+        t = {k: torch.from_numpy(np.ascontiguousarray(d[k])).to(self.device) for k in self.targets}
+        return torch.from_numpy(x).to(self.device), t
 
 
 def fit_calibration(store: ChunkStore, matrix: np.ndarray, *, max_chunks: int = 4096) -> dict[str, Any]:
@@ -226,53 +232,105 @@ def fit_calibration(store: ChunkStore, matrix: np.ndarray, *, max_chunks: int = 
     return {"scale": scale.tolist(), "bias": bias.tolist(), "n_chunks": int(rows.size), "r2": r2.tolist()}
 
 
-def _loss_fn(config: TrainConfig, teacher: Teacher | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+_Loss = Callable[[torch.Tensor, dict[str, torch.Tensor]], tuple[torch.Tensor, "torch.Tensor | None"]]
+
+
+def _teacher_logits(probs: torch.Tensor) -> torch.Tensor:
+    # The cache stores probabilities; their logits, clipped away from 0 and 1 (float32
+    # keeps ~7 digits, so log(p) is exact enough down to the clip).
+    q = probs.clamp(1e-6, 1.0 - 1e-6)
+    return torch.log(q) - torch.log1p(-q)
+
+
+def _loss_fn(config: TrainConfig, teacher: Teacher | None) -> _Loss:
+    """``loss(mel, targets) -> (value, classifier logits or None)`` for ``config.mode``."""
     if config.mode == "mels":
-        return lambda mel, target: F.mse_loss(mel, target)
+        return lambda mel, t: (F.mse_loss(mel, t["mel"]), None)
     assert teacher is not None
     clf = teacher.module
 
-    def bce(mel: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(clf(mel).logits, target)
+    def bce(mel: torch.Tensor, t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = clf(mel).logits
+        return F.binary_cross_entropy_with_logits(logits, t["probs"]), logits
 
-    if config.mode == "logits":
-        return bce
+    def logit_mse(mel: torch.Tensor, t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        # Logit matching (Ba & Caruana 2014): every class pulls with a gradient that does
+        # not vanish when its probability is near 0, so a flat Mel that makes the teacher
+        # say "nothing" (which the mostly-zero BCE terms reward) is no longer a good answer.
+        logits = clf(mel).logits
+        return F.mse_loss(logits, _teacher_logits(t["probs"])), logits
+
+    def embed_mse(mel: torch.Tensor, t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        # Feature matching on the teacher's pooled embedding (its input to the last layer),
+        # plus the paper's BCE: the embedding carries the whole ranking of the classes.
+        out = clf(mel)
+        with torch.no_grad():
+            target = clf(t["mel"]).embedding
+        value = F.mse_loss(out.embedding, target) + F.binary_cross_entropy_with_logits(out.logits, t["probs"])
+        return value, out.logits
+
+    def feature_stats(mel: torch.Tensor, t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        # Texture matching through the teacher: per layer and channel, the mean and the
+        # standard deviation over time and frequency of its feature maps on the transcoded
+        # Mel against those on the ground truth (normalised per layer), plus BCE. Position-
+        # free statistics ask for the activity the teacher expects (which a flat or smeared
+        # Mel lacks) without asking for detail that the third-octave levels do not hold.
+        out, maps = clf.forward_with_maps(mel)
+        with torch.no_grad():
+            _, ref = clf.forward_with_maps(t["mel"])
+        terms = []
+        for m, r in zip(maps, ref):
+            for stat in (lambda z: z.mean(dim=(2, 3)), lambda z: z.std(dim=(2, 3))):
+                a, b = stat(m), stat(r)
+                terms.append(F.mse_loss(a, b) / (b.pow(2).mean() + 1e-6))
+        value = torch.stack(terms).mean() + F.binary_cross_entropy_with_logits(out.logits, t["probs"])
+        return value, out.logits
+
     w, temp = config.kd_weight, config.kd_temperature
 
-    def distill(mel: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def distill(mel: torch.Tensor, t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         # BCE (the paper's CNN-logits loss) plus Hinton-style distillation on the softmax of
         # the logits: it weighs the ranking of the classes, hence the teacher's top class,
-        # which the 521 mostly-zero BCE terms barely see. Teacher logits come from the cached
-        # probabilities (clipped away from 0 and 1).
+        # which the 521 mostly-zero BCE terms barely see.
         logits = clf(mel).logits
-        q = target.clamp(1e-6, 1.0 - 1e-6)
-        t_logits = torch.log(q) - torch.log1p(-q)
-        kd = F.kl_div(F.log_softmax(logits / temp, dim=-1), F.log_softmax(t_logits / temp, dim=-1),
+        kd = F.kl_div(F.log_softmax(logits / temp, dim=-1), F.log_softmax(_teacher_logits(t["probs"]) / temp, dim=-1),
                       log_target=True, reduction="batchmean") * temp * temp
-        return F.binary_cross_entropy_with_logits(logits, target) + w * kd
+        return F.binary_cross_entropy_with_logits(logits, t["probs"]) + w * kd, logits
 
-    if config.mode == "distill":
-        return distill
     a, b = 1.0 - config.prop_logit / 100.0, config.hybrid_k * config.prop_logit / 100.0
 
-    def hybrid(mel: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def hybrid(mel: torch.Tensor, t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         # The paper's hybrid loss (specs/transcoder.md §5): the Mel MSE keeps the transcoded
         # Mel close to the ground truth while the BCE pulls the classifier's output.
-        mel_t, probs_t = target
-        return a * F.mse_loss(mel, mel_t) + b * F.binary_cross_entropy_with_logits(clf(mel).logits, probs_t)
+        logits = clf(mel).logits
+        return a * F.mse_loss(mel, t["mel"]) + b * F.binary_cross_entropy_with_logits(logits, t["probs"]), logits
 
-    return hybrid
+    if config.mode == "feature_stats" and not hasattr(clf, "forward_with_maps"):
+        raise InvalidInputError(f"--mode feature_stats needs a teacher with feature maps (YAMNet, EfficientAT), "
+                                f"not {type(clf).__name__}")
+    return {"logits": bce, "logit_mse": logit_mse, "embed_mse": embed_mse, "feature_stats": feature_stats,
+            "distill": distill, "hybrid": hybrid}[config.mode]
 
 
-def _validation_loss(model: CNNTranscoder, rows: np.ndarray, batches: _Batches, loss: Callable,
-                     batch_size: int) -> float:
+def _validate(model: CNNTranscoder, rows: np.ndarray, batches: _Batches, loss: _Loss,
+              batch_size: int) -> tuple[float, float | None]:
+    """Mean validation loss, and the share of chunks whose best class under the transcoded
+    Mel is the teacher's (None without a teacher): a running view of PtoPa-FC."""
     model.eval()
-    total = 0.0
+    total, agree = 0.0, 0
     with torch.no_grad():
         for s in range(0, rows.size, batch_size):
-            x, y = batches(rows[s : s + batch_size])
-            total += float(loss(model(x), y)) * x.shape[0]
-    return total / max(1, rows.size)
+            x, t = batches(rows[s : s + batch_size])
+            value, logits = loss(model(x), t)
+            total += float(value) * x.shape[0]
+            if logits is not None:
+                agree += int((logits.argmax(-1) == t["probs"].argmax(-1)).sum())
+    n = max(1, rows.size)
+    return total / n, (agree / n if "probs" in batches.targets else None)
+
+
+def _top1_text(top1: float | None) -> str:
+    return "" if top1 is None else f", top-1 agreement {100 * top1:.1f} %"
 
 
 def _run_fingerprint(store: ChunkStore) -> dict[str, Any]:
@@ -281,7 +339,7 @@ def _run_fingerprint(store: ChunkStore) -> dict[str, Any]:
 
 
 def _write_logs(run: Path, history: list[dict[str, Any]]) -> None:
-    cols = ["epoch", "train_loss", "val_loss", "best_epoch", "is_best", "seconds", "n_train", "n_val", "lr", "device"]
+    cols = ["epoch", "train_loss", "val_loss", "val_top1", "best_epoch", "is_best", "seconds", "n_train", "n_val", "lr", "device"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     w.writeheader()
@@ -390,17 +448,17 @@ def train(
         say(f"resuming {run} after epoch {start - 1} (best: epoch {best['epoch']}, val {best['val_loss']:.6g})")
     else:
         t0 = time.perf_counter()
-        val = _validation_loss(model, val_rows, batches, loss, max(config.batch_size, 256))
+        val, top1 = _validate(model, val_rows, batches, loss, max(config.batch_size, 256))
         best = {"epoch": 0, "val_loss": val}
         _atomic_save({"model": model.state_dict(), "epoch": 0, "val_loss": val, "config": config.to_dict()},
                      run / "best.pt")
-        history = [{"epoch": 0, "train_loss": None, "val_loss": val, "best_epoch": 0, "is_best": True,
+        history = [{"epoch": 0, "train_loss": None, "val_loss": val, "val_top1": top1, "best_epoch": 0, "is_best": True,
                     "seconds": time.perf_counter() - t0, "n_train": int(train_rows.size), "n_val": int(val_rows.size),
                     "lr": config.lr, "device": str(dev)}]
         _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 0, "best": best,
                       "history": history, "rng": _rng_state(), "config": config.to_dict()}, last)
         _write_logs(run, history)
-        say(f"epoch 0: val {val:.6g} ({config.mode}, {count_parameters(model)} parameters, "
+        say(f"epoch 0: val {val:.6g}{_top1_text(top1)} ({config.mode}, {count_parameters(model)} parameters, "
             f"{train_rows.size} train / {val_rows.size} valid chunks, {dev})")
         start = 1
 
@@ -412,26 +470,27 @@ def train(
         total = 0.0
         bar = progress_bar(starts, progress, "batch")
         for s in bar:
-            x, y = batches(perm[s : s + config.batch_size])
-            value = loss(model(x), y)
+            x, t = batches(perm[s : s + config.batch_size])
+            value = loss(model(x), t)[0]
             opt.zero_grad(set_to_none=True)
             value.backward()
             opt.step()
             total += float(value.detach()) * x.shape[0]
         train_loss = total / perm.size
-        val = _validation_loss(model, val_rows, batches, loss, max(config.batch_size, 256))
+        val, top1 = _validate(model, val_rows, batches, loss, max(config.batch_size, 256))
         is_best = val < best["val_loss"]
         if is_best:
             best = {"epoch": epoch, "val_loss": val}
             _atomic_save({"model": model.state_dict(), "epoch": epoch, "val_loss": val, "config": config.to_dict()},
                          run / "best.pt")
-        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val, "best_epoch": best["epoch"],
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val, "val_top1": top1,
+                        "best_epoch": best["epoch"],
                         "is_best": is_best, "seconds": time.perf_counter() - t0, "n_train": int(train_rows.size),
                         "n_val": int(val_rows.size), "lr": config.lr, "device": str(dev)})
         _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "best": best,
                       "history": history, "rng": _rng_state(), "config": config.to_dict()}, last)
         _write_logs(run, history)
-        say(f"epoch {epoch}/{config.epochs}: train {train_loss:.6g}, val {val:.6g}"
+        say(f"epoch {epoch}/{config.epochs}: train {train_loss:.6g}, val {val:.6g}{_top1_text(top1)}"
             f"{' (best)' if is_best else ''}, {history[-1]['seconds']:.1f} s")
     return TrainResult(run, int(best["epoch"]), float(best["val_loss"]), history)
 
@@ -497,6 +556,11 @@ _LOSS_TEXT: dict[str, Callable[[TrainConfig], str]] = {
                           f"softmax(logits / T)), T = {c.kd_temperature:g}"),
     "hybrid": lambda c: (f"{1 - c.prop_logit / 100:g} x MSE(Mel) + {c.hybrid_k * c.prop_logit / 100:g} x "
                          f"BCE(teacher probs) (the paper's hybrid, p = {c.prop_logit:g}, k = {c.hybrid_k:g})"),
+    "logit_mse": lambda c: "MSE(teacher logits) (logits from the cached probabilities clipped to [1e-6, 1 - 1e-6])",
+    "embed_mse": lambda c: "MSE(teacher embedding on the ground-truth Mel) + BCE(teacher probs)",
+    "feature_stats": lambda c: ("mean over layers and {mean, std} of MSE(per-channel statistic of the teacher's "
+                                "feature maps vs those on the ground-truth Mel) / mean square of the latter "
+                                "+ BCE(teacher probs)"),
 }
 
 
@@ -506,6 +570,12 @@ _KIND_TEXT = {
                "plus a softmax distillation term on its logits",
     "hybrid": "hybrid: Mel MSE plus BCE against the frozen teacher's sigmoid outputs",
     "mels": "CNN-mels: MSE against the ground-truth Mel",
+    "logit_mse": "CNN-logits by logit matching: MSE against the frozen teacher's logits on 1-s chunks",
+    "embed_mse": "CNN-logits with feature matching: MSE against the frozen teacher's embedding plus BCE "
+                 "against its sigmoid outputs on 1-s chunks",
+    "feature_stats": "CNN-logits with texture matching: the per-channel mean and spread of the frozen teacher's "
+                     "feature maps matched to those on the ground-truth Mel, plus BCE against its sigmoid "
+                     "outputs on 1-s chunks",
 }
 
 
@@ -672,7 +742,9 @@ def add_parsers(sub: Any) -> None:
         "train", help="train (or resume) a CNN transcoder on a dataset cache",
         description="Train the residual CNN on the PINV of the cached third-octave levels: --mode logits "
         "(BCE against the frozen teacher, the paper's CNN-logits), --mode mels (MSE to the ground-truth Mel), "
-        "--mode hybrid (the paper's mix of both) or --mode distill (BCE plus softmax distillation). Rerun the "
+        "--mode hybrid (the paper's mix of both), --mode distill (BCE plus softmax distillation), --mode logit_mse "
+        "(MSE to the teacher's logits), --mode embed_mse (MSE to its embedding, plus BCE) or --mode feature_stats "
+        "(its feature maps' per-channel mean and spread, plus BCE). Rerun the "
         "same command to resume after the last finished epoch (a larger --epochs continues training).",
     )
     p.add_argument("cache_dir", metavar="CACHE_DIR")

@@ -140,9 +140,16 @@ class EfficientATMN(nn.Module):
             nn.Linear(hidden, n_classes),
         )
 
-    def forward(self, mel: torch.Tensor) -> ClassifierOutput:
+    def forward_with_maps(self, mel: torch.Tensor) -> tuple[ClassifierOutput, list[torch.Tensor]]:
+        """The output and the feature map of each block of ``features``, (B, C, mel, time)."""
         x = mel.transpose(1, 2).unsqueeze(1)  # (B, 1, mel, time): H = mel, W = time
-        x = self.features(x)
+        maps = []
+        for block in self.features:
+            x = block(x)
+            maps.append(x)
         embedding = x.mean(dim=(2, 3))
         logits = self.classifier(x)
-        return ClassifierOutput(torch.sigmoid(logits), logits, embedding)
+        return ClassifierOutput(torch.sigmoid(logits), logits, embedding), maps
+
+    def forward(self, mel: torch.Tensor) -> ClassifierOutput:
+        return self.forward_with_maps(mel)[0]

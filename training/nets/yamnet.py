@@ -102,10 +102,16 @@ class YAMNet(nn.Module):
     def layers(self) -> list[nn.Module]:
         return [getattr(self, f"layer{i}") for i in range(1, len(YAMNET_LAYERS) + 2)]
 
-    def forward(self, mel: torch.Tensor) -> ClassifierOutput:
+    def forward_with_maps(self, mel: torch.Tensor) -> tuple[ClassifierOutput, list[torch.Tensor]]:
+        """The output and the feature map of each of the 14 layers, (B, C, time, mel)."""
         x = mel.unsqueeze(1)  # (B, 1, time, mel): H = time, W = mel, as in TF's NHWC
+        maps = []
         for layer in self.layers():
             x = layer(x)
+            maps.append(x)
         embedding = x.mean(dim=(2, 3))
         logits = self.classifier(embedding)
-        return ClassifierOutput(torch.sigmoid(logits), logits, embedding)
+        return ClassifierOutput(torch.sigmoid(logits), logits, embedding), maps
+
+    def forward(self, mel: torch.Tensor) -> ClassifierOutput:
+        return self.forward_with_maps(mel)[0]
