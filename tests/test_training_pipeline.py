@@ -452,6 +452,30 @@ def test_teacher_losses_by_hand():
     assert logits is None and float(got) == pytest.approx(mse, rel=1e-6)
 
 
+def test_a_run_can_start_from_another_runs_best_weights(cache, tmp_path):
+    teacher = tiny_teacher()
+    train(cache, tmp_path / "a", TrainConfig(epochs=2, lr=1e-2, batch_size=16, **TINY), teacher=teacher,
+          progress=False, log=None)
+    cfg = TrainConfig(mode="feature_stats", epochs=0, batch_size=16, init_from=str(tmp_path / "a"), **TINY)
+    res = train(cache, tmp_path / "b", cfg, teacher=teacher, progress=False, log=None)
+    a, _, ck_a = load_run(tmp_path / "a")
+    b, meta, _ = load_run(tmp_path / "b")
+    for k, v in a.state_dict().items():  # epoch 0 of b is a's best
+        assert torch.equal(v, b.state_dict()[k]), k
+    assert meta["init_from"]["epoch"] == ck_a["epoch"] and meta["init_from"]["mode"] == "logits"
+    assert res.history[0]["val_loss"] > 0
+    md = export_run(tmp_path / "b", tmp_path / "b.onnx", name="tiny-continued")
+    assert md.extra["training"]["init_from"] == meta["init_from"]
+    card = (tmp_path / "b.md").read_text()
+    assert f"**Start:** the best weights (epoch {ck_a['epoch']}) of the logits run a " in card
+    other = TrainConfig(epochs=0, init_from=str(tmp_path / "a"), **{**TINY, "channels": TINY["channels"] + 1})
+    with pytest.raises(SpecMismatchError, match="architecture"):
+        train(cache, tmp_path / "c", other, teacher=teacher, progress=False, log=None)
+    with pytest.raises(InvalidInputError, match="not a training run"):
+        train(cache, tmp_path / "d", dataclasses.replace(cfg, init_from=str(tmp_path / "nothing")), teacher=teacher,
+              progress=False, log=None)
+
+
 def test_texture_matching_needs_feature_maps():
     from training.nets import Cnn14
     from training.train import _loss_fn

@@ -111,6 +111,9 @@ class TrainConfig:
     calibrate: bool = False
     """Fit a fixed per-bin affine map from the PINV Mel to the target Mel on the training
     split, applied in front of the CNN (:class:`~training.nets.CNNTranscoder` ``calibrated``)."""
+    init_from: str = ""
+    """A run directory whose best weights start this run (same cache and architecture),
+    for example CNN-logits continued with another loss. Empty: the seeded random init."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -329,6 +332,25 @@ def _validate(model: CNNTranscoder, rows: np.ndarray, batches: _Batches, loss: _
     return total / n, (agree / n if "probs" in batches.targets else None)
 
 
+def _initial_weights(config: TrainConfig, fingerprint: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """The best weights of ``config.init_from``; records where they came from in ``meta``."""
+    src = Path(config.init_from)
+    try:
+        src_meta = json.loads((src / "run.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"init_from {src}: not a training run ({exc})") from None
+    src_cfg = TrainConfig(**{**TrainConfig().to_dict(), **src_meta["config"], "init_from": ""})
+    n_mels = int(fingerprint["mel_spec"]["n_mels"])
+    if src_meta["cache"] != fingerprint or src_cfg.arch(n_mels) != config.arch(n_mels):
+        raise SpecMismatchError(f"init_from {src}: its cache or architecture differs from this run's")
+    ck = torch_load(src / "best.pt", "training checkpoint")
+    meta["init_from"] = {"run": str(src.resolve()), "epoch": int(ck["epoch"]), "mode": src_cfg.mode,
+                         "best_pt_sha256": sha256_file(src / "best.pt")}
+    if "calibration" in src_meta:
+        meta["calibration"] = src_meta["calibration"]
+    return ck["model"]
+
+
 def _top1_text(top1: float | None) -> str:
     return "" if top1 is None else f", top-1 agreement {100 * top1:.1f} %"
 
@@ -424,6 +446,8 @@ def train(
 
     torch.manual_seed(config.seed)
     model = CNNTranscoder(**config.arch(store.mel_spec.n_mels)).to(dev)
+    last = run / "last.pt"
+    init = _initial_weights(config, fingerprint, meta) if config.init_from and not last.exists() else None
     if config.calibrate:
         cal = meta.get("calibration")
         if cal is None:
@@ -433,12 +457,14 @@ def train(
         with torch.no_grad():
             model.in_scale.copy_(torch.tensor(cal["scale"]))
             model.in_bias.copy_(torch.tensor(cal["bias"]))
+    if init is not None:
+        model.load_state_dict(init)
+        _write_text_atomic(run_json, json.dumps(meta, indent=1))
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     loss = _loss_fn(config, teacher)
     batches = _Batches(store, matrix, config.mode, dev)
     say = log or (lambda msg: None)
 
-    last = run / "last.pt"
     if last.exists():
         ck = torch_load(last, "training checkpoint")
         model.load_state_dict(ck["model"])
@@ -596,6 +622,14 @@ def _training_data_text(manifest: dict[str, Any], teacher: dict[str, Any], mode:
             f"eval {files.get('eval', '?')} / {chunks.get('eval', '?')} (held out: {manifest.get('split_rule', '')})")
 
 
+def _start_text(meta: dict[str, Any]) -> str:
+    src = meta.get("init_from")
+    if not src:
+        return "random (seeded) initialisation"
+    return (f"the best weights (epoch {src['epoch']}) of the {src['mode']} run {Path(src['run']).name} "
+            f"(best.pt sha256 {src['best_pt_sha256'][:12]}...), trained on the same data")
+
+
 def render_model_card(values: dict[str, Any]) -> str:
     """Fill ``training/MODEL_CARD.md.in`` (``$name`` placeholders) with ``values``."""
     template = string.Template(_CARD_TEMPLATE.read_text())
@@ -671,7 +705,8 @@ def export_run(
         extra={"architecture": {"kind": "cnn_pinv", **model.config},
                "n_parameters": count_parameters(model),
                "training": {**cfg.to_dict(), "epochs_run": history.get("epoch"), "optimizer": "Adam",
-                            "loss": _LOSS_TEXT[cfg.mode](cfg)},
+                            "loss": _LOSS_TEXT[cfg.mode](cfg),
+                            **({"init_from": meta["init_from"]} if "init_from" in meta else {})},
                "training_kind": cfg.mode,
                "teacher": {k: teacher.get(k) for k in ("name", "kind", "source", "sha256", "n_classes", "mel_spec")},
                "data_licences": licences,
@@ -687,6 +722,7 @@ def export_run(
                                              f"{teacher['sha256'][:12]}...)",
             "front_end": mel.name, "architecture": json.dumps(model.config),
             "n_parameters": count_parameters(model), "epochs": history.get("epoch", "?"),
+            "start": _start_text(meta),
             "best_epoch": ck["epoch"], "best_val_loss": f"{float(ck['val_loss']):.6g}",
             "loss": md.extra["training"]["loss"], "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
             "training_data": md.training_data, "data_licences": "\n".join(f"  - {x}" for x in licences),
@@ -772,6 +808,8 @@ def add_parsers(sub: Any) -> None:
                    help="--mode distill: weight of the softmax distillation term (default %(default)s)")
     p.add_argument("--kd-temperature", type=float, default=TrainConfig.kd_temperature,
                    help="--mode distill: softmax temperature (default %(default)s)")
+    p.add_argument("--init-from", metavar="RUN_DIR", default="",
+                   help="start from the best weights of another run on the same cache and architecture")
     p.add_argument("--teacher-source", metavar="FILE", help="teacher checkpoint (default: the cache's)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -806,7 +844,7 @@ def _cmd_train(args: Any) -> int:
                       n_layers=args.layers, channels=args.channels, kernel_time=args.kernel_time,
                       kernel_mel=args.kernel_mel, dilation=args.dilation, kd_weight=args.kd_weight,
                       kd_temperature=args.kd_temperature, prop_logit=args.prop_logit, hybrid_k=args.hybrid_k,
-                      calibrate=args.calibrate)
+                      calibrate=args.calibrate, init_from=args.init_from)
     teacher = None
     if args.teacher_source and cfg.mode != "mels":
         info = ChunkStore(args.cache_dir).teacher_info
