@@ -93,7 +93,7 @@ def test_shipped_yamnet_beats_the_pinv_against_its_teacher(yamnet_teacher, packa
 
 
 #: int8 registry name -> the float transcoder it was quantised from
-INT8 = {"yamnet-int8": "yamnet", "efficientat-mn04-int8": "efficientat-mn04"}
+INT8 = {"efficientat-mn04-int8": "efficientat-mn04"}
 
 
 def _scene_levels(seconds: float = 6.0, sr: int = 32000) -> np.ndarray:
