@@ -339,7 +339,7 @@ def _initial_weights(config: TrainConfig, fingerprint: dict[str, Any], meta: dic
         src_meta = json.loads((src / "run.json").read_text())
     except (OSError, ValueError) as exc:
         raise InvalidInputError(f"init_from {src}: not a training run ({exc})") from None
-    src_cfg = TrainConfig(**{**TrainConfig().to_dict(), **src_meta["config"], "init_from": ""})
+    src_cfg = TrainConfig(**src_meta["config"])
     n_mels = int(fingerprint["mel_spec"]["n_mels"])
     if src_meta["cache"] != fingerprint or src_cfg.arch(n_mels) != config.arch(n_mels):
         raise SpecMismatchError(f"init_from {src}: its cache or architecture differs from this run's")
@@ -442,12 +442,12 @@ def train(
             "pinv_matrix": matrix.tolist(),
             "pinv_matrix_from": "spectral_transcoder.pinv.pinv_matrix (float64 numpy pinv, rcond 1e-15, ReLU)",
         }
+    last = run / "last.pt"
+    init = _initial_weights(config, fingerprint, meta) if config.init_from and not last.exists() else None
     _write_text_atomic(run_json, json.dumps(meta, indent=1))
 
     torch.manual_seed(config.seed)
     model = CNNTranscoder(**config.arch(store.mel_spec.n_mels)).to(dev)
-    last = run / "last.pt"
-    init = _initial_weights(config, fingerprint, meta) if config.init_from and not last.exists() else None
     if config.calibrate:
         cal = meta.get("calibration")
         if cal is None:
@@ -459,7 +459,6 @@ def train(
             model.in_bias.copy_(torch.tensor(cal["bias"]))
     if init is not None:
         model.load_state_dict(init)
-        _write_text_atomic(run_json, json.dumps(meta, indent=1))
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     loss = _loss_fn(config, teacher)
     batches = _Batches(store, matrix, config.mode, dev)
