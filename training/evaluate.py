@@ -41,6 +41,8 @@ from spectral_transcoder.pinv import pinv_chunks
 from spectral_transcoder.specs import BandSpec, MelSpec
 
 from .dataset import SPLITS, ChunkStore, Teacher, progress_bar, file_chunks, load_teacher, read_audio
+# The pure metrics (no torch) live in training.metrics; re-exported here.
+from .metrics import EPS, file_means, kl_divergence, mel_mse, ptopafc
 
 __all__ = [
     "EPS",
@@ -60,52 +62,6 @@ __all__ = [
     "format_table",
     "add_parser",
 ]
-
-#: The paper's stabiliser inside the logs of the KL.
-EPS = 1e-10
-
-
-# ---------------------------------------------------------------------- metrics
-def file_means(values: np.ndarray, file_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-file means of per-chunk rows: ``(unique ids, (n_files, ...) means)``."""
-    values = np.asarray(values, np.float64)
-    ids, inverse = np.unique(np.asarray(file_ids), return_inverse=True)
-    sums = np.zeros((ids.size, *values.shape[1:]))
-    np.add.at(sums, inverse, values)
-    counts = np.bincount(inverse, minlength=ids.size).reshape(-1, *([1] * (values.ndim - 1)))
-    return ids, sums / counts
-
-
-def kl_divergence(oracle: np.ndarray, model: np.ndarray, eps: float = EPS) -> float:
-    """The paper's KL: mean over files of ``(1/C) Σ_c (q+ε)(ln(q+ε) − ln(p+ε))``.
-
-    ``oracle`` (q) and ``model`` (p) are ``(n_files, C)`` per-file mean probabilities
-    (see :func:`file_means`). They are unnormalised: this is KL(oracle‖model) as torch's
-    ``KLDivLoss(reduction='batchmean', log_target=True)`` computes it on one 1-D vector.
-    """
-    q = np.asarray(oracle, np.float64) + eps
-    p = np.asarray(model, np.float64) + eps
-    if q.shape != p.shape or q.ndim != 2:
-        raise InvalidInputError(f"oracle and model must both be (n_files, C), got {q.shape} and {p.shape}")
-    per_file = np.sum(q * (np.log(q) - np.log(p)), axis=1) / q.shape[1]
-    return float(per_file.mean())
-
-
-def ptopafc(oracle: np.ndarray, model: np.ndarray) -> float:
-    """Share of files whose top-1 class agrees (argmax over all C classes), in [0, 1]."""
-    oracle, model = np.asarray(oracle), np.asarray(model)
-    if oracle.shape != model.shape or oracle.ndim != 2:
-        raise InvalidInputError(f"oracle and model must both be (n_files, C), got {oracle.shape} and {model.shape}")
-    return float(np.mean(np.argmax(oracle, axis=1) == np.argmax(model, axis=1)))
-
-
-def mel_mse(reference: np.ndarray, estimate: np.ndarray, file_ids: np.ndarray) -> float:
-    """Per file, the mean squared difference over chunks x frames x bins, then averaged over files."""
-    d = (np.asarray(estimate, np.float64) - np.asarray(reference, np.float64)) ** 2
-    per_chunk = d.reshape(d.shape[0], -1).mean(axis=1)
-    # Every chunk has T x M values, so a file's mean is the mean of its chunks' means.
-    _, per_file = file_means(per_chunk, file_ids)
-    return float(per_file.mean())
 
 
 # ---------------------------------------------------------------------- methods

@@ -1,4 +1,5 @@
-"""Subcommands of the teacher-student pipeline: build-dataset, train, export-run, ship, quantize, evaluate, downstream.
+"""Subcommands of the teacher-student pipeline: build-dataset, train, export-run, ship, quantize, evaluate, downstream;
+and ``sources`` (the training-audio index, training/sources.py).
 
 :func:`register` adds them to an argparse subparsers object; every subcommand sets
 ``func`` (``args.func(args)`` returns the exit status). Until ``training/cli.py``
@@ -15,18 +16,19 @@ from spectral_transcoder.errors import SpectralTranscoderError
 
 __all__ = ["COMMANDS", "register", "main"]
 
-COMMANDS = ("build-dataset", "train", "export-run", "ship", "quantize", "evaluate", "downstream")
+COMMANDS = ("build-dataset", "train", "export-run", "ship", "quantize", "evaluate", "downstream", "sources")
 
 
 def register(sub: Any) -> None:
     """Add the pipeline's subcommands to ``sub`` (from ``ArgumentParser.add_subparsers``)."""
-    from . import dataset, downstream, evaluate, quantize, train
+    from . import dataset, downstream, evaluate, quantize, sources, train
 
     dataset.add_parser(sub)
     train.add_parsers(sub)
     quantize.add_parser(sub)
     evaluate.add_parser(sub)
     downstream.add_parser(sub)
+    sources.add_parser(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
