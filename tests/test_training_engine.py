@@ -1,0 +1,193 @@
+"""The data engine: scene synthesis, resumable shard building, held-out set, fidelity CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sf = pytest.importorskip("soundfile")
+pytest.importorskip("torch")
+
+from training.augment import SCENE_RATE, SceneConfig, SourcePool, synthesize_scene  # noqa: E402
+from training.engine import context_windows  # noqa: E402
+
+RATE = 16000
+
+
+def _write(path: Path, seconds: float, seed: int, rate: int = RATE) -> dict:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    x = 0.3 * np.sin(2 * np.pi * (200 + 100 * seed) * t) + 0.05 * rng.standard_normal(t.size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), x.astype(np.float32), rate)
+    return {"path": str(path), "duration_s": seconds}
+
+
+@pytest.fixture(scope="module")
+def pool_records(tmp_path_factory) -> list[dict]:
+    root = tmp_path_factory.mktemp("audio")
+    recs = []
+    for i, (dom, secs) in enumerate([("urban", 4.0), ("urban", 9.0), ("speech", 1.5), ("music", 12.0), ("field", 0.7)]):
+        r = _write(root / dom / f"f{i}.wav", secs, i)
+        r.update(domain=dom, source=f"src-{dom}", group=f"{dom}:{i}", licence="CC0", sample_rate=RATE, channels=1)
+        recs.append(r)
+    return recs
+
+
+def test_scene_is_a_pure_function_of_its_seed(pool_records):
+    pool = SourcePool.from_records(pool_records)
+    cfg = SceneConfig()
+    a, ia = synthesize_scene(pool, cfg, np.random.default_rng(7), extra_samples=96)
+    b, ib = synthesize_scene(pool, cfg, np.random.default_rng(7), extra_samples=96)
+    assert a.shape == (cfg.total_seconds * SCENE_RATE + 96,) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    assert ia == ib
+    c, _ = synthesize_scene(pool, cfg, np.random.default_rng(8), extra_samples=96)
+    assert not np.array_equal(a, c)
+
+
+def test_scene_level_and_sources_follow_the_config(pool_records):
+    pool = SourcePool.from_records(pool_records)
+    cfg = SceneConfig(level_db=(-30.0, -30.0), source_probs=(0.0, 0.0, 1.0), p_reverb=1.0, p_bandlimit=1.0)
+    x, info = synthesize_scene(pool, cfg, np.random.default_rng(3))
+    assert np.isfinite(x).all()
+    assert 20 * np.log10(np.max(np.abs(x))) == pytest.approx(-30.0, abs=1e-3)
+    assert len(info["sources"]) == 3 and "rt60_s" in info
+    assert info["snr_db"][0] == 0.0
+    assert {s["domain"] for s in info["sources"]} <= {"urban", "speech", "music", "field"}
+
+
+def test_pool_draws_only_weighted_domains(pool_records):
+    pool = SourcePool.from_records(pool_records)
+    rng = np.random.default_rng(0)
+    doms = {pool.draw(rng, {"music": 1.0, "nonexistent": 5.0})[0] for _ in range(50)}
+    assert doms == {"music"}
+
+
+def test_context_windows_repeat_the_chunk_at_stream_ends():
+    lv = np.arange(3 * 8 * 2, dtype=np.float32).reshape(24, 2)
+    w = context_windows(lv, 3, 8, 1)
+    assert w.shape == (3, 24, 2)
+    np.testing.assert_array_equal(w[1], lv)  # the middle chunk sees both real neighbours
+    np.testing.assert_array_equal(w[0, :8], lv[:8])  # no previous chunk: itself
+    np.testing.assert_array_equal(w[0, 8:], lv[:16])
+    np.testing.assert_array_equal(w[2, 16:], lv[16:])  # no next chunk: itself
+
+
+def _index(tmp_path: Path, pool_records: list[dict], extra: list[dict]) -> Path:
+    from training.sources import INDEX_FORMAT
+
+    recs = [{"fold": None, **r} for r in pool_records + extra]
+    p = tmp_path / "index.json"
+    p.write_text(json.dumps({"format": INDEX_FORMAT, "records": recs}))
+    return p
+
+
+def test_build_resume_and_read(tmp_path, pool_records, shared):
+    from training.engine import HeldoutConfig, HeldoutStore, SceneStore, build_heldout, build_scenes
+
+    models = str(shared / "models")
+    held = [dict(_write(tmp_path / "held" / "us.wav", 3.5, 9), domain="urban", source="us8k", group="us8k:1",
+                 licence="CC-BY-NC-3.0", sample_rate=RATE, channels=1, fold=2)]
+    index = str(_index(tmp_path, pool_records, held))
+    out = tmp_path / "engine"
+    cfg = HeldoutConfig(heldout_fraction=0.0, valid_fraction=0.0)
+    kw = dict(teachers=["yamnet"], heldout=cfg, shard_scenes=2, workers=1, models_dir=models, log=lambda m: None)
+    assert build_scenes(index, out, n_scenes=2, **kw) == 1
+    first = np.load(out / "train" / "shard-00000" / "levels.npy")
+    assert build_scenes(index, out, n_scenes=4, **kw) == 2  # extends; shard 0 untouched
+    np.testing.assert_array_equal(np.load(out / "train" / "shard-00000" / "levels.npy"), first)
+    with pytest.raises(ValueError, match="seed"):
+        build_scenes(index, out, n_scenes=4, **dict(kw, seed=1))
+
+    store = SceneStore(out, "yamnet")
+    assert store.n_examples == 4 * 4
+    ex = store.examples(np.array([0, 5, 15]))
+    assert ex["levels"].shape == (3, 24, 29) and ex["mel"].shape == (3, 96, 64) and ex["logits"].shape == (3, 521)
+    assert np.isfinite(ex["levels"]).all() and ex["levels"].max() <= 0.0
+    # Example 5 (scene 1, second 1) sees seconds 1..3 of its scene (context included).
+    np.testing.assert_array_equal(ex["levels"][1], store.levels[0][1, 8:32].astype(np.float32))
+
+    counts = build_heldout(index, out, teachers=["yamnet"], heldout=cfg, models_dir=models, log=lambda m: None)
+    assert counts["valid"] + counts["test"] == 3  # the fold-2 file: three 1-s chunks, in one split only
+    split = "valid" if counts["valid"] else "test"
+    h = HeldoutStore(out, split, "yamnet")
+    assert h.levels.shape == (3, 24, 29) and h.centre_levels().shape == (3, 8, 29)
+    assert h.domains == ["urban"] and set(h.clip.tolist()) == {0}
+
+
+def test_fidelity_cli_on_a_tiny_engine(tmp_path, pool_records, shared, capsys):
+    from training.engine import HeldoutConfig, build_heldout
+    from training.fidelity import evaluate_fidelity, format_report
+
+    models = str(shared / "models")
+    held = [dict(_write(tmp_path / "held" / f"h{i}.wav", 2.5, 20 + i), domain=d, source="x", group=f"g{i}",
+                 licence="CC0", sample_rate=RATE, channels=1) for i, d in enumerate(["urban", "speech", "urban"])]
+    index = str(_index(tmp_path, [], held))
+    cfg = HeldoutConfig(heldout_fraction=1.0, valid_fraction=0.0)
+    build_heldout(index, tmp_path / "e", teachers=["yamnet"], heldout=cfg, models_dir=models, log=lambda m: None)
+    res = evaluate_fidelity(tmp_path / "e", "yamnet", ["pinv"], n_boot=50, models_dir=models, log=lambda m: None)
+    rep = res["reports"]["PINV"]
+    assert rep["all"]["n_clips"] == 3 and rep["all"]["n_chunks"] == 6
+    assert set(rep["by_domain"]) == {"urban", "speech"}
+    assert rep["all"]["mel_mse"] > 0
+    text = format_report(res)
+    assert "always commonest" in text and "PINV" in text
+    json.dumps(res)
+
+
+def test_context_transcoder_starts_as_the_affine_pinv_and_sees_its_neighbours():
+    import torch
+
+    from training.nets.context import ContextTranscoder
+
+    torch.manual_seed(0)
+    m = ContextTranscoder(n_mels=64, out_frames=96, context=1, channels=16).eval()
+    lv = torch.randn(3, 24, 29) * 10 - 50
+    pinv = torch.randn(3, 96, 64)
+    with torch.no_grad():
+        np.testing.assert_allclose(m(lv, pinv).numpy(), pinv.numpy(), atol=1e-6)  # zero-initialised corrections
+        for p in m.head.parameters():
+            p.normal_(0, 0.1)
+        y0 = m(lv, pinv)
+        lv2 = lv.clone()
+        lv2[:, :8] += 20.0  # only the previous second changes
+        assert not torch.allclose(m(lv2, pinv), y0)  # the trunk's receptive field reaches it
+        assert m(lv, pinv).shape == (3, 96, 64)
+
+
+def test_fit_runs_resumes_and_selects_by_fidelity(tmp_path, pool_records, shared):
+    from training.engine import HeldoutConfig, build_heldout, build_scenes
+    from training.fidelity import evaluate_fidelity
+    from training.loop import FitConfig, fit, load_fit
+
+    models = str(shared / "models")
+    held = [dict(_write(tmp_path / "held" / f"h{i}.wav", 2.5, 30 + i), domain="urban", source="x", group=f"g{i}",
+                 licence="CC0", sample_rate=RATE, channels=1, fold=None) for i in range(2)]
+    index = str(_index(tmp_path, pool_records, held))
+    out = tmp_path / "engine"
+    cfg = HeldoutConfig(heldout_fraction=0.0, valid_fraction=0.0)
+    # Scenes come from the pool; the valid split from a second index holding only the two held-out files.
+    build_scenes(index, out, n_scenes=4, teachers=["yamnet"], heldout=cfg, shard_scenes=2, workers=1,
+                 models_dir=models, log=lambda m: None)
+    (tmp_path / "i2").mkdir()
+    index2 = str(_index(tmp_path / "i2", [], held))
+    build_heldout(index2, out, teachers=["yamnet"], heldout=HeldoutConfig(heldout_fraction=1.0, valid_fraction=1.0),
+                  models_dir=models, log=lambda m: None)
+    fc = FitConfig(teacher="yamnet", steps=2, eval_every=1, scenes_per_batch=2, channels=8, warmup=1)
+    logs: list[str] = []
+    r = fit(out, tmp_path / "run", fc, models_dir=models, log=logs.append)
+    assert r["step"] == 2 and len(r["history"]) == 2
+    assert {"val_clip", "val_macro", "val_commonest_share", "teacher_commonest_share"} <= set(r["history"][0])
+    r2 = fit(out, tmp_path / "run", FitConfig(**{**fc.__dict__, "steps": 3}), models_dir=models, log=logs.append)
+    assert r2["step"] == 3 and any("resumed at step 2" in m for m in logs)
+    with pytest.raises(ValueError, match="lr"):
+        fit(out, tmp_path / "run", FitConfig(**{**fc.__dict__, "steps": 4, "lr": 1.0}), models_dir=models)
+    model, ck = load_fit(tmp_path / "run")
+    assert ck["report"]["all"]["n_clips"] == 2
+    res = evaluate_fidelity(out, "yamnet", [f"fit:{tmp_path / 'run'}"], split="valid", n_boot=10, models_dir=models,
+                            log=lambda m: None)
+    assert len(res["reports"]) == 1

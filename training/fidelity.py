@@ -1,0 +1,172 @@
+"""Honest fidelity evaluation on the engine's multi-domain held-out set.
+
+``python -m training fidelity ENGINE_DIR --teacher yamnet --method pinv --method onnx:yamnet
+--method published:CKPT -o fidelity.json --markdown fidelity.md``
+
+Every method turns the held-out chunks' third-octave levels into the teacher's Mel; the
+frozen teacher classifies it; :func:`training.metrics.fidelity_report` compares that with
+the teacher on the true Mel, per domain and overall, with 95 % intervals from a
+bootstrap over source recordings. The table always starts with "always the teacher's
+commonest answer", so a collapsed transcoder shows at a glance.
+
+Methods (``--method``):
+
+- ``pinv``: the PINV alone (the package's C++ kernel);
+- ``onnx:NAME_OR_PATH``: a transcoder file or a shipped/registry name, run by the inference
+  package exactly as users run it (a context model gets the chunk's neighbours);
+- ``published:CKPT``: a published checkpoint of the paper (through the converter). The
+  published YAMNet transcoder outputs the paper's ``yamnet_torchport`` Mel; it is scored
+  against the same official-front-end teacher as every other row, which is what a user
+  of that teacher gets (the front end alone costs it some agreement; the report says so);
+- ``run:RUN_DIR``: a paper-style training run's best checkpoint, in torch;
+- ``fit:RUN_DIR``: a context transcoder run's best checkpoint (``python -m training fit``), in torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from spectral_transcoder.specs import get_band_spec
+
+from .engine import HeldoutStore
+from .metrics import compare_table, domain_table, fidelity_report
+
+__all__ = ["evaluate_fidelity", "resolve_method", "format_report", "add_parser"]
+
+#: Method: (name, levels-with-context (N, F, 29) -> Mel (N, T, M), output Mel spec name).
+Method = tuple[str, Callable[[np.ndarray, np.ndarray], np.ndarray], str]
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
+
+
+def resolve_method(spec: str, teacher_spec: str) -> Method:
+    """A ``--method`` string -> (name, fn(centre levels, context levels) -> Mel, Mel spec name)."""
+    from spectral_transcoder.pinv import pinv_chunks
+
+    band = get_band_spec("cense_fast")
+    if spec == "pinv":
+        return "PINV", lambda c, ctx: pinv_chunks(c, teacher_spec, band_spec=band), teacher_spec
+    kind, _, arg = spec.partition(":")
+    if kind == "onnx":
+        from spectral_transcoder.models import Transcoder
+
+        tr = Transcoder.coerce(arg, n_threads=2)
+        ctx_chunks = int(getattr(tr, "context_chunks", 0) or 0)
+
+        def run(c: np.ndarray, ctx: np.ndarray) -> np.ndarray:
+            if ctx_chunks:
+                return tr.transcode_windows(ctx)  # type: ignore[attr-defined]
+            return tr.transcode_chunks(c)
+
+        return f"{tr.name} ({Path(arg).name})", run, tr.output_spec.name
+    if kind == "published":
+        from .evaluate import published_method
+
+        m = published_method(arg)
+        return f"published checkpoint ({m.mel_spec.name})", lambda c, ctx: m.transcode(c), m.mel_spec.name
+    if kind == "run":
+        from .evaluate import run_method
+
+        m = run_method(arg)
+        return f"run {Path(arg).name}", lambda c, ctx: m.transcode(c), m.mel_spec.name
+    if kind == "fit":
+        from .loop import load_fit, predict
+
+        model, ck = load_fit(arg)
+        return (f"context transcoder {Path(arg).name} (step {ck['step']})",
+                lambda c, ctx: predict(model, ctx, teacher_spec), teacher_spec)
+    raise ValueError(f"--method {spec!r}: expected pinv, onnx:NAME, published:CKPT or run:RUN_DIR")
+
+
+def _teacher_probs(teacher: Any, mel: np.ndarray) -> np.ndarray:
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for s in range(0, mel.shape[0], 128):
+            x = torch.from_numpy(np.ascontiguousarray(mel[s : s + 128], np.float32))
+            out.append(teacher.module(x).probs.numpy())
+    return np.concatenate(out).astype(np.float64)
+
+
+def evaluate_fidelity(engine_dir: str | os.PathLike, teacher_name: str, methods: Sequence[str], *,
+                      split: str = "test", n_boot: int = 1000, models_dir: str | None = None,
+                      log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Reports of every method (and the front-end oracle when a method needs another Mel spec).
+
+    Returns ``{"split", "teacher", "n_chunks", "n_clips", "domains", "reports": {method: report}}``
+    where each report is :func:`training.metrics.fidelity_report`'s.
+    """
+    from .dataset import load_teacher
+
+    store = HeldoutStore(engine_dir, split, teacher_name)
+    teacher = load_teacher(teacher_name, models_dir=models_dir)
+    q = _sigmoid(store.logits)
+    true_mel = np.asarray(store.mel, np.float32)
+    centre, ctx = store.centre_levels(), np.asarray(store.levels, np.float32)
+    common = dict(clip_ids=store.clip, domains=store.domain, domain_names=store.domains, groups=store.group,
+                  n_boot=n_boot)
+    reports: dict[str, Any] = {}
+    for spec in methods:
+        name, fn, mel_spec = resolve_method(spec, teacher.mel_spec.name)
+        est = np.asarray(fn(centre, ctx), np.float32)
+        p = _teacher_probs(teacher, est)
+        same = mel_spec == teacher.mel_spec.name
+        reports[name] = fidelity_report(q, p, teacher_mel=true_mel if same else None,
+                                        model_mel=est if same else None, **common)
+        reports[name]["mel_spec"] = mel_spec
+        a = reports[name]["all"]
+        log(f"{name}: clip {100 * a['clip_ptopafc']:.1f} %, macro {100 * a['macro_ptopafc']:.1f} %, "
+            f"chunk {100 * a['chunk_agreement']:.1f} %, KL {a['kl']:.5f}")
+    return {"split": split, "teacher": {"name": teacher_name, "source": teacher.source, "sha256": teacher.sha256},
+            "n_chunks": int(store.clip.size), "n_clips": int(store.meta["n_clips"]), "domains": store.domains,
+            "reports": reports, "labels": [lb.name for lb in teacher.labels]}
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """Markdown: the comparison table overall, then per domain, then each method's domain table."""
+    labels = result.get("labels") or None
+    lines = [f"Teacher `{result['teacher']['name']}` ({result['teacher']['source']}); held-out `{result['split']}` "
+             f"split: {result['n_clips']} clips, {result['n_chunks']} 1-s chunks, domains "
+             f"{', '.join(result['domains'])}. 95 % intervals: bootstrap over source recordings.", "",
+             "**All domains**", "", compare_table(result["reports"], label_names=labels), ""]
+    for d in result["domains"]:
+        lines += [f"**{d}**", "", compare_table(result["reports"], domain=d, label_names=labels), ""]
+    for name, rep in result["reports"].items():
+        lines += [f"**{name}, per domain**", "", domain_table(rep, label_names=labels), ""]
+    return "\n".join(lines)
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``fidelity`` on an argparse subparsers object."""
+    p = sub.add_parser("fidelity", help="per-domain fidelity of transcoders on the engine's held-out set",
+                       description=__doc__.split("\n\n")[1] if __doc__ else None)
+    p.add_argument("engine_dir")
+    p.add_argument("--teacher", required=True, choices=["yamnet", "efficientat"])
+    p.add_argument("--method", action="append", default=[], help="pinv, onnx:NAME_OR_PATH, published:CKPT, run:DIR, fit:DIR")
+    p.add_argument("--split", default="test", choices=["valid", "test"])
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--models-dir", default=None)
+    p.add_argument("-o", "--output", help="JSON results")
+    p.add_argument("--markdown", help="Markdown tables")
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    res = evaluate_fidelity(args.engine_dir, args.teacher, args.method or ["pinv"], split=args.split,
+                            n_boot=args.n_boot, models_dir=args.models_dir, log=lambda m: print(m, flush=True))
+    text = format_report(res)
+    if args.output:
+        Path(args.output).write_text(json.dumps(res, indent=1), encoding="utf-8")
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return 0

@@ -1,0 +1,264 @@
+"""Training the context transcoder on the data engine, checkpointed, resumable, selected by fidelity.
+
+``python -m training fit ENGINE_DIR --teacher yamnet -o RUN_DIR --steps 30000``
+
+Rerun the same command to resume (the run folder holds ``last.pt`` with the optimiser and
+RNG state; ``best.pt`` is the checkpoint with the best validation selection score, the
+mean of clip and macro PtoPa-FC on the engine's ``valid`` split, never the loss).
+New engine shards are picked up at every validation, so training can start while the
+engine is still building.
+
+Batches hold whole scenes (all their target seconds), so the loss has a clip-level term.
+Per example: BCE of the student's sigmoid outputs against the teacher's (the paper's
+CNN-logits, gradients through the frozen teacher), plus a softmax distillation term at
+temperature 2 on the logits (it rewards the *ranking* of classes, which decides PtoPa-FC),
+plus a small Mel MSE anchor; per scene: BCE of the scene-mean probabilities. Each
+neighbour of the chunk is dropped (replaced by the chunk, as at a stream's end) with
+probability ``p_drop_context``. Learning rate: linear warm-up, then cosine decay. The
+teacher runs under bf16 autocast on the CPU when ``--bf16``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spectral_transcoder.pinv import pinv_chunks
+from spectral_transcoder.specs import get_band_spec
+
+from .engine import HeldoutStore, SceneStore
+from .metrics import fidelity_report, selection_score
+from .nets.context import ContextTranscoder
+
+__all__ = ["FitConfig", "fit", "load_fit", "add_parser"]
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    teacher: str
+    steps: int = 30000
+    scenes_per_batch: int = 8
+    lr: float = 2e-3
+    warmup: int = 500
+    weight_decay: float = 1e-4
+    w_bce: float = 1.0
+    w_kd: float = 1.0
+    kd_temperature: float = 2.0
+    w_clip: float = 0.5
+    w_mel: float = 0.02
+    p_drop_context: float = 0.25
+    channels: int = 96
+    refine_channels: int = 8
+    eval_every: int = 500
+    bf16: bool = True
+    seed: int = 0
+
+
+def _lr(cfg: FitConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _pinv(centre: np.ndarray, mel_spec: str) -> torch.Tensor:
+    return torch.from_numpy(pinv_chunks(centre, mel_spec, band_spec=get_band_spec("cense_fast")))
+
+
+def _centre(levels: np.ndarray, fpc: int, ctx: int) -> np.ndarray:
+    return np.ascontiguousarray(levels[:, ctx * fpc : (ctx + 1) * fpc])
+
+
+def predict(model: ContextTranscoder, levels: np.ndarray, mel_spec: str, *, batch: int = 256) -> np.ndarray:
+    """Mels (N, T, M) of context windows ``levels`` (N, F, 29), in torch, no grad."""
+    fpc, ctx = model.config["frames_per_chunk"], model.config["context"]
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, levels.shape[0], batch):
+            lv = np.asarray(levels[s : s + batch], np.float32)
+            out.append(model(torch.from_numpy(lv), _pinv(_centre(lv, fpc, ctx), mel_spec)).numpy())
+    return np.concatenate(out)
+
+
+def _validate(model: ContextTranscoder, teacher: Any, held: HeldoutStore, mel_spec: str) -> dict[str, Any]:
+    est = predict(model, np.asarray(held.levels, np.float32), mel_spec)
+    with torch.no_grad():
+        p = torch.cat([teacher.module(torch.from_numpy(est[s : s + 256])).probs
+                       for s in range(0, est.shape[0], 256)]).double().numpy()
+    q = 1.0 / (1.0 + np.exp(-np.asarray(held.logits, np.float64)))
+    return fidelity_report(q, p, held.clip, held.domain, domain_names=held.domains, groups=held.group, n_boot=0)
+
+
+def _fit_affine(store: SceneStore, mel_spec: str, rng: np.random.Generator, n: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Per-bin least squares of the target Mel on the PINV Mel (the starting affine map)."""
+    ex = store.examples(rng.choice(store.n_examples, size=min(n, store.n_examples), replace=False))
+    x = _pinv(_centre(ex["levels"], 8, store.context), mel_spec).numpy().astype(np.float64)
+    y = ex["mel"].astype(np.float64)
+    xm, ym = x.mean(axis=(0, 1)), y.mean(axis=(0, 1))
+    cov = ((x - xm) * (y - ym)).mean(axis=(0, 1))
+    scale = cov / np.maximum(((x - xm) ** 2).mean(axis=(0, 1)), 1e-9)
+    return scale.astype(np.float32), (ym - scale * xm).astype(np.float32)
+
+
+def _batch(store: SceneStore, rng: np.random.Generator, cfg: FitConfig) -> dict[str, np.ndarray]:
+    scenes = rng.choice(store.n_scenes, size=cfg.scenes_per_batch, replace=False)
+    idx = (scenes[:, None] * store.seconds + np.arange(store.seconds)[None]).ravel()
+    ex = store.examples(idx)
+    lv, fpc, ctx = ex["levels"], 8, store.context
+    centre = lv[:, ctx * fpc : (ctx + 1) * fpc]
+    for k in range(ctx):  # drop neighbours: as at a stream's ends
+        for side in (slice(k * fpc, (k + 1) * fpc), slice(lv.shape[1] - (k + 1) * fpc, lv.shape[1] - k * fpc)):
+            drop = rng.random(lv.shape[0]) < cfg.p_drop_context
+            lv[drop, side] = centre[drop]
+    ex["levels"] = lv
+    return ex
+
+
+def _loss(cfg: FitConfig, model: ContextTranscoder, teacher: Any, ex: dict[str, np.ndarray], mel_spec: str,
+          seconds: int) -> tuple[torch.Tensor, dict[str, float]]:
+    lv = torch.from_numpy(ex["levels"])
+    pin = _pinv(_centre(ex["levels"], 8, model.config["context"]), mel_spec)
+    mel = model(lv, pin)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        logits = teacher.module(mel).logits.float()
+    t_logits = torch.from_numpy(ex["logits"])
+    q = torch.sigmoid(t_logits)
+    bce = F.binary_cross_entropy_with_logits(logits, q)
+    tt = cfg.kd_temperature
+    kd = F.kl_div(F.log_softmax(logits / tt, -1), F.log_softmax(t_logits / tt, -1), log_target=True,
+                  reduction="batchmean") * tt * tt
+    p_clip = torch.sigmoid(logits).view(-1, seconds, logits.shape[-1]).mean(1).clamp(1e-6, 1 - 1e-6)
+    clip = F.binary_cross_entropy(p_clip, q.view(-1, seconds, q.shape[-1]).mean(1))
+    mse = F.mse_loss(mel, torch.from_numpy(ex["mel"]))
+    total = cfg.w_bce * bce + cfg.w_kd * kd + cfg.w_clip * clip + cfg.w_mel * mse
+    top1 = (logits.argmax(-1) == t_logits.argmax(-1)).float().mean()
+    parts = {"loss": total, "bce": bce, "kd": kd, "clip": clip, "mel_mse": mse, "top1": top1}
+    return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def _save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def fit(engine_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: FitConfig, *,
+        models_dir: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train (or resume) a context transcoder; returns the run's summary."""
+    from .dataset import load_teacher
+
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    teacher = load_teacher(cfg.teacher, models_dir=models_dir)
+    mel_spec = teacher.mel_spec
+    store = SceneStore(engine_dir, cfg.teacher)
+    held = HeldoutStore(engine_dir, "valid", cfg.teacher)
+    model = ContextTranscoder(n_mels=mel_spec.n_mels, out_frames=mel_spec.frames_for_chunk(1.0),
+                              context=store.context, channels=cfg.channels, refine_channels=cfg.refine_channels)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    step, best, history = 0, -1.0, []
+    if (run / "last.pt").is_file():
+        ck = torch.load(run / "last.pt", weights_only=False)
+        diff = [k for k in ck["config"] if ck["config"][k] != asdict(cfg).get(k) and k != "steps"]
+        if diff:  # only --steps may change on resume (it stretches the remaining decay)
+            raise ValueError(f"{run}: resumed with other settings ({', '.join(diff)}); use a new run folder")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        step, best, history = ck["step"], ck["best"], ck["history"]
+        rng.bit_generator.state = ck["rng"]
+        log(f"resumed at step {step} (best selection score {best:.3f})")
+    else:
+        s, b = _fit_affine(store, mel_spec.name, rng)
+        with torch.no_grad():
+            model.pinv_scale.copy_(torch.from_numpy(s))
+            model.pinv_bias.copy_(torch.from_numpy(b))
+    meta = {"config": asdict(cfg), "model_config": model.config, "teacher": teacher.describe(),
+            "mel_spec": mel_spec.name, "band_spec": "cense_fast", "engine": str(Path(engine_dir).name)}
+    (run / "run.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    t0, agg = time.perf_counter(), []
+    while step < cfg.steps:
+        model.train()
+        for g in opt.param_groups:
+            g["lr"] = _lr(cfg, step)
+        loss, parts = _loss(cfg, model, teacher, _batch(store, rng, cfg), mel_spec.name, store.seconds)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        step += 1
+        agg.append(parts)
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            rep = _validate(model, teacher, held, mel_spec.name)
+            score = selection_score(rep)
+            a = rep["all"]
+            row = {"step": step, "seconds": round(time.perf_counter() - t0, 1), "lr": _lr(cfg, step),
+                   **{k: float(np.mean([p[k] for p in agg])) for k in agg[0]},
+                   "val_clip": a["clip_ptopafc"], "val_macro": a["macro_ptopafc"], "val_chunk": a["chunk_agreement"],
+                   "val_kl": a["kl"], "val_commonest_share": a["model_commonest_share"],
+                   "teacher_commonest_share": a["teacher_commonest_share"], "score": score,
+                   "train_examples": store.n_examples}
+            history.append(row)
+            agg = []
+            log(f"step {step}: loss {row['loss']:.4f} train top1 {100 * row['top1']:.1f} % | valid clip "
+                f"{100 * a['clip_ptopafc']:.1f} % macro {100 * a['macro_ptopafc']:.1f} % chunk "
+                f"{100 * a['chunk_agreement']:.1f} % KL {a['kl']:.5f} commonest {100 * a['model_commonest_share']:.1f} % "
+                f"(teacher {100 * a['teacher_commonest_share']:.1f} %) | {store.n_examples} examples")
+            if score > best:
+                best = score
+                _save({"model": model.state_dict(), "model_config": model.config, "step": step, "report": rep,
+                       "meta": meta}, run / "best.pt")
+            _save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "best": best,
+                   "history": history, "rng": rng.bit_generator.state, "config": asdict(cfg)}, run / "last.pt")
+            (run / "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
+            store = SceneStore(engine_dir, cfg.teacher)  # pick up shards built meanwhile
+    return {"step": step, "best_score": best, "history": history}
+
+
+def load_fit(run_dir: str | os.PathLike, which: str = "best") -> tuple[ContextTranscoder, dict[str, Any]]:
+    """The model of a run's ``best.pt`` (or ``last.pt``) and its checkpoint dict."""
+    ck = torch.load(Path(run_dir) / f"{which}.pt", weights_only=False)
+    cfg = dict(ck.get("model_config") or ck["meta"]["model_config"])
+    cfg.pop("arch", None)
+    cfg["dilations"] = tuple(cfg["dilations"])
+    model = ContextTranscoder(**cfg)
+    model.load_state_dict(ck["model"])
+    return model.eval(), ck
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``fit`` on an argparse subparsers object."""
+    p = sub.add_parser("fit", help="train (or resume) a context transcoder on an engine folder",
+                       description=__doc__.split("\n\n")[1] if __doc__ else None)
+    p.add_argument("engine_dir")
+    p.add_argument("--teacher", required=True, choices=["yamnet", "efficientat"])
+    p.add_argument("-o", "--out", required=True, help="run folder (rerun the same command to resume)")
+    for f in FitConfig.__dataclass_fields__.values():
+        if f.name in ("teacher",):
+            continue
+        if f.type in ("bool", bool):
+            p.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    p.add_argument("--models-dir", default=None)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = FitConfig(**{k: getattr(args, k) for k in FitConfig.__dataclass_fields__})
+    fit(args.engine_dir, args.out, cfg, models_dir=args.models_dir, log=lambda m: print(m, flush=True))
+    return 0
