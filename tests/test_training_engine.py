@@ -12,7 +12,7 @@ sf = pytest.importorskip("soundfile")
 pytest.importorskip("torch")
 
 from training.augment import SCENE_RATE, SceneConfig, SourcePool, synthesize_scene  # noqa: E402
-from training.engine import context_windows  # noqa: E402
+from spectral_transcoder.pinv import context_windows  # noqa: E402
 
 RATE = 16000
 
@@ -69,12 +69,15 @@ def test_pool_draws_only_weighted_domains(pool_records):
 
 def test_context_windows_repeat_the_chunk_at_stream_ends():
     lv = np.arange(3 * 8 * 2, dtype=np.float32).reshape(24, 2)
-    w = context_windows(lv, 3, 8, 1)
+    w = context_windows(lv.reshape(3, 8, 2), 1)
     assert w.shape == (3, 24, 2)
     np.testing.assert_array_equal(w[1], lv)  # the middle chunk sees both real neighbours
     np.testing.assert_array_equal(w[0, :8], lv[:8])  # no previous chunk: itself
     np.testing.assert_array_equal(w[0, 8:], lv[:16])
     np.testing.assert_array_equal(w[2, 16:], lv[16:])  # no next chunk: itself
+    g = context_windows(lv.reshape(3, 8, 2), 1, valid=np.array([True, False, True]))
+    np.testing.assert_array_equal(g[0, 16:], lv[:8])  # an invalid neighbour (a gap) is not used
+    assert context_windows(np.stack([lv.reshape(3, 8, 2)] * 2), 1).shape == (2, 3, 24, 2)
 
 
 def _index(tmp_path: Path, pool_records: list[dict], extra: list[dict]) -> Path:
@@ -149,14 +152,14 @@ def test_context_transcoder_starts_as_the_affine_pinv_and_sees_its_neighbours():
     lv = torch.randn(3, 24, 29) * 10 - 50
     pinv = torch.randn(3, 96, 64)
     with torch.no_grad():
-        np.testing.assert_allclose(m(lv, pinv).numpy(), pinv.numpy(), atol=1e-6)  # zero-initialised corrections
+        np.testing.assert_allclose(m(pinv, lv).numpy(), pinv.numpy(), atol=1e-6)  # zero-initialised corrections
         for p in m.head.parameters():
             p.normal_(0, 0.1)
-        y0 = m(lv, pinv)
+        y0 = m(pinv, lv)
         lv2 = lv.clone()
         lv2[:, :8] += 20.0  # only the previous second changes
-        assert not torch.allclose(m(lv2, pinv), y0)  # the trunk's receptive field reaches it
-        assert m(lv, pinv).shape == (3, 96, 64)
+        assert not torch.allclose(m(pinv, lv2), y0)  # the trunk's receptive field reaches it
+        assert m(pinv, lv).shape == (3, 96, 64)
 
 
 def test_fit_runs_resumes_and_selects_by_fidelity(tmp_path, pool_records, shared):
@@ -191,3 +194,45 @@ def test_fit_runs_resumes_and_selects_by_fidelity(tmp_path, pool_records, shared
     res = evaluate_fidelity(out, "yamnet", [f"fit:{tmp_path / 'run'}"], split="valid", n_boot=10, models_dir=models,
                             log=lambda m: None)
     assert len(res["reports"]) == 1
+
+
+def test_exported_context_transcoder_runs_in_the_package_as_in_torch(tmp_path):
+    import torch
+
+    import spectral_transcoder as st
+    from spectral_transcoder.errors import InvalidInputError
+    from training.export_fit import export_fit
+    from training.loop import load_fit, predict
+    from training.nets.context import ContextTranscoder
+
+    torch.manual_seed(1)
+    model = ContextTranscoder(n_mels=64, out_frames=96, context=1, channels=8)
+    with torch.no_grad():
+        for p in [*model.head.parameters(), *model.refine[2].parameters()]:
+            p.normal_(0, 0.05)
+    run = tmp_path / "run"
+    run.mkdir()
+    meta = {"config": {"steps": 1, "kd_temperature": 2.0}, "mel_spec": "yamnet", "band_spec": "cense_fast",
+            "teacher": {"name": "yamnet", "kind": "yamnet-tflite", "source": "t.tflite", "sha256": "0" * 64,
+                        "n_classes": 521}}
+    torch.save({"model": model.state_dict(), "model_config": model.config, "step": 1,
+                "report": {"all": {"clip_ptopafc": 0.5}}, "meta": meta}, run / "best.pt")
+    out = tmp_path / "ctx.onnx"
+    export_fit(run, out, name="ctx-test")
+    card = out.with_suffix(".md").read_text()
+    assert "ctx-test" in card and str(tmp_path) not in card
+
+    tr = st.Transcoder.from_file(out, n_threads=1)
+    assert tr.context_chunks == 1
+    rng = np.random.default_rng(0)
+    chunks = (rng.standard_normal((5, 8, 29)) * 8 - 45).astype(np.float32)
+    got = tr.transcode_chunks(chunks)
+    want = predict(load_fit(run)[0], context_windows(chunks, 1), "yamnet")
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    # Each chunk depends on its neighbours: changing chunk 0 changes chunk 1's Mel, not chunk 3's.
+    other = chunks.copy()
+    other[0] += 12.0
+    g2 = tr.transcode_chunks(other)
+    assert not np.allclose(g2[1], got[1]) and np.array_equal(g2[3], got[3])
+    with pytest.raises(InvalidInputError, match="context_levels"):
+        tr.run_cnn(tr.pinv_chunks(chunks))

@@ -43,13 +43,15 @@ import numpy as np
 from spectral_transcoder import frontends
 from spectral_transcoder._validation import resample
 from spectral_transcoder.analysis import third_octave
+from spectral_transcoder.pinv import context_windows
 from spectral_transcoder.specs import get_band_spec, get_mel_spec
 
 from .augment import SCENE_RATE, SceneConfig, SourcePool, synthesize_scene
+from .dataset import _write_json_atomic as _atomic_json
 from .sources import SourceRecord, load_index, record_split
 
 __all__ = ["ENGINE_FORMAT", "HeldoutConfig", "build_scenes", "build_heldout", "SceneStore", "HeldoutStore",
-           "context_windows", "add_parser"]
+           "add_parser"]
 
 ENGINE_FORMAT = "spectral_transcoder.training.engine/1"
 BAND = "cense_fast"
@@ -71,12 +73,6 @@ class HeldoutConfig:
 
 def _seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()[:8], "big")
-
-
-def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------- targets
@@ -215,18 +211,6 @@ def build_scenes(index: str, out: str | os.PathLike, *, n_scenes: int, teachers:
 
 
 # ---------------------------------------------------------------------- held out
-def context_windows(levels: np.ndarray, n_chunks: int, frames_per_chunk: int, context: int) -> np.ndarray:
-    """Windows ``(n_chunks, fpc (1 + 2 context), bands)`` of consecutive chunks of a stream's
-    levels ``(frames, bands)``; a neighbour beyond the stream repeats the chunk itself."""
-    chunks = levels[: n_chunks * frames_per_chunk].reshape(n_chunks, frames_per_chunk, -1)
-    parts = []
-    for off in range(-context, context + 1):
-        idx = np.arange(n_chunks) + off
-        ok = (idx >= 0) & (idx < n_chunks)
-        parts.append(np.where(ok[:, None, None], chunks[np.clip(idx, 0, n_chunks - 1)], chunks))
-    return np.concatenate(parts, axis=1)
-
-
 def build_heldout(index: str, out: str | os.PathLike, *, teachers: Sequence[str] = ("yamnet", "efficientat"),
                   heldout: HeldoutConfig = HeldoutConfig(), context: int = 1, models_dir: str | None = None,
                   log: Any = print) -> dict[str, int]:
@@ -270,7 +254,7 @@ def build_heldout(index: str, out: str | os.PathLike, *, teachers: Sequence[str]
                     pad[: min(pad.size, seg.size)] = seg[: pad.size]
                     lv = _levels(pad)[: n * fpc]
                     cid = len(clips_meta)
-                    cols["levels"].append(context_windows(lv, n, fpc, context).astype(np.float16))
+                    cols["levels"].append(context_windows(lv.reshape(n, fpc, -1), context).astype(np.float16))
                     cols["clip"].append(np.full(n, cid, np.int32))
                     cols["domain"].append(np.full(n, domains.index(d), np.int16))
                     if r.group not in groups:

@@ -54,26 +54,29 @@ def _quiet_export():
             lg.setLevel(lv)
 
 
-def _export_dynamo(module: nn.Module, example: torch.Tensor, outputs: tuple[str, ...], dyn_frames: bool,
-                   min_frames: int, opset: int, path: Path) -> None:
+def _export_dynamo(module: nn.Module, example: tuple[torch.Tensor, ...], names: tuple[str, ...],
+                   outputs: tuple[str, ...], dyn_frames: bool, min_frames: int, opset: int, path: Path) -> None:
     from torch.export import Dim
 
-    dims: dict[int, Any] = {0: Dim("batch", min=1)}
+    batch = Dim("batch", min=1)
+    dims: dict[int, Any] = {0: batch}
     if dyn_frames:
         dims[1] = Dim("frames", min=max(1, min_frames))
+    shapes = {n: (dims if i == 0 else {0: batch}) for i, n in enumerate(names)}
     prog = torch.onnx.export(
-        module, (example,), input_names=[INPUT_NAME], output_names=list(outputs),
-        dynamic_shapes={INPUT_NAME: dims}, opset_version=opset, dynamo=True, external_data=False, verbose=False,
+        module, example, input_names=list(names), output_names=list(outputs),
+        dynamic_shapes=shapes, opset_version=opset, dynamo=True, external_data=False, verbose=False,
     )
     prog.save(str(path))
 
 
-def _export_torchscript(module: nn.Module, example: torch.Tensor, outputs: tuple[str, ...], dyn_frames: bool,
-                        opset: int, path: Path) -> None:
+def _export_torchscript(module: nn.Module, example: tuple[torch.Tensor, ...], names: tuple[str, ...],
+                        outputs: tuple[str, ...], dyn_frames: bool, opset: int, path: Path) -> None:
     axes = {0: "batch", 1: "frames"} if dyn_frames else {0: "batch"}
-    dynamic_axes = {INPUT_NAME: axes, **{n: (axes if n.startswith("mel") else {0: "batch"}) for n in outputs}}
+    dynamic_axes = {names[0]: axes, **{n: {0: "batch"} for n in names[1:]},
+                    **{n: (axes if n.startswith("mel") else {0: "batch"}) for n in outputs}}
     torch.onnx.export(
-        module, (example,), str(path), input_names=[INPUT_NAME], output_names=list(outputs),
+        module, example, str(path), input_names=list(names), output_names=list(outputs),
         dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False, do_constant_folding=True,
     )
 
@@ -89,6 +92,7 @@ def export_onnx(
     *,
     example: torch.Tensor,
     dynamic_frames: bool,
+    extra_inputs: dict[str, torch.Tensor] | None = None,
     min_frames: int = 1,
     opset: int = DEFAULT_OPSET,
     exporter: str = "dynamo",
@@ -107,6 +111,8 @@ def export_onnx(
         opset: ONNX opset (>= 17).
         exporter: ``"dynamo"`` (torch.export based, clean graphs) or ``"torchscript"``
             (the legacy tracer); ``"dynamo"`` falls back to ``"torchscript"`` on failure.
+        extra_inputs: further named inputs after ``mel`` (batch axis dynamic, the rest fixed),
+            e.g. a context transcoder's ``levels`` (batch, frames, n_bands).
     Returns:
         The path written.
     """
@@ -121,26 +127,28 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     module = module.eval().float()
     outputs = CLASSIFIER_OUTPUTS if metadata.kind == "classifier" else TRANSCODER_OUTPUTS
+    names = (INPUT_NAME, *(extra_inputs or {}))
+    args = (example, *(extra_inputs or {}).values())
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     used = exporter
     try:
         with torch.no_grad(), _quiet_export():
             if exporter == "dynamo":
                 try:
-                    _export_dynamo(module, example, outputs, dynamic_frames, min_frames, opset, tmp)
+                    _export_dynamo(module, args, names, outputs, dynamic_frames, min_frames, opset, tmp)
                 except Exception as exc:  # noqa: BLE001 - any exporter failure: try the legacy path
                     used = f"torchscript (dynamo failed: {type(exc).__name__})"
-                    _export_torchscript(module, example, outputs, dynamic_frames, opset, tmp)
+                    _export_torchscript(module, args, names, outputs, dynamic_frames, opset, tmp)
             elif exporter == "torchscript":
-                _export_torchscript(module, example, outputs, dynamic_frames, opset, tmp)
+                _export_torchscript(module, args, names, outputs, dynamic_frames, opset, tmp)
             else:
                 raise ValueError(f"exporter must be 'dynamo' or 'torchscript', got {exporter!r}")
 
         # One run of the file against PyTorch on the example input.
         with torch.no_grad():
-            ref = [t.numpy() for t in _as_tuple(module(example))]
+            ref = [t.numpy() for t in _as_tuple(module(*args))]
         sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        got = sess.run(list(outputs), {INPUT_NAME: example.numpy()})
+        got = sess.run(list(outputs), {n: a.numpy() for n, a in zip(names, args)})
         diffs = {n: float(np.max(np.abs(a - b))) for n, a, b in zip(outputs, got, ref)}
         key = outputs[0]
         if not diffs[key] <= _GROSS_ERROR:

@@ -59,12 +59,14 @@ def resolve_method(spec: str, teacher_spec: str) -> Method:
         from spectral_transcoder.models import Transcoder
 
         tr = Transcoder.coerce(arg, n_threads=2)
-        ctx_chunks = int(getattr(tr, "context_chunks", 0) or 0)
 
         def run(c: np.ndarray, ctx: np.ndarray) -> np.ndarray:
-            if ctx_chunks:
-                return tr.transcode_windows(ctx)  # type: ignore[attr-defined]
-            return tr.transcode_chunks(c)
+            if not tr.context_chunks:
+                return tr.transcode_chunks(c)
+            want = c.shape[-2] * (1 + 2 * tr.context_chunks)
+            if ctx.shape[-2] != want:
+                raise ValueError(f"{tr.model_id} needs {want} frames of context, the held-out set has {ctx.shape[-2]}")
+            return tr.run_cnn(tr.pinv_chunks(c), levels=ctx)
 
         return f"{tr.name} ({Path(arg).name})", run, tr.output_spec.name
     if kind == "published":

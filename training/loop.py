@@ -87,7 +87,7 @@ def predict(model: ContextTranscoder, levels: np.ndarray, mel_spec: str, *, batc
     with torch.no_grad():
         for s in range(0, levels.shape[0], batch):
             lv = np.asarray(levels[s : s + batch], np.float32)
-            out.append(model(torch.from_numpy(lv), _pinv(_centre(lv, fpc, ctx), mel_spec)).numpy())
+            out.append(model(_pinv(_centre(lv, fpc, ctx), mel_spec), torch.from_numpy(lv)).numpy())
     return np.concatenate(out)
 
 
@@ -129,7 +129,7 @@ def _loss(cfg: FitConfig, model: ContextTranscoder, teacher: Any, ex: dict[str, 
           seconds: int) -> tuple[torch.Tensor, dict[str, float]]:
     lv = torch.from_numpy(ex["levels"])
     pin = _pinv(_centre(ex["levels"], 8, model.config["context"]), mel_spec)
-    mel = model(lv, pin)
+    mel = model(pin, lv)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
         logits = teacher.module(mel).logits.float()
     t_logits = torch.from_numpy(ex["logits"])

@@ -125,6 +125,7 @@ class _ModelFile:
     input_name: str
     input_shape: tuple  # ints for static dims, str / None for dynamic ones
     output_name: str
+    levels_input: str | None = None  # a context transcoder's second input: the chunks' levels
 
 
 def read_metadata(path: str | os.PathLike) -> tuple[ModelMetadata, str]:
@@ -175,6 +176,9 @@ def _open_model(
     if kind is not None and meta.kind != kind:
         raise ModelError(f"model file {str(p)!r} is a {meta.kind}, not a {kind}")
     inputs, outputs = session.get_inputs(), session.get_outputs()
+    levels_input = None
+    if meta.kind == "transcoder" and len(inputs) == 2 and inputs[1].name == "levels" and len(inputs[1].shape) == 3:
+        levels_input, inputs = inputs[1].name, inputs[:1]
     if len(inputs) != 1 or len(inputs[0].shape) != 3:
         raise ModelError(
             f"model file {str(p)!r}: expected one input of rank 3 (batch, frames, n_mels), got "
@@ -183,15 +187,16 @@ def _open_model(
     names = [o.name for o in outputs]
     # metadata.py convention: classifiers output `probs` first; transcoders one Mel.
     out = "probs" if (meta.kind == "classifier" and "probs" in names) else names[0]
-    return _ModelFile(p, sha, session, meta, inputs[0].name, tuple(inputs[0].shape), out)
+    return _ModelFile(p, sha, session, meta, inputs[0].name, tuple(inputs[0].shape), out, levels_input)
 
 
 def _static(dim: object) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
-def _run_batched(model: _ModelFile, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """Run ``x`` (N, frames, n_mels) through the session in batches of ``batch_size``.
+def _run_batched(model: _ModelFile, x: np.ndarray, batch_size: int, levels: np.ndarray | None = None) -> np.ndarray:
+    """Run ``x`` (N, frames, n_mels) through the session in batches of ``batch_size``
+    (with ``levels`` (N, frames, n_bands), a context transcoder's second input).
 
     A model exported with a fixed batch dimension gets exactly that many items per
     run (the last batch is padded with copies of its last item, then cut back).
@@ -203,10 +208,13 @@ def _run_batched(model: _ModelFile, x: np.ndarray, batch_size: int) -> np.ndarra
     for start in range(0, n, step):
         xb = x[start : start + step]
         m = xb.shape[0]
+        feed = {model.input_name: xb}
+        if levels is not None and model.levels_input:
+            feed[model.levels_input] = levels[start : start + step]
         if fixed and m < fixed:
-            xb = np.concatenate([xb, np.repeat(xb[-1:], fixed - m, axis=0)])
+            feed = {k: np.concatenate([v, np.repeat(v[-1:], fixed - m, axis=0)]) for k, v in feed.items()}
         try:
-            (y,) = model.session.run([model.output_name], {model.input_name: np.ascontiguousarray(xb)})
+            (y,) = model.session.run([model.output_name], {k: np.ascontiguousarray(v) for k, v in feed.items()})
         except Exception as exc:
             raise ModelError(
                 f"{model.path}: ONNX Runtime failed on an input of shape {tuple(xb.shape)} "
@@ -345,6 +353,13 @@ class Transcoder:
         return self._model is not None
 
     @property
+    def context_chunks(self) -> int:
+        """Neighbouring 1-s chunks on each side that the CNN looks at (0: each chunk alone)."""
+        if self._model is None or not self._model.levels_input:
+            return 0
+        return int(self._model.metadata.extra.get("context_chunks", 0))
+
+    @property
     def name(self) -> str:
         return self._model.metadata.name if self._model else f"pinv-{self._output_spec.name}"
 
@@ -409,11 +424,25 @@ class Transcoder:
 
     def transcode_chunks(self, chunks: object, *, band_spec: str | BandSpec | None = None) -> np.ndarray:
         """Transcode 1-s chunks ``(..., n_chunks, frames_per_chunk, n_bands)`` dB into
-        ``(..., n_chunks, T, n_mels)`` (``T = output_spec.frames_for_chunk(input_spec.chunk_duration)``). Each chunk
-        is independent, as in training; the CNN sees them in batches of
-        :attr:`batch_size`."""
+        ``(..., n_chunks, T, n_mels)`` (``T = output_spec.frames_for_chunk(input_spec.chunk_duration)``). The CNN sees
+        them in batches of :attr:`batch_size`. For a transcoder with :attr:`context_chunks`, the chunks along
+        ``n_chunks`` are consecutive seconds of one stream, and each is transcoded seeing its neighbours
+        (:func:`spectral_transcoder.pinv.context_windows`); otherwise each chunk is independent."""
         mels = self.pinv_chunks(chunks, band_spec=band_spec)
-        return self.run_cnn(mels) if self._model is not None else mels
+        if self._model is None:
+            return mels
+        return self.run_cnn(mels, levels=self.context_levels(chunks))
+
+    def context_levels(self, chunks: object, valid: np.ndarray | None = None) -> np.ndarray | None:
+        """What a context CNN reads besides the PINV: chunks ``(..., n_chunks, fpc, n_bands)`` with their
+        neighbours (``(..., n_chunks, fpc (1 + 2 context), n_bands)`` float32; ``valid`` marks chunks that may
+        serve as neighbours); None for a CNN that reads the PINV alone."""
+        from .pinv import context_windows
+
+        if not self.context_chunks:
+            return None
+        x = np.asarray(chunks, dtype=np.float32)
+        return context_windows(x, self.context_chunks, valid)
 
     def pinv_chunks(self, chunks: object, *, band_spec: str | BandSpec | None = None) -> np.ndarray:
         """The PINV stage alone (what the CNN receives): chunks ``(..., n_chunks,
@@ -424,8 +453,9 @@ class Transcoder:
         spec = self.check_band_spec(band_spec)
         return pinv_chunks(chunks, self._output_spec, band_spec=spec, matrix=self._matrix)  # validates chunks
 
-    def run_cnn(self, mels: object) -> np.ndarray:
-        """Apply the CNN alone to PINV Mels ``(..., T, n_mels)`` (identity without a CNN)."""
+    def run_cnn(self, mels: object, *, levels: np.ndarray | None = None) -> np.ndarray:
+        """Apply the CNN alone to PINV Mels ``(..., T, n_mels)`` (identity without a CNN); a context CNN also
+        needs ``levels`` from :meth:`context_levels` (same leading shape)."""
         spec = self._output_spec
         x = as_float32_mel(mels, spec.n_mels, "mels", spec.name)
         if self._model is None:
@@ -434,9 +464,17 @@ class Transcoder:
         if t is not None and x.shape[-2] != t:
             raise InvalidInputError(f"mels has shape {x.shape}: the CNN expects (..., {t}, {spec.n_mels})")
         flat = x.reshape(-1, x.shape[-2], x.shape[-1])
+        lv = None
+        if self._model.levels_input:
+            if levels is None or np.shape(levels)[:-2] != x.shape[:-2]:
+                raise InvalidInputError(
+                    f"{self.model_id} looks at neighbouring chunks: pass levels=transcoder.context_levels(chunks) "
+                    f"with leading shape {x.shape[:-2]}, or use transcode_chunks"
+                )
+            lv = np.ascontiguousarray(levels, np.float32).reshape(flat.shape[0], *np.shape(levels)[-2:])
         if flat.shape[0] == 0:
             return x.copy()
-        y = _run_batched(self._model, flat, self.batch_size)
+        y = _run_batched(self._model, flat, self.batch_size, lv)
         if y.shape != flat.shape:
             raise ModelError(f"{self._model.path}: the CNN returned shape {y.shape} for input {flat.shape}")
         return y.reshape(x.shape)

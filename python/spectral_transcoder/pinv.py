@@ -33,6 +33,7 @@ from .specs import BandSpec, MelSpec, get_band_spec, get_mel_spec
 __all__ = [
     "pinv",
     "split_chunks",
+    "context_windows",
     "pinv_chunks",
     "stitch_chunks",
     "pinv_matrix",
@@ -153,6 +154,34 @@ def n_valid_mel_frames(n_valid_frames: int, band_spec: str | BandSpec, mel_spec:
 
 
 # -------------------------------------------------------------- building blocks
+def context_windows(chunks: np.ndarray, context: int, valid: np.ndarray | None = None) -> np.ndarray:
+    """Each 1-s chunk with its neighbours, for transcoders that look beyond the chunk.
+
+    ``chunks``: ``(..., n_chunks, frames_per_chunk, n_bands)``, consecutive along
+    ``n_chunks`` (one stream). Returns ``(..., n_chunks, frames_per_chunk (1 + 2 context),
+    n_bands)``: chunks ``i - context .. i + context`` joined along time. A neighbour beyond
+    the stream, or marked False in ``valid`` (``(n_chunks,)``, e.g. a chunk with a gap),
+    is replaced by chunk ``i`` itself: the convention the transcoders were trained with.
+    """
+    x = np.asarray(chunks)
+    if x.ndim < 3:
+        raise InvalidInputError(f"chunks must be (..., n_chunks, frames, n_bands), got shape {x.shape}")
+    if context < 0:
+        raise InvalidInputError(f"context must be >= 0, got {context}")
+    n = x.shape[-3]
+    ok = np.ones(n, bool) if valid is None else np.asarray(valid, bool)
+    if ok.shape != (n,):
+        raise InvalidInputError(f"valid must have shape ({n},), got {ok.shape}")
+    parts = []
+    for off in range(-context, context + 1):
+        idx = np.arange(n) + off
+        use = (idx >= 0) & (idx < n)
+        use[use] &= ok[idx[use]]
+        src = np.take(x, np.clip(idx, 0, n - 1), axis=-3)
+        parts.append(np.where(use[:, None, None], src, x))
+    return np.concatenate(parts, axis=-2)
+
+
 def split_chunks(
     levels: object, band_spec: str | BandSpec = "cense_fast", partial: str = "error"
 ) -> tuple[np.ndarray, int]:

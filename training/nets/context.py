@@ -40,7 +40,7 @@ class _Block(nn.Module):
 
 
 class ContextTranscoder(nn.Module):
-    """``(levels (B, F, n_bands), pinv (B, T, n_mels)) -> (B, T, n_mels)``.
+    """``(pinv (B, T, n_mels), levels (B, F, n_bands)) -> (B, T, n_mels)`` (the ONNX inputs ``mel``, ``levels``).
 
     Args:
         n_bands, n_mels, out_frames: the band and Mel shapes (T = ``out_frames``).
@@ -74,7 +74,7 @@ class ContextTranscoder(nn.Module):
             nn.init.zeros_(self.refine[2].weight)
             nn.init.zeros_(self.refine[2].bias)
 
-    def forward(self, levels: torch.Tensor, pinv: torch.Tensor) -> torch.Tensor:
+    def forward(self, pinv: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
         fpc, ctx = self.config["frames_per_chunk"], self.config["context"]
         x = (levels.transpose(1, 2) - LEVEL_CENTRE) / LEVEL_SCALE  # (B, bands, F)
         h = self.blocks(self.inp(x))
