@@ -236,3 +236,19 @@ def test_exported_context_transcoder_runs_in_the_package_as_in_torch(tmp_path):
     assert not np.allclose(g2[1], got[1]) and np.array_equal(g2[3], got[3])
     with pytest.raises(InvalidInputError, match="context_levels"):
         tr.run_cnn(tr.pinv_chunks(chunks))
+
+
+def test_class_weights_favour_rare_teacher_answers():
+    from types import SimpleNamespace
+
+    from training.loop import class_weights
+
+    logits = np.full((1, 4, 3), -5.0, np.float16)
+    logits[0, :3, 0] = 5.0  # three examples answer class 0
+    logits[0, 3, 2] = 5.0  # one answers class 2
+    store = SimpleNamespace(logits=[logits])
+    assert class_weights(store, 0.0) is None
+    w = class_weights(store, 1.0)
+    top = np.array([0, 0, 0, 2])
+    assert np.mean(w[top]) == pytest.approx(1.0)
+    assert w[2] == pytest.approx(3 * w[0]) and w[1] == 0.0  # inverse frequency; an unseen class gets none

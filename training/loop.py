@@ -12,7 +12,9 @@ Batches hold whole scenes (all their target seconds), so the loss has a clip-lev
 Per example: BCE of the student's sigmoid outputs against the teacher's (the paper's
 CNN-logits, gradients through the frozen teacher), plus a softmax distillation term at
 temperature 2 on the logits (it rewards the *ranking* of classes, which decides PtoPa-FC),
-plus a small Mel MSE anchor; per scene: BCE of the scene-mean probabilities. Each
+plus a small Mel MSE anchor; per scene: BCE of the scene-mean probabilities. With
+``--balance A`` the per-example terms are weighted by ``freq(c)^-A``, c the teacher's top-1
+class of the example (frequencies over the whole engine), against collapse onto the prior. Each
 neighbour of the chunk is dropped (replaced by the chunk, as at a stream's end) with
 probability ``p_drop_context``. Learning rate: linear warm-up, then cosine decay. The
 teacher runs under bf16 autocast on the CPU when ``--bf16``.
@@ -60,6 +62,8 @@ class FitConfig:
     channels: int = 96
     refine_channels: int = 8
     eval_every: int = 500
+    balance: float = 0.0
+    """Class balancing: examples weighted by (frequency of their teacher top-1 class)^-balance (0: off)."""
     bf16: bool = True
     seed: int = 0
 
@@ -125,8 +129,19 @@ def _batch(store: SceneStore, rng: np.random.Generator, cfg: FitConfig) -> dict[
     return ex
 
 
+def class_weights(store: SceneStore, balance: float) -> np.ndarray | None:
+    """Per-class weights ``freq(c)^-balance`` of the teachers' top-1 classes over the engine (mean 1 over
+    examples), or None when ``balance`` is 0."""
+    if not balance:
+        return None
+    top = np.concatenate([np.asarray(lg).reshape(-1, lg.shape[-1]).argmax(-1) for lg in store.logits])
+    freq = np.bincount(top, minlength=store.logits[0].shape[-1]).astype(np.float64) / top.size
+    w = np.where(freq > 0, np.maximum(freq, 1e-6) ** -balance, 0.0)
+    return (w / np.mean(w[top])).astype(np.float32)
+
+
 def _loss(cfg: FitConfig, model: ContextTranscoder, teacher: Any, ex: dict[str, np.ndarray], mel_spec: str,
-          seconds: int) -> tuple[torch.Tensor, dict[str, float]]:
+          seconds: int, weights: np.ndarray | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     lv = torch.from_numpy(ex["levels"])
     pin = _pinv(_centre(ex["levels"], 8, model.config["context"]), mel_spec)
     mel = model(pin, lv)
@@ -134,10 +149,11 @@ def _loss(cfg: FitConfig, model: ContextTranscoder, teacher: Any, ex: dict[str, 
         logits = teacher.module(mel).logits.float()
     t_logits = torch.from_numpy(ex["logits"])
     q = torch.sigmoid(t_logits)
-    bce = F.binary_cross_entropy_with_logits(logits, q)
+    w = torch.ones(logits.shape[0]) if weights is None else torch.from_numpy(weights[t_logits.argmax(-1).numpy()])
+    bce = (F.binary_cross_entropy_with_logits(logits, q, reduction="none").mean(-1) * w).mean()
     tt = cfg.kd_temperature
-    kd = F.kl_div(F.log_softmax(logits / tt, -1), F.log_softmax(t_logits / tt, -1), log_target=True,
-                  reduction="batchmean") * tt * tt
+    kd = (F.kl_div(F.log_softmax(logits / tt, -1), F.log_softmax(t_logits / tt, -1), log_target=True,
+                   reduction="none").sum(-1) * w).mean() * tt * tt
     p_clip = torch.sigmoid(logits).view(-1, seconds, logits.shape[-1]).mean(1).clamp(1e-6, 1 - 1e-6)
     clip = F.binary_cross_entropy(p_clip, q.view(-1, seconds, q.shape[-1]).mean(1))
     mse = F.mse_loss(mel, torch.from_numpy(ex["mel"]))
@@ -187,12 +203,13 @@ def fit(engine_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: FitConfi
     meta = {"config": asdict(cfg), "model_config": model.config, "teacher": teacher.describe(),
             "mel_spec": mel_spec.name, "band_spec": "cense_fast", "engine": str(Path(engine_dir).name)}
     (run / "run.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    weights = class_weights(store, cfg.balance)
     t0, agg = time.perf_counter(), []
     while step < cfg.steps:
         model.train()
         for g in opt.param_groups:
             g["lr"] = _lr(cfg, step)
-        loss, parts = _loss(cfg, model, teacher, _batch(store, rng, cfg), mel_spec.name, store.seconds)
+        loss, parts = _loss(cfg, model, teacher, _batch(store, rng, cfg), mel_spec.name, store.seconds, weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
