@@ -129,14 +129,21 @@ class Teacher:
         for p in self.module.parameters():
             p.requires_grad_(False)
 
-    @torch.no_grad()
     def probs(self, mel: np.ndarray, *, batch_size: int = 64, device: str | torch.device = "cpu") -> np.ndarray:
         """Sigmoid probabilities ``(N, C)`` float32 of Mels ``(N, T, n_mels)``."""
+        return self._outputs(mel, "probs", batch_size, device)
+
+    def logits(self, mel: np.ndarray, *, batch_size: int = 64, device: str | torch.device = "cpu") -> np.ndarray:
+        """Pre-sigmoid scores ``(N, C)`` float32 of Mels ``(N, T, n_mels)``."""
+        return self._outputs(mel, "logits", batch_size, device)
+
+    @torch.no_grad()
+    def _outputs(self, mel: np.ndarray, name: str, batch_size: int, device: str | torch.device) -> np.ndarray:
         self.module.to(device)
         out = []
         for s in range(0, mel.shape[0], batch_size):
             x = torch.from_numpy(np.ascontiguousarray(mel[s : s + batch_size], dtype=np.float32)).to(device)
-            out.append(self.module(x)[0].float().cpu().numpy())
+            out.append(getattr(self.module(x), name).float().cpu().numpy())
         if not out:
             return np.zeros((0, self.n_classes), np.float32)
         return np.concatenate(out)

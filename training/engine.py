@@ -44,14 +44,14 @@ from spectral_transcoder import frontends
 from spectral_transcoder._validation import resample
 from spectral_transcoder.analysis import third_octave
 from spectral_transcoder.pinv import context_windows
-from spectral_transcoder.specs import get_band_spec, get_mel_spec
+from spectral_transcoder.specs import get_band_spec
 
 from .augment import SCENE_RATE, SceneConfig, SourcePool, synthesize_scene
 from .dataset import _write_json_atomic as _atomic_json
 from .sources import SourceRecord, load_index, record_split
 
 __all__ = ["ENGINE_FORMAT", "HeldoutConfig", "build_scenes", "build_heldout", "SceneStore", "HeldoutStore",
-           "add_parser"]
+           "centre_frames", "add_parser"]
 
 ENGINE_FORMAT = "spectral_transcoder.training.engine/1"
 BAND = "cense_fast"
@@ -89,18 +89,12 @@ def _teacher(name: str, models_dir: str | None) -> Any:
 
 def _targets(audio32: np.ndarray, teacher: Any) -> tuple[np.ndarray, np.ndarray]:
     """Ground-truth Mels (n, T, M) and teacher logits (n, C) of 1-s chunks (n, 32000) at 32 kHz."""
-    import torch
-
     from .dataset import _first_patch
 
     spec = teacher.mel_spec
     x = audio32 if spec.sample_rate == SCENE_RATE else resample(audio32, SCENE_RATE, spec.sample_rate)
     mel = _first_patch(frontends.mel(np.ascontiguousarray(x, np.float32), spec.sample_rate, spec, n_threads=1), spec)
-    out = []
-    with torch.no_grad():
-        for s in range(0, mel.shape[0], 128):
-            out.append(teacher.module(torch.from_numpy(np.ascontiguousarray(mel[s : s + 128]))).logits.numpy())
-    return mel.astype(np.float16), np.concatenate(out).astype(np.float16)
+    return mel.astype(np.float16), teacher.logits(mel, batch_size=128).astype(np.float16)
 
 
 def _levels(audio32: np.ndarray) -> np.ndarray:
@@ -240,7 +234,9 @@ def build_heldout(index: str, out: str | os.PathLike, *, teachers: Sequence[str]
                     break
                 if per_group.get(r.group, 0) >= heldout.max_clips_per_group:
                     continue
-                x, sr = sf.read(r.path, dtype="float32", always_2d=True, frames=int(r.sample_rate * 35))
+                # Enough for the clips a group may give (plus margin): long files are not read whole.
+                head_s = heldout.clip_seconds * heldout.max_clips_per_group + 5
+                x, sr = sf.read(r.path, dtype="float32", always_2d=True, frames=int(r.sample_rate * head_s))
                 x = resample(x.mean(axis=1), float(sr), SCENE_RATE)
                 for c0 in range(0, x.shape[0] // SCENE_RATE, heldout.clip_seconds):
                     seg = x[c0 * SCENE_RATE : (c0 + heldout.clip_seconds) * SCENE_RATE]
@@ -290,6 +286,11 @@ def build_heldout(index: str, out: str | os.PathLike, *, teachers: Sequence[str]
 
 
 # ---------------------------------------------------------------------- reading
+def centre_frames(levels: np.ndarray, fpc: int, context: int) -> np.ndarray:
+    """The chunk's own frames ``(N, fpc, bands)`` of context windows ``(N, fpc (1 + 2 context), bands)``."""
+    return np.ascontiguousarray(levels[:, context * fpc : (context + 1) * fpc])
+
+
 class SceneStore:
     """Memory-mapped training scenes of an engine folder (all finished shards)."""
 
@@ -350,7 +351,11 @@ class HeldoutStore:
 
     def centre_levels(self, fpc: int = 8) -> np.ndarray:
         """The chunks' own levels (N, fpc, 29) float32 (no context)."""
-        return np.asarray(self.levels[:, self.context * fpc : (self.context + 1) * fpc], np.float32)
+        return centre_frames(np.asarray(self.levels, np.float32), fpc, self.context)
+
+    def teacher_probs(self) -> np.ndarray:
+        """The teacher's sigmoid probabilities (N, C) float64 on the true Mels (from the stored logits)."""
+        return 1.0 / (1.0 + np.exp(-np.asarray(self.logits, np.float64)))
 
 
 # ---------------------------------------------------------------------- CLI

@@ -43,10 +43,6 @@ __all__ = ["evaluate_fidelity", "resolve_method", "format_report", "add_parser"]
 Method = tuple[str, Callable[[np.ndarray, np.ndarray], np.ndarray], str]
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
-
-
 def resolve_method(spec: str, teacher_spec: str) -> Method:
     """A ``--method`` string -> (name, fn(centre levels, context levels) -> Mel, Mel spec name)."""
     from spectral_transcoder.pinv import pinv_chunks
@@ -88,17 +84,6 @@ def resolve_method(spec: str, teacher_spec: str) -> Method:
     raise ValueError(f"--method {spec!r}: expected pinv, onnx:NAME, published:CKPT or run:RUN_DIR")
 
 
-def _teacher_probs(teacher: Any, mel: np.ndarray) -> np.ndarray:
-    import torch
-
-    out = []
-    with torch.no_grad():
-        for s in range(0, mel.shape[0], 128):
-            x = torch.from_numpy(np.ascontiguousarray(mel[s : s + 128], np.float32))
-            out.append(teacher.module(x).probs.numpy())
-    return np.concatenate(out).astype(np.float64)
-
-
 def evaluate_fidelity(engine_dir: str | os.PathLike, teacher_name: str, methods: Sequence[str], *,
                       split: str = "test", n_boot: int = 1000, models_dir: str | None = None,
                       log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -111,7 +96,7 @@ def evaluate_fidelity(engine_dir: str | os.PathLike, teacher_name: str, methods:
 
     store = HeldoutStore(engine_dir, split, teacher_name)
     teacher = load_teacher(teacher_name, models_dir=models_dir)
-    q = _sigmoid(store.logits)
+    q = store.teacher_probs()
     true_mel = np.asarray(store.mel, np.float32)
     centre, ctx = store.centre_levels(), np.asarray(store.levels, np.float32)
     common = dict(clip_ids=store.clip, domains=store.domain, domain_names=store.domains, groups=store.group,
@@ -120,7 +105,7 @@ def evaluate_fidelity(engine_dir: str | os.PathLike, teacher_name: str, methods:
     for spec in methods:
         name, fn, mel_spec = resolve_method(spec, teacher.mel_spec.name)
         est = np.asarray(fn(centre, ctx), np.float32)
-        p = _teacher_probs(teacher, est)
+        p = teacher.probs(est, batch_size=128).astype(np.float64)
         same = mel_spec == teacher.mel_spec.name
         reports[name] = fidelity_report(q, p, teacher_mel=true_mel if same else None,
                                         model_mel=est if same else None, **common)

@@ -38,11 +38,14 @@ import torch.nn.functional as F
 from spectral_transcoder.pinv import pinv_chunks
 from spectral_transcoder.specs import get_band_spec
 
-from .engine import HeldoutStore, SceneStore
+from .engine import HeldoutStore, SceneStore, centre_frames
 from .metrics import fidelity_report, selection_score
 from .nets.context import ContextTranscoder
 
 __all__ = ["FitConfig", "fit", "load_fit", "add_parser"]
+
+#: Level frames per 1-s chunk of the engine's band spec (cense_fast).
+FPC = get_band_spec("cense_fast").frames_per_chunk
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,6 @@ def _pinv(centre: np.ndarray, mel_spec: str) -> torch.Tensor:
     return torch.from_numpy(pinv_chunks(centre, mel_spec, band_spec=get_band_spec("cense_fast")))
 
 
-def _centre(levels: np.ndarray, fpc: int, ctx: int) -> np.ndarray:
-    return np.ascontiguousarray(levels[:, ctx * fpc : (ctx + 1) * fpc])
-
-
 def predict(model: ContextTranscoder, levels: np.ndarray, mel_spec: str, *, batch: int = 256) -> np.ndarray:
     """Mels (N, T, M) of context windows ``levels`` (N, F, 29), in torch, no grad."""
     fpc, ctx = model.config["frames_per_chunk"], model.config["context"]
@@ -91,23 +90,20 @@ def predict(model: ContextTranscoder, levels: np.ndarray, mel_spec: str, *, batc
     with torch.no_grad():
         for s in range(0, levels.shape[0], batch):
             lv = np.asarray(levels[s : s + batch], np.float32)
-            out.append(model(_pinv(_centre(lv, fpc, ctx), mel_spec), torch.from_numpy(lv)).numpy())
+            out.append(model(_pinv(centre_frames(lv, fpc, ctx), mel_spec), torch.from_numpy(lv)).numpy())
     return np.concatenate(out)
 
 
 def _validate(model: ContextTranscoder, teacher: Any, held: HeldoutStore, mel_spec: str) -> dict[str, Any]:
     est = predict(model, np.asarray(held.levels, np.float32), mel_spec)
-    with torch.no_grad():
-        p = torch.cat([teacher.module(torch.from_numpy(est[s : s + 256])).probs
-                       for s in range(0, est.shape[0], 256)]).double().numpy()
-    q = 1.0 / (1.0 + np.exp(-np.asarray(held.logits, np.float64)))
-    return fidelity_report(q, p, held.clip, held.domain, domain_names=held.domains, groups=held.group, n_boot=0)
+    p = teacher.probs(est, batch_size=256).astype(np.float64)
+    return fidelity_report(held.teacher_probs(), p, held.clip, held.domain, domain_names=held.domains, groups=held.group, n_boot=0)
 
 
 def _fit_affine(store: SceneStore, mel_spec: str, rng: np.random.Generator, n: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """Per-bin least squares of the target Mel on the PINV Mel (the starting affine map)."""
     ex = store.examples(rng.choice(store.n_examples, size=min(n, store.n_examples), replace=False))
-    x = _pinv(_centre(ex["levels"], 8, store.context), mel_spec).numpy().astype(np.float64)
+    x = _pinv(centre_frames(ex["levels"], FPC, store.context), mel_spec).numpy().astype(np.float64)
     y = ex["mel"].astype(np.float64)
     xm, ym = x.mean(axis=(0, 1)), y.mean(axis=(0, 1))
     cov = ((x - xm) * (y - ym)).mean(axis=(0, 1))
@@ -119,8 +115,8 @@ def _batch(store: SceneStore, rng: np.random.Generator, cfg: FitConfig) -> dict[
     scenes = rng.choice(store.n_scenes, size=cfg.scenes_per_batch, replace=False)
     idx = (scenes[:, None] * store.seconds + np.arange(store.seconds)[None]).ravel()
     ex = store.examples(idx)
-    lv, fpc, ctx = ex["levels"], 8, store.context
-    centre = lv[:, ctx * fpc : (ctx + 1) * fpc]
+    lv, fpc, ctx = ex["levels"], FPC, store.context
+    centre = centre_frames(lv, fpc, ctx)
     for k in range(ctx):  # drop neighbours: as at a stream's ends
         for side in (slice(k * fpc, (k + 1) * fpc), slice(lv.shape[1] - (k + 1) * fpc, lv.shape[1] - k * fpc)):
             drop = rng.random(lv.shape[0]) < cfg.p_drop_context
@@ -143,7 +139,7 @@ def class_weights(store: SceneStore, balance: float) -> np.ndarray | None:
 def _loss(cfg: FitConfig, model: ContextTranscoder, teacher: Any, ex: dict[str, np.ndarray], mel_spec: str,
           seconds: int, weights: np.ndarray | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     lv = torch.from_numpy(ex["levels"])
-    pin = _pinv(_centre(ex["levels"], 8, model.config["context"]), mel_spec)
+    pin = _pinv(centre_frames(ex["levels"], model.config["frames_per_chunk"], model.config["context"]), mel_spec)
     mel = model(pin, lv)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
         logits = teacher.module(mel).logits.float()
