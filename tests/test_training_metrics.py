@@ -287,3 +287,17 @@ def test_evaluate_reexports_the_metrics():
 
     for name in ("EPS", "file_means", "kl_divergence", "ptopafc", "mel_mse"):
         assert getattr(evaluate, name) is getattr(metrics, name) and name in evaluate.__all__
+
+
+def test_selection_score_balances_domains():
+    """A model that is right on a big easy domain and wrong on a smaller one ranks below one
+    that is right on both halves as often, although the overall clip figures favour it."""
+    def dom(n, clip):
+        return {"n_clips": n, "clip_ptopafc": clip}
+    easy_only = {"all": {"clip_ptopafc": 0.8, "macro_ptopafc": 0.2},
+                 "by_domain": {"speech": dom(80, 1.0), "urban": dom(20, 0.0), "field": dom(3, 1.0)}}
+    balanced = {"all": {"clip_ptopafc": 0.7, "macro_ptopafc": 0.2},
+                "by_domain": {"speech": dom(80, 0.7), "urban": dom(20, 0.7), "field": dom(3, 0.0)}}
+    assert selection_score(easy_only) == pytest.approx((0.5 + 0.2) / 2)  # the 3-clip domain is ignored
+    assert selection_score(balanced) == pytest.approx((0.7 + 0.2) / 2)
+    assert selection_score(balanced) > selection_score(easy_only)

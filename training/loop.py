@@ -4,7 +4,8 @@
 
 Rerun the same command to resume (the run folder holds ``last.pt`` with the optimiser and
 RNG state; ``best.pt`` is the checkpoint with the best validation selection score, the
-mean of clip and macro PtoPa-FC on the engine's ``valid`` split, never the loss).
+domain-balanced clip and overall macro PtoPa-FC on the engine's ``valid`` split, never
+the loss; see :func:`training.metrics.selection_score`).
 New engine shards are picked up at every validation, so training can start while the
 engine is still building.
 
@@ -189,6 +190,8 @@ def fit(engine_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: FitConfi
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         step, best, history = ck["step"], ck["best"], ck["history"]
+        if (run / "best.pt").is_file():  # rescore: the selection rule may have changed since
+            best = selection_score(torch.load(run / "best.pt", weights_only=False)["report"])
         rng.bit_generator.state = ck["rng"]
         log(f"resumed at step {step} (best selection score {best:.3f})")
     else:
@@ -221,13 +224,16 @@ def fit(engine_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: FitConfi
                    "val_clip": a["clip_ptopafc"], "val_macro": a["macro_ptopafc"], "val_chunk": a["chunk_agreement"],
                    "val_kl": a["kl"], "val_commonest_share": a["model_commonest_share"],
                    "teacher_commonest_share": a["teacher_commonest_share"], "score": score,
+                   "val_domain_clip": {d: r["clip_ptopafc"] for d, r in rep["by_domain"].items()},
                    "train_examples": store.n_examples}
             history.append(row)
             agg = []
             log(f"step {step}: loss {row['loss']:.4f} train top1 {100 * row['top1']:.1f} % | valid clip "
                 f"{100 * a['clip_ptopafc']:.1f} % macro {100 * a['macro_ptopafc']:.1f} % chunk "
                 f"{100 * a['chunk_agreement']:.1f} % KL {a['kl']:.5f} commonest {100 * a['model_commonest_share']:.1f} % "
-                f"(teacher {100 * a['teacher_commonest_share']:.1f} %) | {store.n_examples} examples")
+                f"(teacher {100 * a['teacher_commonest_share']:.1f} %) | by domain "
+                + " ".join(f"{d} {100 * v:.0f}" for d, v in row["val_domain_clip"].items())
+                + f" | score {score:.3f} | {store.n_examples} examples")
             if score > best:
                 best = score
                 _save({"model": model.state_dict(), "model_config": model.config, "step": step, "report": rep,

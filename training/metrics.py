@@ -302,9 +302,19 @@ def commonest_method(report: Mapping[str, Any]) -> dict[str, Any]:
             "by_domain": {k: _baseline_subset(v) for k, v in report["by_domain"].items()}}
 
 
-def selection_score(report: Mapping[str, Any]) -> float:
-    """Checkpoint selection score: mean of the overall clip and macro PtoPa-FC, in [0, 1]."""
-    return 0.5 * (float(report["all"]["clip_ptopafc"]) + float(report["all"]["macro_ptopafc"]))
+def selection_score(report: Mapping[str, Any], *, min_domain_clips: int = 20) -> float:
+    """Checkpoint selection score in [0, 1]: mean of the domain-balanced clip PtoPa-FC and the
+    overall macro PtoPa-FC.
+
+    The clip figure is averaged over the held-out domains with at least ``min_domain_clips``
+    clips, each weighted equally, so that one large, easy domain (speech) cannot hide a
+    collapse on urban or everyday sounds; smaller domains are too noisy to steer selection.
+    Without such domains (or without ``by_domain``) the overall clip figure is used.
+    """
+    doms = [d for d in report.get("by_domain", {}).values() if d["n_clips"] >= min_domain_clips]
+    clip = (float(np.mean([d["clip_ptopafc"] for d in doms])) if doms
+            else float(report["all"]["clip_ptopafc"]))
+    return 0.5 * (clip + float(report["all"]["macro_ptopafc"]))
 
 
 def _pct(x: float | None, interval: Sequence[float] | None = None) -> str:
