@@ -12,6 +12,7 @@ LocalCluster against a single process, and the int8 version of the transcoder (s
 
     nice -n 10 python benchmarks/bench_archive.py --out /work/runs/bench            # 10 min + scaling
     nice -n 10 python benchmarks/bench_archive.py --out /work/runs/bench --day      # + a full day
+    python benchmarks/bench_archive.py --out /work/runs/bench --no-scaling --compare ctx.onnx  # CNN vs context
 
 The models are converted once with `python -m training convert` (needs torch) into --out, or
 given with --transcoder / --classifier.
@@ -96,6 +97,9 @@ def main() -> int:
     ap.add_argument("--day-transcoder", default=None,
                     help="transcoder for the day run (default: --transcoder; 'pinv:yamnet_torchport' = no CNN)")
     ap.add_argument("--no-scaling", action="store_true", help="skip the 1-vs-2-worker and Dask runs")
+    ap.add_argument("--compare", action="append", default=[], metavar="ONNX",
+                    help="another transcoder (e.g. a context transcoder from `training export-fit`) run on the "
+                    "same archive right after the baseline, reported as a ratio to it; repeatable")
     ap.add_argument("--json", type=Path, default=None, help="write every figure here")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one run, JSON out
     args = ap.parse_args()
@@ -142,6 +146,10 @@ def main() -> int:
     int8 = tr.with_name(tr.stem + "-int8.onnx")  # the shipped transcoders have int8 versions
     int8 = int8 if int8.is_file() else None
     base = run("single process, 2 threads (2 blocks at once)", short, transcoder=str(tr), n_threads=2)
+    for other in args.compare:
+        r = run(f"single process, 2 threads, transcoder {Path(other).stem}", short, transcoder=other, n_threads=2)
+        print(f"  ratio to the baseline transcoder {tr.stem}: {r['x_real_time'] / base['x_real_time']:.2f}x "
+              f"(RSS peak {r['rss_peak_mb']:.0f} vs {base['rss_peak_mb']:.0f} MB)", flush=True)
     if not args.no_scaling:
         run("single process, 1 thread", short, transcoder=str(tr), n_threads=1)
         run("dask LocalCluster, 1 worker x 2 threads", short, transcoder=str(tr), workers=1, n_threads=2)

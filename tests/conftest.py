@@ -125,3 +125,10 @@ def yamnet_teacher(tmp_path_factory, shared):
     convert_model("yamnet-tflite", m / "yamnet_int8_perchannel.tflite", "-o", out,
                   "--yamnet-class-map", m / "yamnet_class_map.csv", "--labels", m / "class_labels_indices.csv")
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that convert the real YAMNet pipeline (about 35 s once per session) are slow."""
+    for item in items:
+        if "real_yamnet" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

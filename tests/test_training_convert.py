@@ -310,6 +310,7 @@ def test_yamnet_h5_key_errors(tmp_path):
 
 
 # ----------------------------------------------------------------- EfficientAT
+@pytest.mark.slow
 def test_efficientat_matches_golden(converted):
     m = _models_dir()
     path, c = converted("efficientat", m / "mn04_as_mAP_432.pt", "efficientat-mn04",
@@ -357,6 +358,7 @@ def _random_pann_checkpoint(path: Path, net: torch.nn.Module) -> dict:
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,cls,n_keys", [("pann-cnn14", Cnn14, 84), ("pann-resnet38", ResNet38, 246)])
 def test_pann_random_round_trip(tmp_path, kind, cls, n_keys):
     torch.manual_seed(0)

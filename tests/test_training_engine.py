@@ -191,9 +191,18 @@ def test_fit_runs_resumes_and_selects_by_fidelity(tmp_path, pool_records, shared
         fit(out, tmp_path / "run", FitConfig(**{**fc.__dict__, "steps": 4, "lr": 1.0}), models_dir=models)
     model, ck = load_fit(tmp_path / "run")
     assert ck["report"]["all"]["n_clips"] == 2
-    res = evaluate_fidelity(out, "yamnet", [f"fit:{tmp_path / 'run'}"], split="valid", n_boot=10, models_dir=models,
-                            log=lambda m: None)
-    assert len(res["reports"]) == 1
+    # The direct student trains on the same engine from the stored teacher logits, and is
+    # scored beside the transcoder from its own probabilities (no Mel, so no Mel MSE).
+    from training.direct import DirectConfig, fit_direct
+
+    d = fit_direct(out, tmp_path / "direct", DirectConfig(teacher="yamnet", steps=2, eval_every=1, batch=4,
+                                                          channels=8, warmup=1), log=lambda m: None)
+    assert d["step"] == 2 and len(d["history"]) == 2 and (tmp_path / "direct" / "best.pt").is_file()
+    res = evaluate_fidelity(out, "yamnet", [f"fit:{tmp_path / 'run'}", f"direct:{tmp_path / 'direct'}"],
+                            split="valid", n_boot=10, models_dir=models, log=lambda m: None)
+    (fit_rep, direct_rep) = res["reports"].values()
+    assert fit_rep["all"]["mel_mse"] is not None and direct_rep["all"]["mel_mse"] is None
+    assert direct_rep["all"]["n_clips"] == 2
 
 
 def test_exported_context_transcoder_runs_in_the_package_as_in_torch(tmp_path):

@@ -623,7 +623,9 @@ def test_evaluate_methods_oracle_and_pinv(cache):
     oracle = Method("oracle", store.mel_spec, lambda lv: np.stack([lookup[x.tobytes()] for x in lv]))
     res = evaluate_methods(store, [oracle, pinv_method(store.band_spec, store.mel_spec)], teacher)
     o = res["methods"]["oracle"]
-    assert o["kl"] == pytest.approx(0.0, abs=1e-9) and o["ptopafc"] == 1.0 and o["mel_mse"] == 0.0
+    # The teacher runs the oracle's Mels in other batches than the reference's: float32 round-off
+    # moves the probabilities by ~1e-7, and the paper's unnormalised KL by ~1e-9 either way.
+    assert o["kl"] == pytest.approx(0.0, abs=1e-6) and o["ptopafc"] == 1.0 and o["mel_mse"] == 0.0
     p = res["methods"]["PINV"]
     assert p["n_files"] == len({e["id"] for e in store.manifest["files"].values() if e["split"] == "eval"})
     # the paper's KL is on unnormalised multi-label vectors: it is not bounded below by 0

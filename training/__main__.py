@@ -1,5 +1,5 @@
-"""``python -m training``: see :mod:`training.cli`."""
+"""``python -m training`` (and the console script ``spectral-transcoder-train``): see :mod:`training.cli`."""
 
-from training.cli import main
+from .cli import main
 
 raise SystemExit(main())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+from pathlib import Path
 from typing import Sequence
 
 from spectral_transcoder.errors import SpectralTranscoderError
@@ -52,7 +53,7 @@ _CONVERT_EPILOG = textwrap.dedent(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m training",
+        prog=Path(sys.argv[0]).name if Path(sys.argv[0]).name == "spectral-transcoder-train" else "python -m training",
         description="The PyTorch side of spectral_transcoder (the only part of the project that needs "
         "torch): checkpoint converters to self-describing ONNX, and the teacher-student pipeline when present. "
         "Run `python -m training COMMAND --help` for each command.",

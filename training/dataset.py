@@ -64,6 +64,8 @@ from spectral_transcoder.errors import InvalidInputError, ModelError, SpecMismat
 from spectral_transcoder.metadata import Label
 from spectral_transcoder.specs import BandSpec, MelSpec, get_band_spec, get_mel_spec, spec_from_json
 
+from .paths import shared_dir
+
 __all__ = [
     "CACHE_FORMAT",
     "SPLITS",
@@ -99,8 +101,8 @@ TEACHERS: dict[str, dict[str, str]] = {
     "efficientat": {"kind": "efficientat", "file": "mn04_as_mAP_432.pt", "spec": "efficientat",
                     "labels": "class_labels_indices.csv"},
 }
-#: Where the teacher files are looked for by default (the repository sees ../shared).
-DEFAULT_MODELS_DIR = Path("..") / "shared" / "models"
+#: Where the teacher files are looked for by default ($ST_SHARED_DIR, else ../shared; training/paths.py).
+DEFAULT_MODELS_DIR = shared_dir() / "models"
 
 
 # ---------------------------------------------------------------------- teacher

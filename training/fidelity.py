@@ -19,7 +19,9 @@ Methods (``--method``):
   against the same official-front-end teacher as every other row, which is what a user
   of that teacher gets (the front end alone costs it some agreement; the report says so);
 - ``run:RUN_DIR``: a paper-style training run's best checkpoint, in torch;
-- ``fit:RUN_DIR``: a context transcoder run's best checkpoint (``python -m training fit``), in torch.
+- ``fit:RUN_DIR``: a context transcoder run's best checkpoint (``python -m training fit``), in torch;
+- ``direct:RUN_DIR``: a direct student (``python -m training direct``): levels straight to
+  the teacher's probabilities, no Mel and no teacher (the paper's retrained-classifier row).
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ from .metrics import compare_table, domain_table, fidelity_report
 
 __all__ = ["evaluate_fidelity", "resolve_method", "format_report", "add_parser"]
 
-#: Method: (name, levels-with-context (N, F, 29) -> Mel (N, T, M), output Mel spec name).
-Method = tuple[str, Callable[[np.ndarray, np.ndarray], np.ndarray], str]
+#: Method: (name, levels-with-context (N, F, 29) -> Mel (N, T, M), output Mel spec name), or for a
+#: direct student -> probabilities (N, C) with spec None.
+Method = tuple[str, Callable[[np.ndarray, np.ndarray], np.ndarray], str | None]
 
 
 def resolve_method(spec: str, teacher_spec: str) -> Method:
@@ -81,7 +84,12 @@ def resolve_method(spec: str, teacher_spec: str) -> Method:
         model, ck = load_fit(arg)
         return (f"context transcoder {Path(arg).name} (step {ck['step']})",
                 lambda c, ctx: predict(model, ctx, teacher_spec), teacher_spec)
-    raise ValueError(f"--method {spec!r}: expected pinv, onnx:NAME, published:CKPT or run:RUN_DIR")
+    if kind == "direct":  # probabilities, not a Mel: the teacher is skipped
+        from .direct import load_direct, predict_direct
+
+        student, ck = load_direct(arg)
+        return f"direct student {Path(arg).name} (step {ck['step']})", lambda c, ctx: predict_direct(student, ctx), None
+    raise ValueError(f"--method {spec!r}: expected pinv, onnx:NAME, published:CKPT, run:DIR, fit:DIR or direct:DIR")
 
 
 def evaluate_fidelity(engine_dir: str | os.PathLike, teacher_name: str, methods: Sequence[str], *,
@@ -105,7 +113,10 @@ def evaluate_fidelity(engine_dir: str | os.PathLike, teacher_name: str, methods:
     for spec in methods:
         name, fn, mel_spec = resolve_method(spec, teacher.mel_spec.name)
         est = np.asarray(fn(centre, ctx), np.float32)
-        p = teacher.probs(est, batch_size=128).astype(np.float64)
+        if mel_spec is None:  # a direct student gives the probabilities itself
+            p, est = est.astype(np.float64), None
+        else:
+            p = teacher.probs(est, batch_size=128).astype(np.float64)
         same = mel_spec == teacher.mel_spec.name
         reports[name] = fidelity_report(q, p, teacher_mel=true_mel if same else None,
                                         model_mel=est if same else None, **common)
@@ -138,7 +149,7 @@ def add_parser(sub: Any) -> None:
                        description=__doc__.split("\n\n")[1] if __doc__ else None)
     p.add_argument("engine_dir")
     p.add_argument("--teacher", required=True, choices=["yamnet", "efficientat"])
-    p.add_argument("--method", action="append", default=[], help="pinv, onnx:NAME_OR_PATH, published:CKPT, run:DIR, fit:DIR")
+    p.add_argument("--method", action="append", default=[], help="pinv, onnx:NAME_OR_PATH, published:CKPT, run:DIR, fit:DIR, direct:DIR")
     p.add_argument("--split", default="test", choices=["valid", "test"])
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--models-dir", default=None)

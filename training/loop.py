@@ -42,6 +42,7 @@ from spectral_transcoder.specs import get_band_spec
 from .engine import HeldoutStore, SceneStore, centre_frames
 from .metrics import fidelity_report, selection_score
 from .nets.context import ContextTranscoder
+from .runs import add_config_arguments, model_from_checkpoint, save_checkpoint
 
 __all__ = ["FitConfig", "fit", "load_fit", "add_parser"]
 
@@ -72,7 +73,8 @@ class FitConfig:
     seed: int = 0
 
 
-def _lr(cfg: FitConfig, step: int) -> float:
+def _lr(cfg: Any, step: int) -> float:
+    """Linear warm-up over ``cfg.warmup`` steps, then cosine decay to 2 % over ``cfg.steps``."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
@@ -112,17 +114,22 @@ def _fit_affine(store: SceneStore, mel_spec: str, rng: np.random.Generator, n: i
     return scale.astype(np.float32), (ym - scale * xm).astype(np.float32)
 
 
+def _drop_context(lv: np.ndarray, context: int, p_drop: float, rng: np.random.Generator) -> np.ndarray:
+    """Context windows ``lv`` (n, F, bands) with each neighbour replaced by the chunk itself
+    with probability ``p_drop`` (as at a stream's ends), in place."""
+    centre = centre_frames(lv, FPC, context)
+    for k in range(context):
+        for side in (slice(k * FPC, (k + 1) * FPC), slice(lv.shape[1] - (k + 1) * FPC, lv.shape[1] - k * FPC)):
+            drop = rng.random(lv.shape[0]) < p_drop
+            lv[drop, side] = centre[drop]
+    return lv
+
+
 def _batch(store: SceneStore, rng: np.random.Generator, cfg: FitConfig) -> dict[str, np.ndarray]:
     scenes = rng.choice(store.n_scenes, size=cfg.scenes_per_batch, replace=False)
     idx = (scenes[:, None] * store.seconds + np.arange(store.seconds)[None]).ravel()
     ex = store.examples(idx)
-    lv, fpc, ctx = ex["levels"], FPC, store.context
-    centre = centre_frames(lv, fpc, ctx)
-    for k in range(ctx):  # drop neighbours: as at a stream's ends
-        for side in (slice(k * fpc, (k + 1) * fpc), slice(lv.shape[1] - (k + 1) * fpc, lv.shape[1] - k * fpc)):
-            drop = rng.random(lv.shape[0]) < cfg.p_drop_context
-            lv[drop, side] = centre[drop]
-    ex["levels"] = lv
+    ex["levels"] = _drop_context(ex["levels"], store.context, cfg.p_drop_context, rng)
     return ex
 
 
@@ -158,12 +165,6 @@ def _loss(cfg: FitConfig, model: ContextTranscoder, teacher: Any, ex: dict[str, 
     top1 = (logits.argmax(-1) == t_logits.argmax(-1)).float().mean()
     parts = {"loss": total, "bce": bce, "kd": kd, "clip": clip, "mel_mse": mse, "top1": top1}
     return total, {k: float(v.detach()) for k, v in parts.items()}
-
-
-def _save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def fit(engine_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: FitConfig, *,
@@ -236,9 +237,9 @@ def fit(engine_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: FitConfi
                 + f" | score {score:.3f} | {store.n_examples} examples")
             if score > best:
                 best = score
-                _save({"model": model.state_dict(), "model_config": model.config, "step": step, "report": rep,
+                save_checkpoint({"model": model.state_dict(), "model_config": model.config, "step": step, "report": rep,
                        "meta": meta}, run / "best.pt")
-            _save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "best": best,
+            save_checkpoint({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "best": best,
                    "history": history, "rng": rng.bit_generator.state, "config": asdict(cfg)}, run / "last.pt")
             (run / "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
             store = SceneStore(engine_dir, cfg.teacher)  # pick up shards built meanwhile
@@ -248,12 +249,7 @@ def fit(engine_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: FitConfi
 def load_fit(run_dir: str | os.PathLike, which: str = "best") -> tuple[ContextTranscoder, dict[str, Any]]:
     """The model of a run's ``best.pt`` (or ``last.pt``) and its checkpoint dict."""
     ck = torch.load(Path(run_dir) / f"{which}.pt", weights_only=False)
-    cfg = dict(ck.get("model_config") or ck["meta"]["model_config"])
-    cfg.pop("arch", None)
-    cfg["dilations"] = tuple(cfg["dilations"])
-    model = ContextTranscoder(**cfg)
-    model.load_state_dict(ck["model"])
-    return model.eval(), ck
+    return model_from_checkpoint(ck, ContextTranscoder), ck
 
 
 def add_parser(sub: Any) -> None:
@@ -263,13 +259,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("engine_dir")
     p.add_argument("--teacher", required=True, choices=["yamnet", "efficientat"])
     p.add_argument("-o", "--out", required=True, help="run folder (rerun the same command to resume)")
-    for f in FitConfig.__dataclass_fields__.values():
-        if f.name in ("teacher",):
-            continue
-        if f.type in ("bool", bool):
-            p.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    add_config_arguments(p, FitConfig)
     p.add_argument("--models-dir", default=None)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.set_defaults(func=_cmd)

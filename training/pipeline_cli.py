@@ -16,12 +16,12 @@ from spectral_transcoder.errors import SpectralTranscoderError
 
 __all__ = ["COMMANDS", "register", "main"]
 
-COMMANDS = ("build-dataset", "train", "export-run", "ship", "quantize", "evaluate", "downstream", "sources", "engine", "fidelity", "fit", "export-fit")
+COMMANDS = ("build-dataset", "train", "export-run", "ship", "quantize", "evaluate", "downstream", "sources", "engine", "fidelity", "fit", "export-fit", "direct")
 
 
 def register(sub: Any) -> None:
     """Add the pipeline's subcommands to ``sub`` (from ``ArgumentParser.add_subparsers``)."""
-    from . import dataset, downstream, engine, evaluate, export_fit, fidelity, loop, quantize, sources, train
+    from . import dataset, direct, downstream, engine, evaluate, export_fit, fidelity, loop, quantize, sources, train
 
     dataset.add_parser(sub)
     train.add_parsers(sub)
@@ -33,6 +33,7 @@ def register(sub: Any) -> None:
     fidelity.add_parser(sub)
     loop.add_parser(sub)
     export_fit.add_parser(sub)
+    direct.add_parser(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

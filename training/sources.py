@@ -30,6 +30,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import soundfile as sf
 
+from .paths import shared_dir
+
 __all__ = ["SourceRecord", "PACKAGES", "MIDI_PACKAGES", "DOMAINS", "build_index", "write_index",
            "load_index", "assign_split", "record_split", "package_licence", "add_parser"]
 
@@ -42,7 +44,7 @@ SPLITS = ("train", "valid", "test")
 US8K_LICENCE = "CC-BY-NC-3.0"
 US8K_TRAIN_FOLDS = (1,)
 US8K_HELDOUT_FOLDS = (2,)
-DEFAULT_SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_SHARED = shared_dir() / "data"
 DEFAULT_AUDIO_SOURCES = Path(os.environ.get("ST_AUDIO_SOURCES")  # as in install_audio_sources.sh
                              or Path.home() / ".cache" / "spectral_transcoder" / "audio-sources")
 

@@ -63,6 +63,7 @@ from spectral_transcoder.specs import BandSpec, MelSpec
 from .checkpoints import sha256_file, torch_load
 from .dataset import ChunkStore, Teacher, progress_bar, load_teacher
 from .nets import CNNTranscoder, count_parameters
+from .paths import package_models_dir
 
 __all__ = [
     "MODES",
@@ -734,11 +735,11 @@ def export_run(
     return md
 
 
-#: Where transcoders shipped with the package live (``spectral_transcoder.registry.package_dir``).
-PACKAGE_MODELS_DIR = Path(__file__).resolve().parents[1] / "python" / "spectral_transcoder" / "models_data"
+#: Where transcoders shipped with the package live in the repository (None outside a clone).
+PACKAGE_MODELS_DIR = package_models_dir()
 
 
-def ship(model: str | os.PathLike, *, dest: str | os.PathLike = PACKAGE_MODELS_DIR) -> dict[str, Any]:
+def ship(model: str | os.PathLike, *, dest: str | os.PathLike | None = PACKAGE_MODELS_DIR) -> dict[str, Any]:
     """Put an exported transcoder (and its model card ``<stem>.md``) into the package.
 
     The file is copied to ``dest/<metadata name>.onnx`` (the registry name users load,
@@ -758,6 +759,9 @@ def ship(model: str | os.PathLike, *, dest: str | os.PathLike = PACKAGE_MODELS_D
     card = src.with_suffix(".md")
     if not card.is_file():
         raise InvalidInputError(f"{src}: no model card {card.name} beside it (export-run writes one)")
+    if dest is None:
+        raise InvalidInputError("ship: outside a clone of the repository there is no package folder to ship "
+                                "into; give --dest DIR (python/spectral_transcoder/models_data of your clone)")
     out = Path(dest)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, out / f"{meta.name}.onnx")
@@ -832,7 +836,8 @@ def add_parsers(sub: Any) -> None:
         "with Transcoder.load(NAME) from any install.",
     )
     s.add_argument("model", metavar="MODEL.onnx")
-    s.add_argument("--dest", default=str(PACKAGE_MODELS_DIR), help="models folder (default: the package's)")
+    s.add_argument("--dest", default=PACKAGE_MODELS_DIR, help="models folder (default: the repository's package "
+                   "folder python/spectral_transcoder/models_data; required outside a clone)")
     s.set_defaults(func=_cmd_ship)
 
 
