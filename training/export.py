@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from torch import nn
 from spectral_transcoder.errors import ModelError
 from spectral_transcoder.metadata import ModelMetadata
 
-__all__ = ["export_onnx", "DEFAULT_OPSET", "INPUT_NAME", "CLASSIFIER_OUTPUTS", "TRANSCODER_OUTPUTS"]
+__all__ = ["export_onnx", "scrub_machine_paths", "DEFAULT_OPSET", "INPUT_NAME", "CLASSIFIER_OUTPUTS", "TRANSCODER_OUTPUTS"]
 
 DEFAULT_OPSET = 18
 INPUT_NAME = "mel"
@@ -79,6 +80,40 @@ def _export_torchscript(module: nn.Module, example: tuple[torch.Tensor, ...], na
         module, example, str(path), input_names=list(names), output_names=list(outputs),
         dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False, do_constant_folding=True,
     )
+
+
+#: An absolute path of two or more components (not "1/3" or "dB/s"): kept as its last component.
+_ABS_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.+=@-]+/)+([\w.+=@-]+)")
+
+
+def scrub_machine_paths(model: Any) -> Any:
+    """Remove what names the machine a model was built on from an ``onnx.ModelProto``, in place.
+
+    The torch exporters store each node's Python stack trace and source file in the node's
+    ``metadata_props`` and ``doc_string``: debugging aids that name the trainer's folders.
+    They are dropped (in the graph, its subgraphs and local functions). In the model's own
+    ``metadata_props`` and ``doc_string`` an absolute path is cut to its last component
+    (``/home/x/runs/run-a`` -> ``run-a``), which keeps provenance readable.
+    """
+    import onnx
+
+    def graphs(g: Any) -> Any:
+        yield g
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    yield from graphs(attr.g)
+                for sub in attr.graphs:
+                    yield from graphs(sub)
+
+    nodes = [n for g in graphs(model.graph) for n in g.node] + [n for f in model.functions for n in f.node]
+    for node in nodes:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    for prop in model.metadata_props:
+        prop.value = _ABS_PATH.sub(r"\1", prop.value)
+    model.doc_string = _ABS_PATH.sub(r"\1", model.doc_string)
+    return model
 
 
 def _as_tuple(out: Any) -> tuple[torch.Tensor, ...]:
@@ -175,6 +210,7 @@ def export_onnx(
             f"{metadata.kind} {metadata.name}: input 'mel' (batch, frames, n_mels) time-major; "
             f"outputs {', '.join(outputs)}. Metadata keys st.*."
         )
+        scrub_machine_paths(model)
         onnx.checker.check_model(model)
         onnx.save(model, str(tmp))
         os.replace(tmp, path)
