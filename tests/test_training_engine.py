@@ -142,6 +142,28 @@ def test_fidelity_cli_on_a_tiny_engine(tmp_path, pool_records, shared, capsys):
     json.dumps(res)
 
 
+@pytest.mark.parametrize("out_frames", [96, 100])  # YAMNet: 12 Mel frames per level frame; EfficientAT: 12.5
+def test_texture_head_starts_at_zero_and_renders_within_frame_detail(out_frames):
+    import torch
+
+    from training.nets.context import ContextTranscoder
+
+    torch.manual_seed(0)
+    plain = ContextTranscoder(n_mels=16, out_frames=out_frames, channels=8).eval()
+    tex = ContextTranscoder(n_mels=16, out_frames=out_frames, channels=8, texture=True).eval()
+    missing, unexpected = tex.load_state_dict(plain.state_dict(), strict=False)
+    assert set(missing) == {"texture.weight", "texture.bias"} and not unexpected
+    lv, pinv = torch.randn(2, 24, 29) * 10 - 50, torch.randn(2, out_frames, 16)
+    with torch.no_grad():
+        np.testing.assert_array_equal(tex(pinv, lv).numpy(), plain(pinv, lv).numpy())
+        tex.texture.weight.normal_(0, 0.1)
+        d = (tex(pinv, lv) - plain(pinv, lv)).numpy()
+    assert d.shape == (2, out_frames, 16)
+    # Linear interpolation between level frames has a zero second difference along time
+    # inside each frame; the texture head does not.
+    assert np.abs(np.diff(d, n=2, axis=1)).mean() > 1e-3
+
+
 def test_context_transcoder_starts_as_the_affine_pinv_and_sees_its_neighbours():
     import torch
 
@@ -187,6 +209,11 @@ def test_fit_runs_resumes_and_selects_by_fidelity(tmp_path, pool_records, shared
     assert {"val_clip", "val_macro", "val_commonest_share", "teacher_commonest_share"} <= set(r["history"][0])
     r2 = fit(out, tmp_path / "run", FitConfig(**{**fc.__dict__, "steps": 3}), models_dir=models, log=logs.append)
     assert r2["step"] == 3 and any("resumed at step 2" in m for m in logs)
+    # A new run with the texture head starts from this run's best weights: same output at step 0.
+    warm = FitConfig(**{**fc.__dict__, "steps": 1, "texture": True, "init_from": str(tmp_path / "run")})
+    fit(out, tmp_path / "run-texture", warm, models_dir=models, log=logs.append)
+    assert any(f"started from {tmp_path / 'run'}" in m and "texture.weight" in m for m in logs)
+    assert load_fit(tmp_path / "run-texture")[0].config["texture"] is True
     with pytest.raises(ValueError, match="lr"):
         fit(out, tmp_path / "run", FitConfig(**{**fc.__dict__, "steps": 4, "lr": 1.0}), models_dir=models)
     model, ck = load_fit(tmp_path / "run")
@@ -205,7 +232,8 @@ def test_fit_runs_resumes_and_selects_by_fidelity(tmp_path, pool_records, shared
     assert direct_rep["all"]["n_clips"] == 2
 
 
-def test_exported_context_transcoder_runs_in_the_package_as_in_torch(tmp_path):
+@pytest.mark.parametrize("texture", [False, True])
+def test_exported_context_transcoder_runs_in_the_package_as_in_torch(tmp_path, texture):
     import torch
 
     import spectral_transcoder as st
@@ -215,9 +243,10 @@ def test_exported_context_transcoder_runs_in_the_package_as_in_torch(tmp_path):
     from training.nets.context import ContextTranscoder
 
     torch.manual_seed(1)
-    model = ContextTranscoder(n_mels=64, out_frames=96, context=1, channels=8)
+    model = ContextTranscoder(n_mels=64, out_frames=96, context=1, channels=8, texture=texture)
     with torch.no_grad():
-        for p in [*model.head.parameters(), *model.refine[2].parameters()]:
+        extra = [*model.texture.parameters()] if texture else []
+        for p in [*model.head.parameters(), *model.refine[2].parameters(), *extra]:
             p.normal_(0, 0.05)
     run = tmp_path / "run"
     run.mkdir()

@@ -69,6 +69,10 @@ class FitConfig:
     eval_every: int = 500
     balance: float = 0.0
     """Class balancing: examples weighted by (frequency of their teacher top-1 class)^-balance (0: off)."""
+    texture: bool = False
+    """The learned within-frame upsampling head (``ContextTranscoder(texture=True)``)."""
+    init_from: str = ""
+    """A run folder whose best weights start a new run (layers it lacks start at zero)."""
     bf16: bool = True
     seed: int = 0
 
@@ -179,7 +183,8 @@ def fit(engine_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: FitConfi
     store = SceneStore(engine_dir, cfg.teacher)
     held = HeldoutStore(engine_dir, "valid", cfg.teacher)
     model = ContextTranscoder(n_mels=mel_spec.n_mels, out_frames=mel_spec.frames_for_chunk(1.0),
-                              context=store.context, channels=cfg.channels, refine_channels=cfg.refine_channels)
+                              context=store.context, channels=cfg.channels, refine_channels=cfg.refine_channels,
+                              texture=cfg.texture)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     step, best, history = 0, -1.0, []
@@ -195,6 +200,13 @@ def fit(engine_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: FitConfi
             best = selection_score(torch.load(run / "best.pt", weights_only=False)["report"])
         rng.bit_generator.state = ck["rng"]
         log(f"resumed at step {step} (best selection score {best:.3f})")
+    elif cfg.init_from:
+        start = torch.load(Path(cfg.init_from) / "best.pt", weights_only=False)
+        missing, unexpected = model.load_state_dict(start["model"], strict=False)
+        if unexpected or any(not k.startswith("texture.") for k in missing):
+            raise ValueError(f"--init-from {cfg.init_from}: its network does not fit this one "
+                             f"(missing {missing}, unexpected {unexpected})")
+        log(f"started from {cfg.init_from} (step {start['step']}); new layers: {missing or 'none'}")
     else:
         s, b = _fit_affine(store, mel_spec.name, rng)
         with torch.no_grad():

@@ -48,15 +48,19 @@ class ContextTranscoder(nn.Module):
         context: neighbouring chunks on each side in the input (F = fpc (1 + 2 context)).
         channels, dilations: the trunk.
         refine_channels: hidden channels of the full-resolution refinement (0: none).
+        texture: a learned upsampling head besides the linear one: each level frame's features
+            are decoded into its own ``ceil(T / fpc)`` Mel frames (resampled to T), so that the
+            model can render texture within a 125-ms frame (onsets, modulation) that linear
+            interpolation smooths away. Zero-initialised: it starts as the model without it.
     """
 
     def __init__(self, *, n_bands: int = 29, n_mels: int, out_frames: int, frames_per_chunk: int = 8,
                  context: int = 1, channels: int = 96, dilations: tuple[int, ...] = (1, 2, 4, 8, 1),
-                 refine_channels: int = 8) -> None:
+                 refine_channels: int = 8, texture: bool = False) -> None:
         super().__init__()
         self.config = dict(n_bands=n_bands, n_mels=n_mels, out_frames=out_frames, frames_per_chunk=frames_per_chunk,
                            context=context, channels=channels, dilations=list(dilations),
-                           refine_channels=refine_channels, arch="context")
+                           refine_channels=refine_channels, arch="context", texture=bool(texture))
         self.inp = nn.Conv1d(n_bands, channels, 3, padding=1, padding_mode="replicate")
         self.blocks = nn.Sequential(*[_Block(channels, d) for d in dilations])
         self.head = nn.Conv1d(channels, n_mels, 1)
@@ -67,6 +71,14 @@ class ContextTranscoder(nn.Module):
         # Time interpolation from the chunk's level frames to its Mel frames (as the PINV does).
         w = torch.tensor(interpolation_matrix(frames_per_chunk, out_frames), dtype=torch.float32)
         self.register_buffer("interp", w.T.contiguous(), persistent=False)  # (fpc, T)
+        self.texture = None
+        if texture:
+            self.sub = -(-out_frames // frames_per_chunk)  # Mel frames decoded per level frame
+            self.texture = nn.Conv1d(channels, n_mels * self.sub, 1)
+            nn.init.zeros_(self.texture.weight)
+            nn.init.zeros_(self.texture.bias)
+            w = torch.tensor(interpolation_matrix(frames_per_chunk * self.sub, out_frames), dtype=torch.float32)
+            self.register_buffer("texture_resample", w.T.contiguous(), persistent=False)  # (fpc * sub, T)
         self.refine = None
         if refine_channels:
             self.refine = nn.Sequential(nn.Conv2d(1, refine_channels, 3, padding=1), nn.GELU(),
@@ -80,6 +92,10 @@ class ContextTranscoder(nn.Module):
         h = self.blocks(self.inp(x))
         h = h[:, :, ctx * fpc : (ctx + 1) * fpc]  # the chunk's own frames, seen with context
         r = self.head(h) @ self.interp  # (B, M, T)
+        if self.texture is not None:
+            b, m = h.shape[0], self.config["n_mels"]
+            t = self.texture(h).view(b, m, self.sub, fpc).transpose(2, 3).reshape(b, m, fpc * self.sub)
+            r = r + t @ self.texture_resample
         y = pinv * self.pinv_scale + self.pinv_bias + r.transpose(1, 2)
         if self.refine is not None:
             y = y + self.refine(y.unsqueeze(1)).squeeze(1)
