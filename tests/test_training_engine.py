@@ -124,7 +124,7 @@ def test_build_resume_and_read(tmp_path, pool_records, shared):
 
 def test_fidelity_cli_on_a_tiny_engine(tmp_path, pool_records, shared, capsys):
     from training.engine import HeldoutConfig, build_heldout
-    from training.fidelity import evaluate_fidelity, format_report
+    from training.fidelity import evaluate_fidelity, format_report, merge_results
 
     models = str(shared / "models")
     held = [dict(_write(tmp_path / "held" / f"h{i}.wav", 2.5, 20 + i), domain=d, source="x", group=f"g{i}",
@@ -140,6 +140,12 @@ def test_fidelity_cli_on_a_tiny_engine(tmp_path, pool_records, shared, capsys):
     text = format_report(res)
     assert "always commonest" in text and "PINV" in text
     json.dumps(res)
+    # Rows evaluated earlier join the table (renamed, first); other held-out sets are refused.
+    later = {**res, "reports": {"new": rep}}
+    merged = merge_results(later, res, rename={"PINV": "PINV (earlier)"})
+    assert list(merged["reports"]) == ["PINV (earlier)", "new"]
+    with pytest.raises(ValueError, match="n_chunks"):
+        merge_results(later, {**res, "n_chunks": 7})
 
 
 @pytest.mark.parametrize("out_frames", [96, 100])  # YAMNet: 12 Mel frames per level frame; EfficientAT: 12.5

@@ -39,7 +39,7 @@ from spectral_transcoder.specs import get_band_spec
 from .engine import HeldoutStore
 from .metrics import compare_table, domain_table, fidelity_report
 
-__all__ = ["evaluate_fidelity", "resolve_method", "format_report", "add_parser"]
+__all__ = ["evaluate_fidelity", "resolve_method", "merge_results", "format_report", "add_parser"]
 
 #: Method: (name, levels-with-context (N, F, 29) -> Mel (N, T, M), output Mel spec name), or for a
 #: direct student -> probabilities (N, C) with spec None.
@@ -129,6 +129,23 @@ def evaluate_fidelity(engine_dir: str | os.PathLike, teacher_name: str, methods:
             "reports": reports, "labels": [lb.name for lb in teacher.labels]}
 
 
+def merge_results(result: dict[str, Any], earlier: dict[str, Any], *, rename: dict[str, str] | None = None,
+                  first: bool = True) -> dict[str, Any]:
+    """``result`` with the method reports of an earlier run of :func:`evaluate_fidelity` added
+    (renamed by ``rename``; before this run's rows when ``first``), so that one table compares
+    models evaluated at different times. Refuses results on another split, teacher or held-out set.
+    """
+    for key in ("split", "n_chunks", "n_clips", "domains"):
+        if earlier[key] != result[key]:
+            raise ValueError(f"cannot merge fidelity results with another {key}: {earlier[key]!r} != {result[key]!r}")
+    if earlier["teacher"]["sha256"] != result["teacher"]["sha256"]:
+        raise ValueError(f"cannot merge fidelity results of another teacher ({earlier['teacher']['source']})")
+    rename = rename or {}
+    old = {rename.get(k, k): v for k, v in earlier["reports"].items() if rename.get(k, k) not in result["reports"]}
+    reports = {**old, **result["reports"]} if first else {**result["reports"], **old}
+    return {**result, "reports": reports}
+
+
 def format_report(result: dict[str, Any]) -> str:
     """Markdown: the comparison table overall, then per domain, then each method's domain table."""
     labels = result.get("labels") or None
@@ -155,12 +172,18 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--models-dir", default=None)
     p.add_argument("-o", "--output", help="JSON results")
     p.add_argument("--markdown", help="Markdown tables")
+    p.add_argument("--include", action="append", default=[], metavar="JSON",
+                   help="earlier results (-o) on the same split and teacher, whose rows come first in the tables")
+    p.add_argument("--rename", action="append", default=[], metavar="OLD=NEW", help="rename an included row")
     p.set_defaults(func=_cmd)
 
 
 def _cmd(args: argparse.Namespace) -> int:
     res = evaluate_fidelity(args.engine_dir, args.teacher, args.method or ["pinv"], split=args.split,
                             n_boot=args.n_boot, models_dir=args.models_dir, log=lambda m: print(m, flush=True))
+    rename = dict(r.split("=", 1) for r in args.rename)
+    for path in reversed(args.include):
+        res = merge_results(res, json.loads(Path(path).read_text(encoding="utf-8")), rename=rename)
     text = format_report(res)
     if args.output:
         Path(args.output).write_text(json.dumps(res, indent=1), encoding="utf-8")
