@@ -75,7 +75,7 @@ def test_shipped_yamnet_beats_the_pinv_against_its_teacher(yamnet_teacher, packa
     with the shipped CNN than with the PINV alone."""
     import soundfile as sf
 
-    from training.dataset import file_chunks  # the training set's own chunking, one definition
+    from training.chunks import file_chunks  # the training set's own chunking, one definition
     from training.evaluate import kl_divergence  # the paper's KL (specs/transcoder.md §6a)
 
     clf = Classifier.from_file(yamnet_teacher, n_threads=1)

@@ -1,4 +1,4 @@
-"""training.dataset / train / evaluate / downstream: the teacher-student pipeline.
+"""training.dataset / train / cards / evaluate / downstream: the teacher-student pipeline.
 
 Fast: tiny synthetic audio folders written in tmp dirs, a tiny frozen teacher (conv + BN +
 linear, time-major yamnet Mels) and tiny CNNs. One test uses the real YAMNet teacher and
@@ -26,17 +26,10 @@ from spectral_transcoder.analysis import third_octave  # noqa: E402
 from spectral_transcoder.errors import InvalidInputError, ModelError, SpecMismatchError  # noqa: E402
 from spectral_transcoder.pinv import pinv_chunks, pinv_matrix  # noqa: E402
 from spectral_transcoder.specs import get_band_spec, get_mel_spec  # noqa: E402
-from training.dataset import (  # noqa: E402
-    SPLITS,
-    BuildConfig,
-    ChunkStore,
-    Teacher,
-    assign_split,
-    build_dataset,
-    file_chunks,
-    load_teacher,
-    read_manifest,
-)
+from training.cache import SPLITS, ChunkStore, read_manifest  # noqa: E402
+from training.cards import data_licences, export_run, ship  # noqa: E402
+from training.chunks import file_chunks  # noqa: E402
+from training.dataset import BuildConfig, assign_split, build_dataset  # noqa: E402
 from training.downstream import FCHead, cross_validate, us8k_fold, us8k_label  # noqa: E402
 from training.evaluate import (  # noqa: E402
     Method,
@@ -50,7 +43,8 @@ from training.evaluate import (  # noqa: E402
     run_method,
 )
 from training.nets import ClassifierOutput  # noqa: E402
-from training.train import TrainConfig, data_licences, export_run, load_run, ship, train  # noqa: E402
+from training.teachers import Teacher, load_teacher  # noqa: E402
+from training.train import TrainConfig, load_run, train  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -398,7 +392,7 @@ def test_resume_matches_an_uninterrupted_run(cache, tmp_path, mode):
 
 
 def test_teacher_losses_by_hand():
-    from training.train import _loss_fn
+    from training.losses import loss_fn
 
     teacher = tiny_teacher()
     mel = torch.randn(5, 96, 64, generator=torch.Generator().manual_seed(1))
@@ -407,7 +401,7 @@ def test_teacher_losses_by_hand():
     t = {"probs": target, "mel": mel_t}
 
     def value(**cfg):
-        got, logits = _loss_fn(TrainConfig(**cfg), teacher)(mel, t)
+        got, logits = loss_fn(TrainConfig(**cfg), teacher)(mel, t)
         assert torch.equal(logits, teacher.module(mel).logits)  # what validation scores top-1 agreement on
         return float(got)
 
@@ -448,7 +442,7 @@ def test_teacher_losses_by_hand():
             terms.append(np.mean((st(a) - st(b)) ** 2) / (np.mean(st(b) ** 2) + 1e-6))
     assert value(mode="feature_stats") == pytest.approx(float(np.mean(terms)) + bce, rel=1e-5)
     # CNN-mels has no classifier: no logits to score
-    got, logits = _loss_fn(TrainConfig(mode="mels"), None)(mel, t)
+    got, logits = loss_fn(TrainConfig(mode="mels"), None)(mel, t)
     assert logits is None and float(got) == pytest.approx(mse, rel=1e-6)
 
 
@@ -478,11 +472,11 @@ def test_a_run_can_start_from_another_runs_best_weights(cache, tmp_path):
 
 def test_texture_matching_needs_feature_maps():
     from training.nets import Cnn14
-    from training.train import _loss_fn
+    from training.losses import loss_fn
 
     t = dataclasses.replace(tiny_teacher(), module=Cnn14())
     with pytest.raises(InvalidInputError, match="feature maps"):
-        _loss_fn(TrainConfig(mode="feature_stats"), t)
+        loss_fn(TrainConfig(mode="feature_stats"), t)
 
 
 def test_trainer_rejects_another_teacher(cache, tmp_path):
@@ -547,7 +541,7 @@ def test_export_loads_in_the_inference_package_and_matches_torch(cache, tmp_path
 
 def test_calibrated_cnn_fits_on_train_and_exports(cache, tmp_path):
     from spectral_transcoder.models import Transcoder
-    from training.train import fit_calibration
+    from training.losses import fit_calibration
 
     store = ChunkStore(cache)
     run = tmp_path / "cal"

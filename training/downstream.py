@@ -37,8 +37,9 @@ from torch import nn
 
 from spectral_transcoder.errors import InvalidInputError
 
-from .dataset import SPLITS, ChunkStore, Teacher, load_teacher
+from .cache import SPLITS, ChunkStore
 from .evaluate import Method, Reference, audio_reference, cached_reference, file_means, pinv_method, published_method, run_method
+from .teachers import Teacher, load_teacher
 
 __all__ = [
     "US8K_CLASSES",

@@ -47,7 +47,7 @@ from spectral_transcoder.pinv import context_windows
 from spectral_transcoder.specs import get_band_spec
 
 from .augment import SCENE_RATE, SceneConfig, SourcePool, synthesize_scene
-from .dataset import _write_json_atomic as _atomic_json
+from .runs import write_json_atomic
 from .sources import SourceRecord, load_index, record_split
 
 __all__ = ["ENGINE_FORMAT", "HeldoutConfig", "build_scenes", "build_heldout", "SceneStore", "HeldoutStore",
@@ -81,7 +81,7 @@ _TEACHERS: dict[str, Any] = {}
 
 def _teacher(name: str, models_dir: str | None) -> Any:
     if name not in _TEACHERS:
-        from .dataset import load_teacher
+        from .teachers import load_teacher
 
         _TEACHERS[name] = load_teacher(name, models_dir=models_dir)
     return _TEACHERS[name]
@@ -89,11 +89,11 @@ def _teacher(name: str, models_dir: str | None) -> Any:
 
 def _targets(audio32: np.ndarray, teacher: Any) -> tuple[np.ndarray, np.ndarray]:
     """Ground-truth Mels (n, T, M) and teacher logits (n, C) of 1-s chunks (n, 32000) at 32 kHz."""
-    from .dataset import _first_patch
+    from .chunks import first_patch
 
     spec = teacher.mel_spec
     x = audio32 if spec.sample_rate == SCENE_RATE else resample(audio32, SCENE_RATE, spec.sample_rate)
-    mel = _first_patch(frontends.mel(np.ascontiguousarray(x, np.float32), spec.sample_rate, spec, n_threads=1), spec)
+    mel = first_patch(frontends.mel(np.ascontiguousarray(x, np.float32), spec.sample_rate, spec, n_threads=1), spec)
     return mel.astype(np.float16), teacher.logits(mel, batch_size=128).astype(np.float16)
 
 
@@ -162,7 +162,7 @@ def _engine_json(out: Path, index: str, teachers: Sequence[str], scene: SceneCon
     out.mkdir(parents=True, exist_ok=True)
     info = dict(fp, index=os.path.basename(index), teacher_sha256={
         t: _teacher(t, models_dir).sha256 for t in teachers})
-    _atomic_json(path, info)
+    write_json_atomic(path, info)
     return info
 
 
@@ -276,7 +276,7 @@ def build_heldout(index: str, out: str | os.PathLike, *, teachers: Sequence[str]
             np.save(tmp / f"{k}.npy", v)
         meta = {"n_chunks": int(audio.shape[0]), "n_clips": len(clips_meta), "domains": domains, "groups": groups,
                 "clips": clips_meta, "context": context}
-        _atomic_json(tmp / "meta.json", meta)
+        write_json_atomic(tmp / "meta.json", meta)
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(tmp, dest)
         counts[split] = meta["n_chunks"]

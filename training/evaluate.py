@@ -40,9 +40,12 @@ from spectral_transcoder.errors import InvalidInputError
 from spectral_transcoder.pinv import pinv_chunks
 from spectral_transcoder.specs import BandSpec, MelSpec
 
-from .dataset import SPLITS, ChunkStore, Teacher, progress_bar, file_chunks, load_teacher, read_audio
+from .cache import SPLITS, ChunkStore
+from .chunks import file_chunks, read_audio
 # The pure metrics (no torch) live in training.metrics; re-exported here.
 from .metrics import EPS, file_means, kl_divergence, mel_mse, ptopafc
+from .runs import progress_bar
+from .teachers import Teacher, load_teacher
 
 __all__ = [
     "EPS",
@@ -163,7 +166,7 @@ def audio_reference(store: ChunkStore, mel_spec: MelSpec, teacher: Teacher, spli
                     device: str = "cpu", progress: bool = False) -> Reference:
     """Ground truth in another Mel spec, recomputed from the audio of the ``splits`` files.
 
-    Uses :func:`training.dataset.file_chunks` with the cache's settings (peak
+    Uses :func:`training.chunks.file_chunks` with the cache's settings (peak
     normalisation, no crops, no gain), so the chunks are the cache's regular chunks;
     ``note`` reports the largest difference between the recomputed and cached levels.
     """

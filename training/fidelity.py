@@ -100,7 +100,7 @@ def evaluate_fidelity(engine_dir: str | os.PathLike, teacher_name: str, methods:
     Returns ``{"split", "teacher", "n_chunks", "n_clips", "domains", "reports": {method: report}}``
     where each report is :func:`training.metrics.fidelity_report`'s.
     """
-    from .dataset import load_teacher
+    from .teachers import load_teacher
 
     store = HeldoutStore(engine_dir, split, teacher_name)
     teacher = load_teacher(teacher_name, models_dir=models_dir)

@@ -174,7 +174,7 @@ def _loss(cfg: FitConfig, model: ContextTranscoder, teacher: Any, ex: dict[str, 
 def fit(engine_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: FitConfig, *,
         models_dir: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train (or resume) a context transcoder; returns the run's summary."""
-    from .dataset import load_teacher
+    from .teachers import load_teacher
 
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)

@@ -21,10 +21,11 @@ COMMANDS = ("build-dataset", "train", "export-run", "ship", "quantize", "evaluat
 
 def register(sub: Any) -> None:
     """Add the pipeline's subcommands to ``sub`` (from ``ArgumentParser.add_subparsers``)."""
-    from . import dataset, direct, downstream, engine, evaluate, export_fit, fidelity, loop, quantize, sources, train
+    from . import cards, dataset, direct, downstream, engine, evaluate, export_fit, fidelity, loop, quantize, sources, train
 
     dataset.add_parser(sub)
-    train.add_parsers(sub)
+    train.add_parser(sub)
+    cards.add_parsers(sub)
     quantize.add_parser(sub)
     evaluate.add_parser(sub)
     downstream.add_parser(sub)

@@ -77,7 +77,7 @@ def quantize_transcoder(
     from spectral_transcoder.models import Classifier, Transcoder, read_metadata
     from spectral_transcoder.registry import sha256_file
 
-    from .dataset import ChunkStore
+    from .cache import ChunkStore
 
     src = Path(model)
     meta, src_sha = read_metadata(src)

@@ -1,16 +1,20 @@
-"""What every training run folder shares: options from its config dataclass, atomic checkpoint
-writes, and rebuilding a network from a checkpoint's ``model_config``."""
+"""What every training run folder (and dataset cache) shares: options from its config dataclass,
+atomic writes (checkpoints, text and JSON files), a progress bar, and rebuilding a network from a
+checkpoint's ``model_config``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import torch
 
-__all__ = ["add_config_arguments", "save_checkpoint", "model_from_checkpoint"]
+__all__ = ["add_config_arguments", "save_checkpoint", "write_text_atomic", "write_json_atomic", "progress_bar",
+           "model_from_checkpoint"]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type, *, skip: tuple[str, ...] = ("teacher",)) -> None:
@@ -31,6 +35,29 @@ def save_checkpoint(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` through a hidden temporary file beside ``path``, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """:func:`write_text_atomic` of ``data`` as JSON (indent 1, keys in insertion order)."""
+    write_text_atomic(path, json.dumps(data, indent=1))
+
+
+def progress_bar(items: Sequence[Any], enabled: bool, unit: str) -> Iterable[Any]:
+    """``items`` wrapped in a tqdm bar on stderr when ``enabled`` (and tqdm is installed)."""
+    if not enabled:
+        return items
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is in the archives/training extras
+        return items
+    return tqdm(items, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
 
 
 def model_from_checkpoint(ck: dict[str, Any], model_cls: type[torch.nn.Module]) -> torch.nn.Module:
