@@ -174,8 +174,9 @@ def test_every_crash_point_resumes_exactly(tmp_path, crash):
     lines = manifest.read_bytes().splitlines(keepends=True)
     assert len(lines) == 2
     committed = pq.read_table(out / "part-000001.parquet")
-    if crash == "tmp_part":  # killed while writing part 2: a half-written temporary file
-        (out / ".part-000002.parquet.tmp").write_bytes(b"PAR1 half a part")
+    if crash == "tmp_part":  # killed while writing part 2: a half-written temporary file, named for this run
+        run_id = json.loads((out / "_run.json").read_text())["run_id"]
+        (out / f".st-{run_id}-part-000002.parquet.tmp").write_bytes(b"PAR1 half a part")
     elif crash == "renamed_part":  # killed after the rename, before the manifest line
         pq.write_table(committed, out / "part-000002.parquet")
     else:  # killed while appending the manifest line of part 1: its line is torn

@@ -3,6 +3,7 @@ row for row, as a single-process run; models loaded once per worker; resume acro
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -97,11 +98,29 @@ def test_errors_in_files_and_in_workers(tmp_path, client, data):
     bad.write_bytes(b"not parquet")
     s = _process(data, tmp_path / "out", scheduler=client, paths=[data["paths"][0], bad])
     assert [Path(e["path"]).name for e in s.errors] == ["bad.parquet"] and s.blocks_done == 3
-    # a block the worker refuses (a level far beyond any sound): the error reaches the driver,
-    # the blocks before it stay committed
+    # a level far beyond any sound (a 999 sentinel) is masked by the reader, like a NaN row
     lv = levels(8 * 60, seed=5) - 100.0
     lv[400, 3] = 1000.0
     loud = write_parquet(data["dir"] / "loud.parquet", grid_times(len(lv)), lv)
-    with pytest.raises(st.InvalidInputError, match="chunks"):
-        _process(data, tmp_path / "loud", scheduler=client, paths=[loud])
-    assert 0 < archives.read_results(tmp_path / "loud").num_rows < 66
+    s = _process(data, tmp_path / "loud", scheduler=client, paths=[loud])
+    assert s.errors == [] and s.blocks_done == 3 and s.read_stats[str(loud.resolve())]["out_of_range_rows"] == 1
+    # a block the worker refuses (given directly, past the reader): the error reaches the driver
+    # and fails that source only, at that block; the blocks before it stay committed
+
+    def blocks():
+        for b in archives.open_many([data["paths"][0], loud], block_seconds=20):
+            if b.sensor == "loud" and b.position.index == 1:
+                bad = np.array(b.levels)
+                bad[0, 3] = 1000.0
+                bad.setflags(write=False)
+                b = dataclasses.replace(b, levels=bad)
+            yield b
+
+    s = P.process(blocks(), tmp_path / "refused", classifier=data["clf"], transcoder=data["tr"], progress=False,
+                  scheduler=client, probabilities=True)
+    (e,) = s.errors
+    assert Path(e["path"]).name == "loud.parquet" and e["position"].startswith("block 1 (") and "chunks" in e[
+        "message"]
+    t = archives.read_results(tmp_path / "refused")
+    assert sorted(set(zip(t.column("sensor").to_pylist(), t.column("block").to_pylist()))) == [
+        ("loud", 0), ("sensor0", 0), ("sensor0", 1), ("sensor0", 2)]

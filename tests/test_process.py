@@ -152,19 +152,25 @@ def test_speed_options_do_not_change_rows(tmp_path, tiny):
     np.testing.assert_allclose(pc, pa_, rtol=0, atol=1e-6)
 
 
-def test_block_threads_commit_in_order_and_stop_at_a_refused_block(tmp_path, tiny):
-    """n_threads=2 runs two blocks at once; rows still come in block order, and a block
-    that fails leaves exactly the blocks before it committed, as one thread does."""
+def test_block_threads_commit_in_order_and_mask_an_impossible_level(tmp_path, tiny):
+    """n_threads=2 runs two blocks at once; rows still come in block order, as one thread
+    gives them. A level far beyond any sound is masked like a NaN row and counted, never a
+    reason to stop the run (a block the models refuse fails only its file:
+    test_first_day_process.py)."""
     lv = _dbfs(8 * 200, seed=5)
-    lv[8 * 130, 3] = 1000.0  # a level far beyond any sound: block 6 of 20-s blocks is refused
+    lv[8 * 130, 3] = 1000.0  # in block 6 of 20-s blocks
     loud = write_parquet(tmp_path / "loud.parquet", grid_times(len(lv)), lv)
     outs = {}
     for threads in (1, 2):
         out = tmp_path / f"t{threads}"
-        with pytest.raises(InvalidInputError, match="chunks"):
-            _run([loud], out, tiny, n_threads=threads, blocks_per_part=1)
+        s = _run([loud], out, tiny, n_threads=threads, blocks_per_part=1)
+        assert s.errors == [] and s.blocks_done == 10
+        (stats,) = s.read_stats.values()
+        assert stats["out_of_range_rows"] == 1 and stats["first_out_of_range"].startswith("row 1040 (")
         outs[threads] = archives.read_results(out)
-    assert outs[2].equals(outs[1]) and sorted(set(outs[2].column("block").to_pylist())) == list(range(6))
+    assert outs[2].equals(outs[1]) and sorted(set(outs[2].column("block").to_pylist())) == list(range(10))
+    ones = _rows(outs[1], "1s")
+    assert [i for i, r in enumerate(ones) if r["chunks"] == 0] == [130]
     clean = write_parquet(tmp_path / "clean.parquet", grid_times(len(lv)), _dbfs(len(lv), seed=5))
     ok = _run([clean], tmp_path / "fine", tiny, n_threads=2)
     assert ok.workers == 2 and "wait" in ok.stages and ok.blocks_done == 10

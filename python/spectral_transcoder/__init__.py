@@ -23,6 +23,7 @@ from .analysis import third_octave
 from .errors import (
     InputTypeError,
     InvalidInputError,
+    MissingDependencyError,
     ModelError,
     SpecMismatchError,
     SpectralTranscoderError,
@@ -77,6 +78,7 @@ __all__ = [
     "SpectralTranscoderError",
     "InvalidInputError",
     "InputTypeError",
+    "MissingDependencyError",
     "UnknownSpecError",
     "SpecMismatchError",
     "ModelError",

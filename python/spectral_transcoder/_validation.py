@@ -10,11 +10,25 @@ import numbers
 
 import numpy as np
 
-from .errors import InputTypeError, InvalidInputError
+from .errors import InputTypeError, InvalidInputError, MissingDependencyError
 
 #: Integer PCM is scaled to [-1, 1) full scale by these divisors (uint8 is offset by 128 first).
 INT_FULL_SCALE = {np.dtype(np.int8): 2.0**7, np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31,
                   np.dtype(np.int64): 2.0**63, np.dtype(np.uint8): 2.0**7}
+
+
+def require_module(module: str, extra: str, purpose: str) -> None:
+    """Raise :class:`MissingDependencyError` naming the pip extra when ``module`` (an optional
+    dependency) cannot be imported: checked before any work, so a missing package never
+    surfaces as a traceback half-way through a run (with files already written)."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{purpose} needs the optional package {module!r}, which is not installed ({exc}): "
+            f'pip install "spectral-transcoder[{extra}]"') from None
 
 
 def check_sample_rate(sample_rate: object, name: str = "sample_rate") -> float:

@@ -105,9 +105,37 @@ def _read_options(args: argparse.Namespace, *, blocks: bool) -> dict[str, Any]:
     return opts
 
 
-def format_stages(stages: dict[str, float]) -> str:
-    total = sum(v for k, v in stages.items() if k not in ("wait",)) or 1.0
-    return ", ".join(f"{k} {v:.2f} s ({100 * v / total:.0f}%)" for k, v in stages.items())
+def _percentages(values: Sequence[float]) -> list[int]:
+    """Whole percentages of ``values`` that add up to exactly 100 (largest remainders)."""
+    total = float(sum(values))
+    if total <= 0:
+        return [0] * len(values)
+    exact = [100.0 * v / total for v in values]
+    out = [int(x) for x in exact]
+    for i in sorted(range(len(exact)), key=lambda i: out[i] - exact[i])[:100 - sum(out)]:
+        out[i] += 1
+    return out
+
+
+def _shares(stages: dict[str, float]) -> str:
+    pct = _percentages(list(stages.values()))
+    return ", ".join(f"{k} {v:.2f} s ({p}%)" for (k, v), p in zip(stages.items(), pct))
+
+
+_COMPUTE_STAGES = ("pinv", "cnn", "classifier", "rows")
+
+
+def format_stages(stages: dict[str, float], workers: int = 1) -> str:
+    """Where the time went, each group's shares adding up to 100 %. One process computing
+    one block at a time: every stage is a share of the wall time. Blocks computed
+    elsewhere (threads, Dask workers; ``stages`` then has ``wait``): the driver's wall time
+    (read, wait for results, write) and the compute time summed over the ``workers``
+    (PINV, CNN, classifier, rows) are two wholes, shown apart."""
+    if "wait" not in stages:
+        return _shares(stages)
+    driver = {k: v for k, v in stages.items() if k not in _COMPUTE_STAGES}
+    compute = {k: v for k, v in stages.items() if k in _COMPUTE_STAGES}
+    return f"driver: {_shares(driver)}; blocks (summed over {workers} at once): {_shares(compute)}"
 
 
 # ------------------------------------------------------------------ process / classify
@@ -123,14 +151,23 @@ _PROCESS_DESCRIPTION = textwrap.dedent(
 
     OUT is a directory any Parquet reader opens as one dataset, one row group per block, columns:
       source, sensor, block, window_start (UTC), window_s, level_reference, level_offset_db,
-      window ('1s' or '10s'), chunks (1-s chunks classified in the window),
+      window ('1s', '10s' or 'gap'), chunks (1-s chunks classified in the window),
       top_labels, top_scores, top_indices (the --top-k best classes), probs (--probabilities)
     The model ids and sha256, the band and Mel specs, the level reference, the gap policy and the
     label list are stored in OUT/_run.json and in every part file's metadata.
 
-    Re-running the same command resumes a killed run: the manifest (OUT/_manifest.jsonl) lists
-    the finished blocks, so nothing is lost or written twice. A file that cannot be read is
-    reported with its position and the other files are processed (exit status 1).
+    An outage longer than --max-mask-gap (or any gap under --gaps split) is one row with
+    window='gap' (window_start: the end of the last frame before it, window_s: its length,
+    chunks=0, null labels), so that "no data" never reads as "nothing heard".
+
+    OUT must be new, empty, or the output of an earlier run of the same command: another
+    non-empty folder is refused, and only files the run can prove are its own are ever
+    deleted. Re-running the same command resumes a killed run: the manifest
+    (OUT/_manifest.jsonl) lists the finished blocks, so nothing is lost or written twice; an
+    input file changed since (size, time or content) is refused, by name. A file that cannot
+    be read, or breaks a rule, is reported with its position, its blocks before the problem
+    are kept and the other files are processed (exit status 1, with a summary at the end).
+    Levels beyond any sound (a 999 'no data' sentinel) are masked like NaN rows and counted.
     """
 )
 
@@ -190,11 +227,21 @@ def _run_process(args: argparse.Namespace) -> int:
     at_once = "" if s.workers == 1 else f"; {s.workers} blocks at once" + (
         " (Dask)" if args.workers or args.scheduler else " (threads)")
     print(f"models: {s.transcoder} -> {s.classifier}{at_once}")
-    print(f"time: {format_stages(s.stages)}")
+    print(f"time: {format_stages(s.stages, s.workers)}")
+    for st in s.read_stats.values():
+        if st.get("out_of_range_rows"):
+            print(f"{PROG}: warning: {st['path']}: {st['out_of_range_rows']} row(s) with levels beyond any sound "
+                  f"(a 'no data' sentinel such as 999?) were masked like NaN rows, so their seconds are not "
+                  f"classified; the first at {st['first_out_of_range']}", file=sys.stderr)
     for e in s.errors:
         where = f", {e['position']}" if e.get("position") else ""
-        print(f"{PROG}: error: {e['path']}{where}: {e['message']} ({e['blocks_read']} blocks of it were "
-              "processed; the other files were processed)", file=sys.stderr)
+        print(f"{PROG}: error: {e['path']}{where}: {e['message']} ({e['blocks_read']} blocks of it before the "
+              "problem were processed)", file=sys.stderr)
+    if s.errors:
+        n_files = len({str(Path(a).resolve()) for a in args.archives})
+        print(f"{PROG}: {len(s.errors)} of {n_files} files failed (listed above); what was computed is kept, "
+              "the other files were processed. Fix them and run the same command again to resume",
+              file=sys.stderr)
     return 1 if s.errors else 0
 
 
@@ -446,7 +493,7 @@ def _run_bench(args: argparse.Namespace) -> int:
                           workers=w, n_threads=args.threads)
             print(f"{name}: {r['x_real_time']:.1f}x real time ({r['audio_s']:.0f} s in {r['wall_s']:.1f} s), "
                   f"RSS peak {r['rss_peak_mb']:.0f} MB")
-            print(f"  time: {format_stages(r['stages'])}")
+            print(f"  time: {format_stages(r['stages'], r['workers'])}")
             print(f"  RSS: {r['rss_series']}")
         print(f"models: {r['transcoder']} -> {r['classifier']}")
     finally:

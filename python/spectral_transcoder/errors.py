@@ -30,3 +30,7 @@ class SpecMismatchError(InvalidInputError):
 
 class ModelError(SpectralTranscoderError, ValueError):
     """A model file is missing, corrupt, lacks metadata, or fails its checksum."""
+
+
+class MissingDependencyError(SpectralTranscoderError, ImportError):
+    """An optional dependency is not installed; the message names the pip extra that brings it."""

@@ -5,8 +5,8 @@ Mel of the audio, when there is audio) and a class-probability timeline, in one 
 - :func:`pipeline_figure`: the figure from arrays;
 - :func:`plot_file`: both, plus the models, for ``spectral-transcoder plot``.
 
-matplotlib is imported here only (``pip install matplotlib``), with the non-interactive
-Agg backend when none was chosen.
+matplotlib is imported here only (``pip install "spectral-transcoder[plot]"``; without it,
+the error says so before any work), with the non-interactive Agg backend when none was chosen.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._validation import require_module
 from .errors import InvalidInputError
 from .specs import BandSpec, MelSpec
 
@@ -117,6 +118,7 @@ def pipeline_figure(
     chunks not classified), optionally the classifier's own Mel of the audio
     ``(frames, n_mels)``. Time in seconds from the window's start. Returns a
     ``matplotlib.figure.Figure``."""
+    require_module("matplotlib", "plot", "plotting")
     import matplotlib
 
     if matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "ps", "cairo") and "DISPLAY" not in os.environ:
@@ -193,6 +195,7 @@ def plot_file(
     are not classified), and the classifier's own Mel when audio is at hand (``input`` itself,
     or ``audio``: the recording the archive was computed from, aligned on its start).
     Returns what was plotted (model ids, window, top classes)."""
+    require_module("matplotlib", "plot", "plotting")  # before the models are loaded and the file read
     from .archives import AudioReader, open_archive
     from .errors import SpecMismatchError
     from .models import Classifier, Transcoder, _default_transcoder_for, _spec_diff

@@ -19,7 +19,12 @@ block is a whole number of chunks (``frames_per_chunk``). Memory is bounded by o
 block plus one read batch, whatever the archive length.
 
 **Gaps** (``BlockOptions.gaps``): a time jump of ``k`` periods (``k >= 2``) means
-``k - 1`` missing frames; a row holding NaN or +-Inf in any band is a bad row.
+``k - 1`` missing frames; a row holding NaN or +-Inf in any band is a bad row, and so
+is a row with a level more than :data:`~spectral_transcoder.pinv.MAX_LEVEL_ABOVE_OFFSET`
+(300) dB above the band spec's ``db_offset`` once the level reference is applied: no
+sound is that loud, such a value is a "no data" sentinel (e.g. 999) or damage, and the
+transcoders cannot take it. Those rows are counted in :class:`ReadStats`
+(``out_of_range_rows``, with the first one's row and time in ``first_out_of_range``).
 
 - ``"mask"`` (default): missing frames and bad rows become gap frames, ``valid=False``
   with NaN levels, kept in place so that later frames keep their position and the
@@ -30,6 +35,11 @@ block plus one read batch, whatever the archive length.
   new one (bad rows are left out). Blocks then hold valid frames only (but for the
   end padding).
 - ``"error"``: raise :class:`ArchiveError` naming the file, row and time.
+
+Whatever the mode, the first block of a segment that follows another one of the same
+source says how long the hole before it is (:attr:`Block.gap_before_s`: from the end of
+the previous segment's last frame to this block's first one), so that an outage is
+never mistaken for the end of the data.
 
 **Time order.** A row earlier than the previous one is an error (always). Two rows
 in the same slot (``dt < frame_period / 2``) are duplicates: an error by default,
@@ -64,6 +74,7 @@ from typing import Any, Iterator, Literal
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..pinv import MAX_LEVEL_ABOVE_OFFSET
 from ..specs import BandSpec
 
 __all__ = [
@@ -165,6 +176,11 @@ class Block:
     level_reference: LevelReference
     dropped_duplicates: int = 0
     """Duplicate rows dropped inside this block (``duplicates="drop"``)."""
+    gap_before_s: float = 0.0
+    """Seconds with no data right before this block: set on the first block of a segment
+    that follows another segment of the same source (a jump longer than ``max_mask_gap_s``,
+    or any gap or bad row under ``gaps="split"``), from the end of the previous segment's
+    last frame to this block's ``start``; 0 otherwise."""
 
     @property
     def n_frames(self) -> int:
@@ -210,14 +226,18 @@ class ReadStats:
     gap_frames: int = 0
     """Missing frames masked (``gaps="mask"``)."""
     bad_rows: int = 0
-    """Rows holding NaN or +-Inf (masked, or left out under ``"split"``)."""
+    """Rows holding NaN, +-Inf or an out-of-range level (masked, or left out under ``"split"``)."""
+    out_of_range_rows: int = 0
+    """Of the bad rows, those with a level beyond any sound (module docstring), e.g. a 999 sentinel."""
+    first_out_of_range: str | None = None
+    """Where the first out-of-range row is: ``"row R (TIME): V dB in band B"``."""
     gaps: int = 0
     """Time jumps longer than one frame period."""
     dropped_duplicates: int = 0
     segments: int = 0
     blocks: int = 0
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
@@ -424,6 +444,9 @@ class _Framer:
         self.period_ns = spec.frame_period * NS_PER_S
         self.B = opts.block_frames(spec)
         self.offset = np.float32(reference.offset_db)
+        self.max_level = np.float32(spec.db_offset + MAX_LEVEL_ABOVE_OFFSET)  # beyond any sound (docstring)
+        self.prev_end: int | None = None  # ns: end of the previous segment's last stored frame
+        self.gap_before_ns = 0  # the hole before the current segment (for its first block)
         self.max_gap_frames = math.inf if opts.max_mask_gap_s is None else opts.max_mask_gap_s / spec.frame_period
         self.block_index = 0
         self.segment = -1
@@ -449,17 +472,22 @@ class _Framer:
     def finish(self) -> Iterator[Block]:
         yield from self._close_segment()
 
-    def _open_segment(self) -> None:
+    def _open_segment(self, t_first: int) -> None:
+        """Start a segment whose first stored row is at ``t_first`` (ns)."""
         self.segment += 1
         self.stats.segments += 1
         self.in_segment = True
         self.last_frame = -1
+        gap = 0 if self.prev_end is None else t_first - self.prev_end
+        self.gap_before_ns = gap if gap >= self.period_ns / 2 else 0  # jitter is no hole
         self._new_buffer(0)
 
     def _close_segment(self) -> Iterator[Block]:
         if self.in_segment:
             self.in_segment = False
             self.stats.frames += self.last_frame + 1
+            if self.last_frame >= 0:
+                self.prev_end = int(self.t_prev + round(self.period_ns))
             n = self.last_frame + 1 - self.f0
             if n > 0:
                 yield self._emit(n)
@@ -491,6 +519,7 @@ class _Framer:
             source=self.source, sensor=self.sensor, start=np.datetime64(start, "ns"),
             frame_period=self.spec.frame_period, levels=levels, band_spec=self.spec, valid=valid,
             position=pos, level_reference=self.reference, dropped_duplicates=self.dups,
+            gap_before_s=self.gap_before_ns / NS_PER_S if self.f0 == 0 else 0.0,
         )
         self._new_buffer(self.f0 + self.B)
         return block
@@ -533,7 +562,10 @@ class _Framer:
         opts, P = self.opts, self.period_ns
         rows = np.arange(row0, row0 + n, dtype=np.int64)
         lv = np.asarray(levels, dtype=np.float32)
-        ok = np.isfinite(lv).all(axis=1)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN compares False: those rows are bad anyway
+            over = np.any(lv + self.offset > self.max_level, axis=1)
+        ok = np.isfinite(lv).all(axis=1) & ~over
+        ok_last = bool(ok[-1])
         n_bad = n - int(np.count_nonzero(ok))
 
         def fail(k: int, problem: str, t: np.ndarray | None = times) -> Iterator[Block]:
@@ -543,9 +575,21 @@ class _Framer:
                 yield from self.push(levels[:r], row0, None if times is None else times[:r])
             raise ArchiveError(self.path, where, problem)
 
+        first_over = None  # (index, "V dB in band B") of the first out-of-range row
+        if over.any():
+            k = int(np.argmax(over))
+            j = int(np.argmax(lv[k] + self.offset > self.max_level))
+            first_over = (k, f"{float(lv[k, j]):g} dB in band {j}")
         if n_bad and opts.gaps == "error":
-            yield from fail(int(np.argmax(~ok)), 'row holds NaN or Inf levels (gaps="error"; use gaps="mask" '
-                                                 'or "split")')
+            k = int(np.argmax(~ok))
+            if first_over is not None and first_over[0] == k:
+                problem = (f"level {first_over[1]} (as stored) is more than {MAX_LEVEL_ABOVE_OFFSET:g} dB above the "
+                           f"band spec's db_offset ({self.spec.db_offset:g} dB) after the level reference "
+                           f"({self.reference.offset_db:+g} dB): no sound is that loud, is it a 'no data' sentinel? "
+                           '(gaps="error"; gaps="mask" masks such rows like NaN rows)')
+            else:
+                problem = 'row holds NaN or Inf levels (gaps="error"; use gaps="mask" or "split")'
+            yield from fail(k, problem)
 
         # slot step of each row from the previous stored row (1 = the next frame)
         if times is None:
@@ -572,6 +616,7 @@ class _Framer:
                 starts |= steps >= 2
         else:
             starts |= steps - 1 > self.max_gap_frames
+        rows_all, times_all = rows, times
         if opts.gaps == "split" and n_bad:
             lv, ok, rows, t, steps, starts = (a[ok] for a in (lv, ok, rows, t, steps, starts))
 
@@ -591,10 +636,15 @@ class _Framer:
         # no error: commit the state
         self.stats.rows += n
         self.stats.bad_rows += n_bad
+        if first_over is not None:
+            self.stats.out_of_range_rows += int(np.count_nonzero(over))
+            if self.stats.first_out_of_range is None:
+                k = first_over[0]
+                self.stats.first_out_of_range = f"{self._where(int(rows_all[k]), times_all, k)}: {first_over[1]}"
         if times is None:
             self.untimed_next += n
         if opts.gaps == "split":
-            self.prev_bad = not bool(np.isfinite(levels[-1]).all())
+            self.prev_bad = not ok_last
         dups = np.zeros(len(lv), dtype=np.int64)
         if dup.any():
             keep = ~dup
@@ -616,7 +666,7 @@ class _Framer:
             st = steps[a:b].copy()
             if starts[a]:
                 yield from self._close_segment()
-                self._open_segment()
+                self._open_segment(int(t[a]))
                 st[0] = 0
                 base = 0
             else:

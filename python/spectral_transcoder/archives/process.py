@@ -21,7 +21,8 @@ no duplicates when the same call is made again.
 window_start, window_s, level_reference, level_offset_db``):
 
 =================  ===============================  ===========================================
-``window``         string                           ``"1s"``: one 1-s chunk; ``"10s"``: a 10-s mean
+``window``         string                           ``"1s"``: one 1-s chunk; ``"10s"``: a 10-s mean;
+                                                    ``"gap"``: an outage (no data), see **Gaps**
 ``chunks``         int16                            1-s chunks classified in the window (0: none)
 ``top_labels``     fixed_size_list<string>[k]       the ``top_k`` most probable classes, best first
 ``top_scores``     fixed_size_list<float32>[k]      their probabilities
@@ -35,13 +36,29 @@ top-k), or ``"both"`` (default; 1-s rows first in each block). A 10-s window nev
 spans two blocks (``block_seconds`` must then be a multiple of 10 s); the last one of
 a segment may be shorter (``window_s`` says how long).
 
-**Gaps.** A 1-s chunk holding a gap frame (missing, NaN row, end padding; see
-:mod:`.blocks`) is *not classified*: probabilities are never computed from,
-or filled with, NaN. With ``gap_rows="mark"`` (default) its 1-s row is kept with
-``chunks = 0`` and null labels, scores and probabilities, so a timeline shows the
-hole; a 10-s mean averages the window's classified chunks (``chunks`` < 10 tells)
-and is null only when none is. ``gap_rows="omit"`` leaves the rows with ``chunks = 0``
-out.
+**Gaps: "no data" is never "nothing heard".** Missing data is shown, never filled:
+
+- A 1-s chunk holding a gap frame (a missing frame, a bad row: NaN, Inf or an
+  out-of-range level such as a 999 sentinel; or the end padding; see :mod:`.blocks`)
+  is *not classified*: probabilities are never computed from, or filled with, NaN.
+  With ``gap_rows="mark"`` (default) its 1-s row is kept with ``chunks = 0`` and null
+  labels, scores and probabilities, so a timeline shows the hole; a 10-s mean
+  averages the window's classified chunks (``chunks`` < 10 tells) and is null only
+  when none is.
+- An outage too long to mask (a jump longer than ``max_mask_gap_s``, 60 s by default,
+  so that a sensor offline for a month does not yield a month of empty rows), or any
+  gap or bad row under ``gaps="split"``, is **one row** with ``window = "gap"``:
+  ``window_start`` is the end of the last frame before it, ``window_s`` its length
+  (any length, to the frame), ``chunks = 0`` and null labels, scores and
+  probabilities. It comes first among the rows of the block after the outage.
+
+So, within one source, the ``"1s"`` (or the ``"10s"``) rows and the ``"gap"`` rows
+together tile the time from the first frame to the end of the last chunk: coverage is
+the sum of ``chunks`` (seconds classified) over that span, and an hour whose ``"1s"``
+rows all hold ``chunks = 0``, or that a ``"gap"`` row spans, had no usable data.
+(A hole between two files of the same sensor is not a row: each file is its own
+source.) ``gap_rows="omit"`` leaves out every row with ``chunks = 0``, gap rows
+included.
 
 **Metadata.** The run's options (``_run.json`` and every part's ``st.run``) hold the
 reader's choices (band spec, level reference and offset, gap and duplicate policy,
@@ -350,6 +367,10 @@ def _timed_block(block: Any, task: ProcessTask) -> tuple[Any, dict[str, float]]:
     t0 = clock()
     d = spec.chunk_duration
     parts = []  # (window, offset_s, window_s, chunks, probs)
+    if block.gap_before_s > 0:  # the outage before this segment: one row, so "no data" never reads as silence
+        g_s = float(block.gap_before_s)
+        parts.append(("gap", np.array([-g_s]), np.array([g_s]), np.zeros(1, np.int16),
+                      np.zeros((1, n_classes), np.float32)))
     if opts.windows in ("1s", "both"):
         parts.append(("1s", np.arange(n) * d, np.full(n, d), ok.astype(np.int16), probs))
     if opts.windows in ("10s", "both"):
@@ -422,14 +443,18 @@ class ProcessSummary:
 
 
 class _Wrapped:
-    """An iterable of blocks that forwards ``describe``, ``duration_hint`` and ``errors``
-    to the one it wraps, so that :func:`~.run_blocks` records the same options."""
+    """An iterable of blocks that forwards what :func:`~.run_blocks` asks of the one it
+    wraps (its options, size, failures, statistics, files and formats), so that a wrapped
+    reader is recorded and reported as the reader itself."""
+
+    _FORWARDED = ("describe", "duration_hint", "errors", "stats", "source", "source_paths", "formats",
+                  "skip_source")
 
     def __init__(self, inner: Iterable[Any]):
         self.inner = inner
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("describe", "duration_hint", "errors"):
+        if name in self._FORWARDED:
             return getattr(self.inner, name)
         raise AttributeError(name)
 
@@ -562,10 +587,14 @@ def process(
     """Classify third-octave archives into a Parquet dataset of predictions.
 
     ``inputs``: archive paths (any format :func:`~.open_archive` reads; a file
-    that fails is reported in ``summary.errors`` with its position and the others are
-    processed), or an opened reader / ``open_many`` set / iterable of blocks.
-    ``output``: the result directory (see :mod:`.writer`); calling again with
-    the same arguments resumes a killed run. ``classifier`` / ``transcoder``: registry
+    that fails, unreadable or breaking a rule, or a block the models refuse, is
+    reported in ``summary.errors`` with its position, the blocks before it are kept and
+    the other files are processed), or an opened reader / ``open_many`` set / iterable
+    of blocks. Out-of-range levels (a 999 sentinel) are masked like NaN and counted in
+    ``summary.read_stats``. ``output``: the result directory (see :mod:`.writer`): new,
+    empty, or an earlier run of the same call, which is then resumed (a killed run, or
+    one given more files); another non-empty folder is refused, and so is a resume
+    after an input file changed. ``classifier`` / ``transcoder``: registry
     names or ``.onnx`` paths (``"pinv:TARGET"`` for the PINV alone; None: the
     registry's default transcoder for the classifier). ``windows``, ``top_k``,
     ``probabilities``, ``gap_rows``: the rows (module docstring). ``block_seconds``
@@ -590,8 +619,10 @@ def process(
     transcoder's output does not fit the classifier.
     """
     from . import read_manifest, run_blocks
+    from .engine import require_archives
     from .writer import MANIFEST_NAME
 
+    require_archives(progress)  # before any model is loaded or file written
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise InvalidInputError(f"workers must be an integer >= 1, got {workers!r}")
     if workers is not None and scheduler is not None:
@@ -638,7 +669,7 @@ def process(
             return table
 
         run = run_blocks(reader, fn, output, progress=progress, blocks_per_part=blocks_per_part,
-                         metadata=metadata, resume=resume)
+                         metadata=metadata, resume=resume, on_block_error="skip_source")
     else:
         with _block_executor(task, scheduler, workers, block_threads) as (submit, n_workers):
             done = {(e["source"], int(e["index"])) for e in read_manifest(Path(output) / MANIFEST_NAME)
@@ -655,7 +686,7 @@ def process(
                 return table
 
             run = run_blocks(pipe, fn, output, progress=progress, blocks_per_part=blocks_per_part,
-                             metadata=metadata, resume=resume)
+                             metadata=metadata, resume=resume, on_block_error="skip_source")
     wall = time.perf_counter() - t_start
     stages["read"] = reader.seconds
     if pipelined:

@@ -39,6 +39,7 @@ from typing import Any, ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .._validation import require_module
 from ..errors import InvalidInputError
 from ..specs import BandSpec, get_band_spec
 from .blocks import (
@@ -125,6 +126,14 @@ class BlockReader:
         the blocks, not the knobs that only change speed or memory."""
         return {"format": self.format, "source": self.source, "sensor": self.sensor,
                 "band_spec": self.band_spec.to_dict(), "options": self.options.result_dict(), **self._extra()}
+
+    def source_paths(self) -> dict[str, str]:
+        """Source id -> file path (for the engine's check that an input did not change)."""
+        return {self.source: self.path}
+
+    def formats(self) -> set[str]:
+        """The formats read (for labels): this reader's."""
+        return {self.format}
 
     def _fail(self, problem: str, position: str | None = None) -> ArchiveError:
         return ArchiveError(self.path, position if position is not None else self._pos, problem)
@@ -353,6 +362,7 @@ class ParquetReader(_TabularReader):
         if time_unit is not None and time_unit not in _TIME_UNITS:
             raise InvalidInputError(f"time_unit must be one of {sorted(_TIME_UNITS)}, got {time_unit!r}")
         self.time_unit = time_unit
+        require_module("pyarrow", "archives", "reading Parquet archives")  # not "an unreadable file"
         pf = self._open()
         self._num_rows = pf.metadata.num_rows
         self._resolve_columns(pf.schema_arrow, time_column, band_columns, levels_column)
@@ -394,6 +404,7 @@ class CsvReader(_TabularReader):
         if time_unit is not None and time_unit not in _TIME_UNITS:
             raise InvalidInputError(f"time_unit must be one of {sorted(_TIME_UNITS)}, got {time_unit!r}")
         self.time_unit, self.delimiter = time_unit, delimiter
+        require_module("pyarrow", "archives", "reading CSV archives")
         import pyarrow as pa
         import pyarrow.csv as pcsv
 
@@ -502,6 +513,7 @@ class Hdf5Reader(_ClipReader):
             self._setup_clips(tuple(ds.shape), start, clip_starts, f"dataset {dataset!r}")
 
     def _open(self) -> Any:
+        require_module("h5py", "archives", "reading HDF5 archives")
         import h5py
 
         try:
@@ -948,9 +960,28 @@ class ArchiveSet:
         self.block_options = BlockOptions(**common)  # bad option values fail here, once
         self.errors: list[ArchiveFailure] = []
         self.stats: dict[str, ReadStats] = {}
+        self._skip: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def source_paths(self) -> dict[str, str]:
+        """Source id -> file path, without opening the files (a reader's default source is
+        its resolved path)."""
+        if self.options.get("source") is not None:
+            return {str(self.options["source"]): p for p in self.paths}
+        return {str(Path(p).resolve()): p for p in self.paths}
+
+    def formats(self) -> set[str]:
+        """The formats of the files, from ``format=`` or their extensions (for labels)."""
+        if self.options.get("format") is not None:
+            return {str(self.options["format"])}
+        return {_READERS[ext].format for ext in (Path(p).suffix.lower() for p in self.paths) if ext in _READERS}
+
+    def skip_source(self, source: str) -> None:
+        """Stop reading ``source`` (its failure is recorded by the caller): the iteration
+        goes on with the next file after the block now being given."""
+        self._skip.add(source)
 
     def duration_hint(self) -> float | None:
         total = 0.0
@@ -975,16 +1006,23 @@ class ArchiveSet:
 
     def __iter__(self) -> Iterator[Block]:
         self.errors = []
+        self.stats = {}
+        self._skip = set()
         for p in self.paths:
             n = 0
+            reader = None
             try:
                 reader = open_archive(p, **self.options)
                 for block in reader:
                     n += 1
                     yield block
-                self.stats[reader.source] = reader.stats
+                    if reader.source in self._skip:
+                        break
             except ArchiveError as exc:
                 self.errors.append(ArchiveFailure(p, exc.position, exc.problem, n))
+            finally:
+                if reader is not None:  # what was met up to a failure counts too
+                    self.stats[reader.source] = reader.stats
 
 
 def open_many(paths: Iterable[str | os.PathLike], **options: Any) -> ArchiveSet:
