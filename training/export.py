@@ -82,8 +82,9 @@ def _export_torchscript(module: nn.Module, example: tuple[torch.Tensor, ...], na
     )
 
 
-#: An absolute path of two or more components (not "1/3" or "dB/s"): kept as its last component.
-_ABS_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.+=@-]+/)+([\w.+=@-]+)")
+#: An absolute path of two or more components whose first has two or more characters (not
+#: "1/3", "dB/s" or AudioSet ids like "/m/09x0r"): kept as its last component.
+_ABS_PATH = re.compile(r"(?<![\w.:/])/[\w.+=@-]{2,}/(?:[\w.+=@-]+/)*([\w.+=@-]+)")
 
 
 def scrub_machine_paths(model: Any) -> Any:
@@ -111,7 +112,8 @@ def scrub_machine_paths(model: Any) -> Any:
         del node.metadata_props[:]
         node.doc_string = ""
     for prop in model.metadata_props:
-        prop.value = _ABS_PATH.sub(r"\1", prop.value)
+        if prop.key != "st.labels":  # label ids are not paths
+            prop.value = _ABS_PATH.sub(r"\1", prop.value)
     model.doc_string = _ABS_PATH.sub(r"\1", model.doc_string)
     return model
 
