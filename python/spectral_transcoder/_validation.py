@@ -92,6 +92,44 @@ def resample(audio: np.ndarray, sample_rate: float, target_rate: int, quality: s
     return out.reshape(*lead, out.shape[-1])
 
 
+#: Time-major audio: a last axis of at most this many entries under a longer axis is taken for
+#: the channels of ``(samples, channels)`` audio (what ``soundfile.read`` returns), not for samples.
+MAX_CHANNELS = 8
+
+
+def check_samples_last(audio: np.ndarray, name: str = "audio") -> None:
+    """Refuse time-major audio ``(samples, channels)``: the functions take ``(..., samples)``.
+
+    Without this check a stereo file read by ``soundfile.read`` (shape ``(n, 2)``) is a batch
+    of ``n`` signals of 2 samples each: ``n`` frames of silence, and minutes of work downstream.
+    """
+    if audio.ndim >= 2 and audio.shape[-1] <= MAX_CHANNELS and audio.shape[-2] > MAX_CHANNELS:
+        n, c = audio.shape[-2], audio.shape[-1]
+        raise InvalidInputError(
+            f"{name} has shape {audio.shape}: that looks like time-major audio ({n} samples x {c} channels, "
+            f"as soundfile.read returns), not {n} signals of {c} samples each. The last axis must hold the "
+            f"samples: mix the channels down with {name}.mean(axis=1), or pass {name}.T to analyse each "
+            "channel"
+        )
+
+
+def check_min_duration(n: int, sample_rate: float, frame_length: int, frame_rate: int, name: str,
+                       what: str) -> None:
+    """Refuse a signal shorter than one analysis frame (``frame_length`` samples at ``frame_rate`` Hz).
+
+    ``n`` samples at ``sample_rate`` Hz; compared by duration, before any resampling, so that
+    the message speaks of the samples the caller gave.
+    """
+    if n * frame_rate < frame_length * sample_rate:  # n / sample_rate < frame_length / frame_rate, exactly
+        need = -(-frame_length * sample_rate // frame_rate)
+        at_rate = "" if sample_rate == frame_rate else f", i.e. {int(need)} samples at {sample_rate:g} Hz"
+        raise InvalidInputError(
+            f"{name} holds {n} samples at {sample_rate:g} Hz ({n / sample_rate:.4g} s), shorter than one analysis "
+            f"frame of {what}: {frame_length} samples at {frame_rate} Hz ({frame_length / frame_rate:.4g} s)"
+            f"{at_rate}. Pad it (numpy.pad) if levels of so short a sound are what you want"
+        )
+
+
 def check_min_length(n: int, minimum: int, name: str, what: str) -> None:
     if n < minimum:
         raise InvalidInputError(

@@ -171,7 +171,10 @@ def _run_analyze(args: argparse.Namespace) -> int:
     outs = _outputs_for(list(args.audio), args.output)
     for src, out in zip(args.audio, outs):
         audio, sr = _read_audio(src)
-        levels = third_octave(audio, sr, spec, n_threads=args.threads)
+        try:
+            levels = third_octave(audio, sr, spec, n_threads=args.threads)
+        except InvalidInputError as exc:  # too short, a sample rate below the floor: name the file
+            raise InvalidInputError(f"{src}: {exc}") from None
         n = levels.shape[-2]
         f = spec.frames_per_chunk
         left = n % f

@@ -35,6 +35,7 @@ from ._validation import (
     as_float32_signal,
     check_min_length,
     check_sample_rate,
+    check_samples_last,
     check_threads,
     resample,
 )
@@ -66,7 +67,8 @@ def mel(
     Args:
         audio: waveform(s), shape ``(..., samples)``; leading axes are batch axes. Float
             samples are full scale (1.0 = 0 dBFS); integer PCM is scaled to full scale
-            (int16 / 32768, ...). NaN and Inf are rejected.
+            (int16 / 32768, ...). NaN and Inf are rejected, and so is time-major audio
+            ``(samples, channels)`` as ``soundfile.read`` returns it (pass ``audio.mean(axis=1)``).
         sample_rate: rate of ``audio`` in Hz. Audio at another rate than the spec's is
             resampled first (python-soxr, HQ).
         spec: a :class:`MelSpec` or a preset name: ``"pann"``, ``"yamnet_torchport"``,
@@ -96,6 +98,7 @@ def mel(
     sr = check_sample_rate(sample_rate)
     threads = check_threads(n_threads)
     x = as_float32_signal(audio, "audio")
+    check_samples_last(x, "audio")
     if x.shape[-1] == 0:
         check_min_length(0, spec.min_samples(), "audio", f"the {spec.name!r} Mel front end")
     x = resample(x, sr, spec.sample_rate)

@@ -39,6 +39,7 @@ from typing import Any, ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .._validation import check_min_duration
 from ..errors import InvalidInputError
 from ..specs import BandSpec, get_band_spec
 from .blocks import (
@@ -806,6 +807,12 @@ class AudioReader(BlockReader):
         self.sample_rate, self.channels, self.n_samples = int(info.samplerate), int(info.channels), int(info.frames)
         if self.n_samples <= 0:
             raise self._fail("the file holds no samples", "file header")
+        spec = self.band_spec
+        try:  # the same rules as third_octave on the whole file
+            check_min_duration(self.n_samples, self.sample_rate, spec.frame_length, spec.sample_rate,
+                               "the file", f"the band spec {spec.name!r}")
+        except InvalidInputError as exc:
+            raise self._fail(str(exc), "file header") from None
         if channel is not None and not (isinstance(channel, int) and 0 <= channel < self.channels):
             raise InvalidInputError(f"channel must be None (mix to mono) or 0..{self.channels - 1}, got {channel!r}")
         if not (isinstance(read_seconds, (int, float)) and read_seconds > 0):

@@ -1,0 +1,95 @@
+"""Issue 15, "a new user's first day": a catalogue of bad inputs a new user gives, each
+class exercised through the Python API and the command line (`cli.main`, in process,
+or `python -m spectral_transcoder` where the process boundary is the point).
+
+Every input class must end in a clear error (naming the file, the position and the
+problem, in the caller's language: keywords in Python, flags on the command line),
+or be read correctly with a warning that says what was done.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _tiny_models import make_classifier, make_transcoder, transcoder_metadata
+from archives_testutil import NC_FREQS, NS, T0, grid_times, write_csv, write_noisecapture
+from conftest import REPO, shared_file, subprocess_env
+import spectral_transcoder as st
+from spectral_transcoder import archives, cli
+from spectral_transcoder.errors import InputWarning, LevelWarning
+from spectral_transcoder.pinv import PartialChunkWarning
+from spectral_transcoder.specs import get_band_spec
+
+sf = pytest.importorskip("soundfile")
+
+FAST = get_band_spec("cense_fast")
+VIA = ["api", "cli"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("tiny")
+    return {"tr": make_transcoder(d / "tr.onnx"), "clf": make_classifier(d / "clf.onnx"),
+            "tr_nc": make_transcoder(d / "tr_nc.onnx", meta=transcoder_metadata("tiny-nc", band="noisecapture"))}
+
+
+def _dbfs(n: int, seed: int = 0) -> np.ndarray:
+    """(n, 29) float32 levels, -70..-30 dB re full scale: what audio analysed by the package gives."""
+    return np.random.default_rng(seed).uniform(-70.0, -30.0, (n, 29)).astype(np.float32)
+
+
+def _noise(seconds: float, sr: int, channels: int | None = None, seed: int = 0) -> np.ndarray:
+    shape = (int(round(seconds * sr)),) + ((channels,) if channels else ())
+    return (np.random.default_rng(seed).standard_normal(shape) * 0.1).astype(np.float32)
+
+
+def _npz(path: Path, lv: np.ndarray) -> Path:
+    np.savez(path, levels=lv, band_spec=np.array(FAST.to_json()))
+    return path
+
+
+def _run(capsys, *argv: object) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _classify_cli(tiny, capsys, inputs, out: Path, *extra: object) -> tuple[int, str, str]:
+    return _run(capsys, "classify", *inputs, "-o", out, "-c", tiny["clf"], "-t", tiny["tr"], "--no-progress",
+                "--block-seconds", "20", *extra)
+
+
+# ------------------------------------------------------------------ 4. stereo / time-major audio
+@pytest.mark.parametrize("via", VIA)
+def test_time_major_and_too_short_audio(via, tmp_path, capsys):
+    stereo = _noise(1.5, 48000, channels=2)  # what sf.read gives: (samples, channels)
+    if via == "api":
+        for fn in (st.third_octave, st.mel):
+            with pytest.raises(st.InvalidInputError, match=r"\(72000, 2\).*audio\.mean\(axis=1\).*\.T"):
+                fn(stereo, 48000)
+        # a batch of real signals (channels, samples) is still a batch
+        assert st.third_octave(np.ascontiguousarray(stereo.T), 48000).shape == (2, 12, 29)
+        with pytest.raises(st.InvalidInputError, match=r"4000 samples at 32000 Hz.*one analysis frame.*4096"):
+            st.third_octave(_noise(0.125, 32000), 32000)
+        with pytest.raises(st.InvalidInputError, match=r"shorter than one analysis frame"):
+            st.third_octave(_noise(0.1, 48000), 48000)
+    else:
+        wav = tmp_path / "stereo.wav"
+        sf.write(wav, stereo, 48000, subtype="FLOAT")
+        code, out, err = _run(capsys, "analyze", wav, "-o", tmp_path / "s.npz")
+        assert code == 0, err
+        with np.load(tmp_path / "s.npz") as z:  # the command line mixes the channels down itself
+            np.testing.assert_array_equal(z["levels"], st.third_octave(stereo.mean(axis=1), 48000))
+        short = tmp_path / "short.wav"
+        sf.write(short, _noise(0.05, 48000), 48000)
+        code, out, err = _run(capsys, "analyze", short, "-o", tmp_path / "x.npz")
+        assert code == 1 and "short.wav" in err and "shorter than one analysis frame" in err
+        assert "Traceback" not in err
