@@ -93,3 +93,38 @@ def test_time_major_and_too_short_audio(via, tmp_path, capsys):
         code, out, err = _run(capsys, "analyze", short, "-o", tmp_path / "x.npz")
         assert code == 1 and "short.wav" in err and "shorter than one analysis frame" in err
         assert "Traceback" not in err
+
+
+# ------------------------------------------------------------------ 6. sample-rate slips
+@pytest.mark.parametrize("via", VIA)
+@pytest.mark.parametrize("rate", [1, 32, 7999])
+def test_sample_rate_slip_is_refused(via, rate, tiny, tmp_path, capsys):
+    floor = "8000 Hz"
+    wav = tmp_path / "low.wav"
+    sf.write(wav, np.full(max(100, rate), 0.1, np.float32), rate)
+    if via == "api":
+        with pytest.raises(st.InvalidInputError, match=rf"sample_rate {rate} Hz.*floor of {floor}.*32 for 32000"):
+            st.third_octave(np.full(max(100, rate), 0.1, np.float32), rate)
+        with pytest.raises(st.InvalidInputError, match=rf"sample_rate {rate} Hz.*floor of {floor}"):
+            st.mel(np.full(max(100, rate), 0.1, np.float32), rate)
+        with pytest.raises(archives.ArchiveError, match=rf"low\.wav.*{rate} Hz.*{floor}"):
+            archives.open_archive(wav)
+    else:
+        code, out, err = _run(capsys, "analyze", wav, "-o", tmp_path / "x.npz")
+        assert code == 1 and "low.wav" in err and f"{rate} Hz" in err and floor in err and "bad_alloc" not in err
+        code, out, err = _classify_cli(tiny, capsys, [wav], tmp_path / "out")
+        assert code == 1 and "low.wav" in err and floor in err and "Silence" not in out
+
+
+@pytest.mark.parametrize("via", VIA)
+def test_band_limited_audio_is_warned_about(via, tmp_path, capsys):
+    x = _noise(1.0, 22050)  # UrbanSound8K's rate: real audio, but nothing above 11 025 Hz
+    if via == "api":
+        with pytest.warns(InputWarning, match=r"22050 Hz.*nothing above 11025 Hz.*28251 Hz.*2 top band.*from 10000 Hz up"):
+            lv = st.third_octave(x, 22050)
+        assert lv.shape == (8, 29)
+    else:
+        wav = tmp_path / "us8k.wav"
+        sf.write(wav, x, 22050)
+        code, out, err = _run(capsys, "analyze", wav, "-o", tmp_path / "x.npz")
+        assert code == 0 and "warning:" in err and "nothing above 11025 Hz" in err

@@ -6,11 +6,19 @@ whose message names the argument, the position and the problem.
 
 from __future__ import annotations
 
+import math
 import numbers
+import os
+import sys
+import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import InputTypeError, InvalidInputError
+from .errors import InputTypeError, InputWarning, InvalidInputError
+
+if TYPE_CHECKING:
+    from .specs import BandSpec
 
 #: Integer PCM is scaled to [-1, 1) full scale by these divisors (uint8 is offset by 128 first).
 INT_FULL_SCALE = {np.dtype(np.int8): 2.0**7, np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31,
@@ -25,6 +33,59 @@ def check_sample_rate(sample_rate: object, name: str = "sample_rate") -> float:
     if not np.isfinite(sr) or sr <= 0:
         raise InvalidInputError(f"{name} must be a positive number of Hz, got {sample_rate!r}")
     return sr
+
+
+#: Audio at a lower rate is taken for a slip (``32`` for ``32000``, ``1``): refused. 8 kHz is the
+#: lowest sample rate of audio in common use (telephony).
+MIN_AUDIO_RATE = 8000.0
+
+
+def check_audio_rate(sample_rate: float, name: str = "sample_rate", what: str = "audio") -> None:
+    """Refuse a sample rate below :data:`MIN_AUDIO_RATE`.
+
+    Such a rate is a slip, not audio: resampled to the analysis rate, ``32`` for ``32000``
+    makes a thousand-fold longer signal (GBs of memory, ``std::bad_alloc`` at 1 Hz).
+    """
+    if sample_rate < MIN_AUDIO_RATE:
+        raise InvalidInputError(
+            f"{name} {sample_rate:g} Hz is below the floor of {MIN_AUDIO_RATE:.0f} Hz (the lowest rate of {what} "
+            f"in common use): is it a slip, such as 32 for 32000, or a rate in kHz?"
+        )
+
+
+def check_band_sample_rate(sample_rate: float, spec: "BandSpec", name: str = "sample_rate") -> None:
+    """Refuse a slip of the sample rate (:func:`check_audio_rate`), and warn
+    (:class:`~spectral_transcoder.errors.InputWarning`) when the audio's Nyquist frequency
+    is below the upper edge of the band spec's top band.
+
+    Full-band levels need ``2 * spec.upper_edges[-1]`` Hz (28 251 Hz for the presets: the
+    12.5-kHz band reaches 14 125 Hz). Resampling cannot create what the audio never held:
+    the bands above its Nyquist frequency read the resampler's noise floor. That is a
+    property of the recording (UrbanSound8K holds 22 050-Hz files), not an error.
+    """
+    check_audio_rate(sample_rate, name)
+    upper = spec.upper_edges
+    floor = 2.0 * float(upper[-1])
+    if sample_rate < floor:
+        nyquist = sample_rate / 2.0
+        cut = spec.center_frequencies[upper > nyquist]
+        warnings.warn(
+            f"{name} {sample_rate:g} Hz: the audio holds nothing above {nyquist:g} Hz, but the band spec "
+            f"{spec.name!r} reaches {upper[-1]:.0f} Hz (full-band levels need {math.ceil(floor)} Hz or more): "
+            f"its {len(cut)} top band(s), from {cut[0]:.0f} Hz up, read low or empty, unlike those of the "
+            "full-band audio the transcoders were trained on",
+            InputWarning, stacklevel=_outside_stacklevel(),
+        )
+
+
+def _outside_stacklevel() -> int:
+    """``stacklevel`` that points a warning at the first caller outside this package."""
+    # frame 2 is the function that called the one issuing the warning: stacklevel 2
+    frame, level = sys._getframe(2), 2
+    package_dir = os.path.dirname(os.path.abspath(__file__))
+    while frame is not None and frame.f_code.co_filename.startswith(package_dir):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _first_bad(a: np.ndarray) -> tuple[tuple[int, ...], float]:

@@ -16,6 +16,7 @@ import numpy as np
 from . import _core, tables
 from ._validation import (
     as_float32_signal,
+    check_band_sample_rate,
     check_min_duration,
     check_sample_rate,
     check_samples_last,
@@ -51,7 +52,10 @@ def third_octave(
         ``audio.mean(axis=1)`` (mono) or ``audio.T`` (each channel).
     sample_rate:
         Rate of ``audio`` in Hz. Audio at another rate than ``spec.sample_rate``
-        (32 kHz for the presets) is resampled first (soxr, HQ).
+        (32 kHz for the presets) is resampled first (soxr, HQ). Rates below 8 kHz are
+        refused (a slip such as ``32`` for ``32000``); below twice the upper edge of
+        the top band (28 251 Hz for the presets) an :class:`~.errors.InputWarning`
+        says which top bands the audio cannot fill.
     spec:
         A :class:`~spectral_transcoder.specs.BandSpec` or a preset name:
         ``"cense_fast"`` (4096-sample Tukey frames every 4000 samples, 125 ms) or
@@ -79,6 +83,7 @@ def third_octave(
     """
     spec = get_band_spec(spec)
     sr = check_sample_rate(sample_rate)
+    check_band_sample_rate(sr, spec)  # before any work: a slip such as 32 for 32000 costs GBs
     x = as_float32_signal(audio, "audio")
     n_threads = check_threads(n_threads)
     if db_offset is None:

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import InvalidInputError, ModelError, SpectralTranscoderError
+from .errors import InvalidInputError, ModelError, SpectralTranscoderError, SpectralTranscoderWarning
 from .specs import BAND_SPECS, MEL_SPECS, get_band_spec, spec_from_json
 
 __all__ = ["main", "build_parser", "register_command", "COMMANDS", "Command"]
@@ -83,11 +83,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 = success)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args._handler(args) or 0)
-    except (SpectralTranscoderError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
+    with warnings.catch_warnings():
+        # The package's warnings (a padded chunk, a guessed CSV header...) are part of the
+        # command's report: one plain line each, like the errors, not Python's file:line form.
+        warnings.showwarning = _show_warning
+        try:
+            return int(args._handler(args) or 0)
+        except (SpectralTranscoderError, OSError) as exc:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return 1
+
+
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    if issubclass(category, SpectralTranscoderWarning):
+        print(f"{PROG}: warning: {message}", file=sys.stderr)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------ helpers
@@ -138,8 +153,9 @@ def _str(z: np.lib.npyio.NpzFile, key: str) -> str | None:
     help="audio files -> third-octave levels and PINV Mels (.npz)",
     description=textwrap.dedent(
         """\
-        Analyse audio files (wav, flac, ... via soundfile; any sample rate, resampled; channels
-        averaged to mono) into third-octave levels, and transcode them with the pseudo-inverse
+        Analyse audio files (wav, flac, ... via soundfile; any sample rate from 8 kHz, resampled,
+        with a warning below 28.3 kHz, where the top bands lie above the Nyquist frequency; channels
+        averaged to mono; at least one analysis frame, 128 ms) into third-octave levels, and transcode them with the pseudo-inverse
         (PINV) into the Mel spectrogram of --target. Writes one .npz per file with:
           levels       (frames, bands) float32, dB re full scale (+ --db-offset)
           mel_pinv     (frames, n_mels) float32, in the target's Mel units, chunks stitched

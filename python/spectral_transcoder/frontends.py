@@ -33,6 +33,7 @@ from . import _core, tables
 from ._validation import (
     as_float32_mel,
     as_float32_signal,
+    check_audio_rate,
     check_min_length,
     check_sample_rate,
     check_samples_last,
@@ -96,6 +97,7 @@ def mel(
     """
     spec = get_mel_spec(spec)
     sr = check_sample_rate(sample_rate)
+    check_audio_rate(sr)  # before any work: a slip such as 32 for 32000 costs GBs
     threads = check_threads(n_threads)
     x = as_float32_signal(audio, "audio")
     check_samples_last(x, "audio")

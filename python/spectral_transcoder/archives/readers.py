@@ -39,7 +39,7 @@ from typing import Any, ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .._validation import check_min_duration
+from .._validation import check_band_sample_rate, check_min_duration
 from ..errors import InvalidInputError
 from ..specs import BandSpec, get_band_spec
 from .blocks import (
@@ -788,7 +788,9 @@ class AudioReader(BlockReader):
     with a streaming soxr resampler (the same "HQ" filter as the whole-file path,
     whose output it equals sample for sample), and cut into frames on the spec's grid
     from the first sample; the last frame is zero-padded as in the whole-file
-    analysis. The levels therefore equal ``third_octave`` of the whole file.
+    analysis. The levels therefore equal ``third_octave`` of the whole file, and the same
+    files are refused (a sample rate below 8 kHz, less audio than one analysis frame) or
+    warned about (a rate below twice the top band's upper edge, 28 251 Hz for ``cense_fast``).
     Levels are dB re full scale (plus the spec's ``db_offset``).
     """
 
@@ -809,6 +811,7 @@ class AudioReader(BlockReader):
             raise self._fail("the file holds no samples", "file header")
         spec = self.band_spec
         try:  # the same rules as third_octave on the whole file
+            check_band_sample_rate(self.sample_rate, spec, "the file's sample rate")
             check_min_duration(self.n_samples, self.sample_rate, spec.frame_length, spec.sample_rate,
                                "the file", f"the band spec {spec.name!r}")
         except InvalidInputError as exc:
