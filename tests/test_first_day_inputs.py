@@ -128,3 +128,36 @@ def test_band_limited_audio_is_warned_about(via, tmp_path, capsys):
         sf.write(wav, x, 22050)
         code, out, err = _run(capsys, "analyze", wav, "-o", tmp_path / "x.npz")
         assert code == 0 and "warning:" in err and "nothing above 11025 Hz" in err
+
+
+# ------------------------------------------------------------------ 10. a closed pipe
+class _ClosedPipe:
+    """stdout after the reader (`head`) has gone: writing fails, or (buffered) only the flush."""
+
+    def __init__(self, buffered: bool):
+        self.buffered = buffered
+
+    def write(self, s: str) -> int:
+        if not self.buffered:
+            raise BrokenPipeError(32, "Broken pipe")
+        return len(s)
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+@pytest.mark.parametrize("via", ["write", "flush", "subprocess"])
+def test_output_into_a_closed_pipe(via, home, monkeypatch, capsys):
+    if via != "subprocess":
+        monkeypatch.setattr(sys, "stdout", _ClosedPipe(buffered=via == "flush"))
+        assert cli.main(["models", "list"]) == 1
+        assert capsys.readouterr().err == ""  # quietly: no traceback, no message
+        return
+    # `spectral-transcoder models list | head -0`: the reader is gone before the first line
+    p = subprocess.Popen([sys.executable, "-m", "spectral_transcoder", "models", "list"], cwd=REPO,
+                         env=subprocess_env(SPECTRAL_TRANSCODER_HOME=str(home)), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    p.wait(timeout=120)
+    assert err == "" and p.returncode == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import textwrap
 import warnings
@@ -88,10 +89,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         # command's report: one plain line each, like the errors, not Python's file:line form.
         warnings.showwarning = _show_warning
         try:
-            return int(args._handler(args) or 0)
+            code = int(args._handler(args) or 0)
+            # Flushed here, inside the try: when the reader of a pipe is gone (`... | head`) the
+            # write fails now and is handled below, not in the interpreter's exit flush
+            # ("Exception ignored ... BrokenPipeError").
+            sys.stdout.flush()
+            return code
+        except BrokenPipeError:
+            # The reader has all it wanted: exit quietly, as the Python docs recommend (signal module,
+            # "Note on SIGPIPE"): stdout goes to devnull so that the exit flush cannot fail again.
+            _stdout_to_devnull()
+            return 1
         except (SpectralTranscoderError, OSError) as exc:
             print(f"{PROG}: error: {exc}", file=sys.stderr)
             return 1
+
+
+def _stdout_to_devnull() -> None:
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # a replaced sys.stdout without a file descriptor
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 _python_showwarning = warnings.showwarning
