@@ -161,3 +161,29 @@ def test_output_into_a_closed_pipe(via, home, monkeypatch, capsys):
     err = p.stderr.read().decode()
     p.wait(timeout=120)
     assert err == "" and p.returncode == 1
+
+
+# ------------------------------------------------------------------ 13. the caller's language
+@pytest.mark.parametrize("via", VIA)
+def test_errors_speak_the_callers_language(via, tiny, tmp_path, capsys):
+    h5py = pytest.importorskip("h5py")
+    lv = _dbfs(20)  # 2 chunks and 4 frames
+    h5 = tmp_path / "other.h5"
+    with h5py.File(h5, "w") as f:
+        f["levels"] = _dbfs(80)[None]
+    if via == "api":
+        with pytest.raises(st.InvalidInputError, match=r"partial='drop'") as ei:
+            st.pinv(lv, "pann")
+        assert "--partial" not in str(ei.value)
+        with pytest.raises(archives.ArchiveError, match=r"no dataset 'fast_125ms'.*dataset='levels'"):
+            archives.open_archive(h5)
+    else:
+        src = _npz(tmp_path / "l.npz", lv)
+        code, out, err = _run(capsys, "transcode", src, "-o", tmp_path / "m.npz", "--transcoder", tiny["tr"],
+                              "--partial", "error")
+        assert code == 1 and "--partial drop" in err and "--partial pad" in err and "partial='" not in err
+        code, out, err = _classify_cli(tiny, capsys, [h5], tmp_path / "out")
+        assert code == 1 and "no dataset 'fast_125ms'" in err
+        # the command line either has a flag for the dataset, or says that only Python has one
+        assert "--dataset levels" in err or "command line has no option" in err
+        assert "pass dataset=)" not in err and not err.rstrip().endswith("pass dataset=")

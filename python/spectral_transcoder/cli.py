@@ -19,7 +19,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import InvalidInputError, ModelError, SpectralTranscoderError, SpectralTranscoderWarning
+from .errors import (
+    InvalidInputError,
+    ModelError,
+    SpectralTranscoderError,
+    SpectralTranscoderWarning,
+    cli_language,
+    to_cli_language,
+)
 from .specs import BAND_SPECS, MEL_SPECS, get_band_spec, spec_from_json
 
 __all__ = ["main", "build_parser", "register_command", "COMMANDS", "Command"]
@@ -84,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 = success)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    with warnings.catch_warnings():
+    # Messages suggest options as this command's flags (--partial drop), not as keywords.
+    with warnings.catch_warnings(), cli_language(_flags_of(parser, args.command)):
         # The package's warnings (a padded chunk, a guessed CSV header...) are part of the
         # command's report: one plain line each, like the errors, not Python's file:line form.
         warnings.showwarning = _show_warning
@@ -101,8 +109,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             _stdout_to_devnull()
             return 1
         except (SpectralTranscoderError, OSError) as exc:
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            # to_cli_language: the messages of code that spells options as Python keywords
+            print(f"{PROG}: error: {to_cli_language(str(exc))}", file=sys.stderr)
             return 1
+
+
+#: Python keywords whose command-line flag has another name (by argparse ``dest``).
+_KEYWORD_DEST = {"max_mask_gap_s": "max_mask_gap", "n_threads": "threads", "band_spec": "spec"}
+
+
+def _flags_of(parser: argparse.ArgumentParser, command: str) -> dict[str, str]:
+    """Python keyword -> the flag of the subcommand ``command`` that sets it (``--spl-offset``)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    by_dest: dict[str, str] = {}
+    for action in sub.choices[command]._actions:
+        if action.option_strings and action.dest != "help":
+            long = [o for o in action.option_strings if o.startswith("--")]
+            by_dest[action.dest] = (long or action.option_strings)[0]
+    return {**by_dest, **{kw: by_dest[dest] for kw, dest in _KEYWORD_DEST.items() if dest in by_dest}}
 
 
 def _stdout_to_devnull() -> None:
@@ -121,7 +145,7 @@ _python_showwarning = warnings.showwarning
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: object = None, line: str | None = None) -> None:
     if issubclass(category, SpectralTranscoderWarning):
-        print(f"{PROG}: warning: {message}", file=sys.stderr)
+        print(f"{PROG}: warning: {to_cli_language(str(message))}", file=sys.stderr)
     else:
         _python_showwarning(message, category, filename, lineno, file, line)  # type: ignore[arg-type]
 

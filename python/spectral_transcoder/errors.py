@@ -118,8 +118,10 @@ def speaking_cli() -> bool:
     return _CLI_FLAGS is not None
 
 
-# keyword="value", keyword='value', keyword=123 or a bare "pass keyword=" in a message
-_PY_OPTION = re.compile(r"\b([a-z][a-z0-9_]*)=(\"[^\"]*\"|'[^']*'|[\w.+-]+)?")
+# keyword="value", keyword='value', keyword=123 or a bare "pass keyword=", as a word of its own:
+# after a space, "(" or the start, and before a space, punctuation or the end (so that a path
+# such as ".../classifier=YamNet+dataset=full" in a message is left alone).
+_PY_OPTION = re.compile(r"(?<![^\s(])([a-z][a-z0-9_]*)=(\"[^\"]*\"|'[^']*'|[\w.+-]*[\w+-])?(?=$|[\s),;:.])")
 
 
 def to_cli_language(message: str, flags: Mapping[str, str] | None = None) -> str:

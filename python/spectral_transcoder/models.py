@@ -25,7 +25,7 @@ import numpy as np
 
 from . import registry
 from ._validation import as_float32_levels, as_float32_mel
-from .errors import InputTypeError, InvalidInputError, ModelError, SpecMismatchError
+from .errors import InputTypeError, InvalidInputError, ModelError, SpecMismatchError, option
 from .metadata import Label, ModelMetadata
 from .specs import BandSpec, MelSpec, get_band_spec, get_mel_spec
 
@@ -688,7 +688,7 @@ def _default_transcoder_for(classifier: Classifier) -> str:
     name = registry.default_transcoder(classifier.name)
     if name is None:
         raise ModelError(
-            f"no default transcoder for the classifier {classifier.name!r}: pass transcoder= (a name from "
+            f"no default transcoder for the classifier {classifier.name!r}: pass {option('transcoder')} (a name from "
             "`spectral-transcoder models list`, a path, or Transcoder.pinv(target=...))"
         )
     return name

@@ -40,7 +40,7 @@ from typing import Any, ClassVar, Iterable, Iterator, Sequence
 import numpy as np
 
 from .._validation import check_band_sample_rate, check_min_duration
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, option, to_cli_language
 from ..specs import BandSpec, get_band_spec
 from .blocks import (
     NS_PER_S,
@@ -198,7 +198,7 @@ def _check_bands(reader: BlockReader, found: int, what: str) -> None:
     if found != reader.band_spec.n_bands:
         raise reader._fail(
             f"{what} has {found} bands but the band spec {reader.band_spec.name!r} has "
-            f"{reader.band_spec.n_bands}; pass spec= (and the column names) that match the data"
+            f"{reader.band_spec.n_bands}; pass the {option('spec')} (and the band columns) that match the data"
         )
 
 
@@ -217,8 +217,8 @@ def _times_to_ns(reader: BlockReader, col: Any, time_unit: str | None, row0: int
         return col.cast(pa.timestamp("ns")).cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64)
     if pa.types.is_integer(t) or pa.types.is_floating(t):
         if time_unit is None:
-            raise reader._fail(f"the time column is numeric ({t}): pass time_unit= one of {sorted(_TIME_UNITS)} "
-                               "(since the Unix epoch, UTC)")
+            raise reader._fail(f"the time column is numeric ({t}): pass {option('time_unit')} one of "
+                               f"{sorted(_TIME_UNITS)} (since the Unix epoch, UTC)")
         v = col.to_numpy(zero_copy_only=False)
         if pa.types.is_integer(t):
             return v.astype(np.int64) * _TIME_UNITS[time_unit]
@@ -261,7 +261,7 @@ class _TabularReader(BlockReader):
             named = [lower[n] for n in _TIME_NAMES if n in lower]
             time_column = ts[0] if ts else (named[0] if named else None)
             if time_column is None:
-                raise self._fail(f"no time column found among {names}; pass time_column=")
+                raise self._fail(f"no time column found among {names}; pass {option('time_column')}")
         elif time_column not in names:
             raise self._fail(f"time column {time_column!r} not found; columns are {names}")
         self.time_column = time_column
@@ -492,7 +492,9 @@ class Hdf5Reader(_ClipReader):
         self.dataset = dataset
         with self._open() as f:
             if dataset not in f:
-                raise self._fail(f"no dataset {dataset!r} (found: {sorted(f.keys())}); pass dataset=")
+                found = sorted(f.keys())
+                hint = option("dataset", found[0]) if len(found) == 1 else f"{option('dataset')} one of them"
+                raise self._fail(f"no dataset {dataset!r} (found: {found}); pass {hint}")
             ds = f[dataset]
             if start is None:
                 for holder in (ds, f):
@@ -583,7 +585,7 @@ class ArrayReader(_ClipReader):
                 pick = names if len(names) == 1 else [n for n in ("levels", "fast_125ms") if n in names]
                 if not pick:
                     self.zf.close()
-                    raise r._fail(f"several arrays {names}: pass key= to choose one")
+                    raise r._fail(f"several arrays {names}: pass {option('key')} to choose one")
                 r.key = pick[0]
             elif r.key not in names:
                 self.zf.close()
@@ -920,7 +922,7 @@ def open_archive(path: str | os.PathLike, *, format: str | None = None, **option
         ext = Path(str(path)).suffix.lower()
         if ext not in _READERS:
             raise ArchiveError(str(path), None, f"unknown archive extension {ext!r}; known: "
-                               f"{sorted(_READERS)} (or pass format=)")
+                               f"{sorted(_READERS)} (or pass {option('format')})")
         cls = _READERS[ext]
     if not os.path.exists(path):
         raise ArchiveError(str(path), None, "no such file")
@@ -994,7 +996,9 @@ class ArchiveSet:
                     yield block
                 self.stats[reader.source] = reader.stats
             except ArchiveError as exc:
-                self.errors.append(ArchiveFailure(p, exc.position, exc.problem, n))
+                # the framer's messages (blocks.py) spell options in Python: on the command line,
+                # which reports these failures itself, they are given its flags
+                self.errors.append(ArchiveFailure(p, exc.position, to_cli_language(exc.problem), n))
 
 
 def open_many(paths: Iterable[str | os.PathLike], **options: Any) -> ArchiveSet:
