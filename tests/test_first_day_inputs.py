@@ -130,6 +130,28 @@ def test_band_limited_audio_is_warned_about(via, tmp_path, capsys):
         assert code == 0 and "warning:" in err and "nothing above 11025 Hz" in err
 
 
+# ------------------------------------------------------------------ 9. levels in a .npy
+@pytest.mark.parametrize("via", VIA)
+def test_levels_npy_file(via, tiny, tmp_path, capsys):
+    lv = _dbfs(24)
+    np.save(tmp_path / "x.npy", lv)
+    if via == "api":
+        with pytest.raises(st.InputTypeError, match=r"x\.npy.*np\.load"):
+            st.classify(str(tmp_path / "x.npy"), classifier=tiny["clf"], transcoder=tiny["tr"])
+    else:
+        code, out, err = _run(capsys, "transcode", tmp_path / "x.npy", "-o", tmp_path / "a.npz", "--transcoder",
+                              tiny["tr"])
+        assert code == 0, err
+        code, out, err = _run(capsys, "transcode", _npz(tmp_path / "x.npz", lv), "-o", tmp_path / "b.npz",
+                              "--transcoder", tiny["tr"])
+        with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
+            np.testing.assert_array_equal(a["mel"], b["mel"])
+        (tmp_path / "x.txt").write_text("1,2,3\n")
+        code, out, err = _run(capsys, "transcode", tmp_path / "x.txt", "-o", tmp_path / "c.npz", "--transcoder",
+                              tiny["tr"])
+        assert code == 1 and "x.txt" in err and ".npy" in err and "Traceback" not in err
+
+
 # ------------------------------------------------------------------ 10. a closed pipe
 class _ClosedPipe:
     """stdout after the reader (`head`) has gone: writing fails, or (buffered) only the flush."""

@@ -206,7 +206,13 @@ def as_float32_frames(
     ``axis`` names the last axis ("bands", "Mel bins") and ``spec_kind`` the spec that fixes
     its size ("band spec", "Mel spec"), for the error messages.
     """
-    if isinstance(values, (str, bytes)) or values is None:
+    if isinstance(values, (str, os.PathLike)):  # a file name: the functions take arrays
+        raise InputTypeError(
+            f"{name} must be an array (..., frames, {axis}), got the {type(values).__name__} {str(values)!r}: "
+            f"load the file first, e.g. np.load({str(values)!r}) for an .npy, or read an archive with "
+            "spectral_transcoder.archives.open_archive"
+        )
+    if isinstance(values, bytes) or values is None:
         raise InputTypeError(f"{name} must be an array (..., frames, {axis}), got {type(values).__name__}")
     a = np.asarray(values)
     if a.dtype.kind not in "fiu":

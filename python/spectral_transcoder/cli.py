@@ -192,6 +192,26 @@ def _str(z: np.lib.npyio.NpzFile, key: str) -> str | None:
     return str(z[key][()]) if key in z.files else None
 
 
+def _load_levels(path: Path) -> tuple[np.ndarray, str | None, str]:
+    """Levels (frames, bands) from an .npz (its `levels` array, `band_spec` JSON and `source`,
+    as `analyze` writes them) or an .npy (the array alone): (levels, band_spec JSON or None, source)."""
+    if not path.is_file():
+        raise InvalidInputError(f"levels file {str(path)!r} does not exist")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - ValueError (pickled, not NumPy), OSError, EOFError...
+        raise InvalidInputError(
+            f"cannot read levels file {str(path)!r} ({type(exc).__name__}: {exc}): expected an .npz with a "
+            "`levels` array (as `analyze` writes) or an .npy holding the levels (frames, bands)"
+        ) from None
+    if isinstance(loaded, np.ndarray):  # an .npy: the array itself, the convention from --spec/--db-offset
+        return loaded, None, str(path)
+    with loaded as z:
+        if "levels" not in z.files:
+            raise InvalidInputError(f"{str(path)!r} has no `levels` array (keys: {', '.join(z.files)})")
+        return z["levels"], _str(z, "band_spec"), _str(z, "source") or str(path)
+
+
 # ------------------------------------------------------------------ analyze
 @register_command(
     "analyze",
@@ -262,9 +282,10 @@ def _run_analyze(args: argparse.Namespace) -> int:
     help="third-octave levels (.npz) -> Mels with a transcoder model",
     description=textwrap.dedent(
         """\
-        Transcode the `levels` array (frames, bands) of an .npz (as written by `analyze`) into
-        the Mel spectrogram of a transcoder's output spec, with its PINV and CNN. The level
-        convention comes from the file's `band_spec` (else --spec / --db-offset). Writes:
+        Transcode the `levels` array (frames, bands) of an .npz (as written by `analyze`), or
+        the array of an .npy, into the Mel spectrogram of a transcoder's output spec, with its
+        PINV and CNN. The level convention comes from the file's `band_spec` (else --spec /
+        --db-offset). Writes:
           mel          (frames, n_mels) float32 (layout stitched/concat) or (chunks, T, n_mels)
           mel_spec, band_spec   JSON;  transcoder   model id (name@sha256 prefix)
           source, mel_frame_period, layout, last_chunk_frames
@@ -272,7 +293,8 @@ def _run_analyze(args: argparse.Namespace) -> int:
     ),
 )
 def _setup_transcode(p: argparse.ArgumentParser) -> Handler:
-    p.add_argument("levels", type=Path, metavar="LEVELS.npz", help=".npz with a `levels` array (frames, bands) in dB")
+    p.add_argument("levels", type=Path, metavar="LEVELS",
+                   help=".npz with a `levels` array (frames, bands) in dB (as `analyze` writes), or an .npy of one")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.npz", help="output .npz")
     p.add_argument("--transcoder", required=True, metavar="NAME|PATH",
                    help="registry name (see `models list`), 'pinv:TARGET' for the PINV alone, or an .onnx file")
@@ -293,14 +315,7 @@ def _run_transcode(args: argparse.Namespace) -> int:
     from .models import Transcoder
     from .pinv import PartialChunkWarning
 
-    if not args.levels.is_file():
-        raise InvalidInputError(f"levels file {str(args.levels)!r} does not exist")
-    with np.load(args.levels, allow_pickle=False) as z:
-        if "levels" not in z.files:
-            raise InvalidInputError(f"{str(args.levels)!r} has no `levels` array (keys: {', '.join(z.files)})")
-        levels = z["levels"]
-        spec_json = _str(z, "band_spec")
-        source = _str(z, "source") or str(args.levels)
+    levels, spec_json, source = _load_levels(args.levels)
     spec = spec_from_json(spec_json) if spec_json else get_band_spec(args.spec)
     if args.db_offset is not None:
         spec = dataclasses.replace(spec, db_offset=args.db_offset)
