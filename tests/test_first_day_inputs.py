@@ -130,6 +130,28 @@ def test_band_limited_audio_is_warned_about(via, tmp_path, capsys):
         assert code == 0 and "warning:" in err and "nothing above 11025 Hz" in err
 
 
+# ------------------------------------------------------------------ 8. shorter than one chunk
+@pytest.mark.parametrize("via", VIA)
+def test_input_shorter_than_one_chunk_is_reported(via, tiny, tmp_path, capsys):
+    lv = _dbfs(5)  # 0.625 s: less than one 1-s chunk
+    if via == "api":
+        with pytest.warns(PartialChunkWarning, match=r"5 frames.*0\.625 s.*less than one.*padded"):
+            res = st.classify(lv, classifier=tiny["clf"], transcoder=tiny["tr"])
+        assert res.padded and res.probs.shape == (1, 5)
+        with pytest.warns(PartialChunkWarning, match=r"5 frames.*dropped.*no chunk"):
+            res = st.classify(lv, classifier=tiny["clf"], transcoder=tiny["tr"], partial="drop")
+        assert res.probs.shape == (0, 5)
+    else:
+        wav = tmp_path / "half.wav"
+        sf.write(wav, _noise(0.5, 32000), 32000)
+        code, out, err = _run(capsys, "analyze", wav, "-o", tmp_path / "h.npz")
+        assert code == 0 and "shorter than one 1-s chunk" in out and "padded" in out
+        src = _npz(tmp_path / "l.npz", lv)
+        code, out, err = _run(capsys, "transcode", src, "-o", tmp_path / "m.npz", "--transcoder", tiny["tr"],
+                              "--partial", "drop")
+        assert code == 0 and "shorter than one 1-s chunk" in out and "dropped" in out and "empty" in out
+
+
 # ------------------------------------------------------------------ 9. levels in a .npy
 @pytest.mark.parametrize("via", VIA)
 def test_levels_npy_file(via, tiny, tmp_path, capsys):

@@ -27,7 +27,7 @@ from .errors import (
     cli_language,
     to_cli_language,
 )
-from .specs import BAND_SPECS, MEL_SPECS, get_band_spec, spec_from_json
+from .specs import BAND_SPECS, MEL_SPECS, BandSpec, get_band_spec, spec_from_json
 
 __all__ = ["main", "build_parser", "register_command", "COMMANDS", "Command"]
 
@@ -168,6 +168,11 @@ def _read_audio(path: Path) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(data.mean(axis=1, dtype=np.float32)), int(sr)
 
 
+def _shorter_than_a_chunk(n: int, spec: BandSpec) -> str:
+    return (f"shorter than one {spec.chunk_duration:g}-s chunk ({n}/{spec.frames_per_chunk} frames = "
+            f"{n * spec.frame_period:g} s)")
+
+
 def _outputs_for(inputs: list[Path], out: Path) -> list[Path]:
     """One input: ``out`` is the file (or an existing folder). Several: ``out`` is a folder."""
     if len(inputs) == 1 and not out.is_dir():
@@ -270,6 +275,8 @@ def _run_analyze(args: argparse.Namespace) -> int:
         )
         note = (f"; last chunk partial ({left}/{f} frames = {left * spec.frame_period:g} s), padded by repeating "
                 "its last frame" if left else "")
+        if n < f:  # the whole output rests on a padded chunk: say so, it looks like any other
+            note = f"; {_shorter_than_a_chunk(n, spec)}: the only chunk was padded by repeating its last frame"
         print(f"{src}: {audio.shape[0] / sr:.3f} s at {sr} Hz -> levels {n} x {spec.n_bands} "
               f"({_level_unit(spec.db_offset)}), mel_pinv {mel.shape[0]} x {mel.shape[1]} ({args.target}){note} "
               f"-> {out}")
@@ -337,6 +344,9 @@ def _run_transcode(args: argparse.Namespace) -> int:
     if left:
         note = {"pad": f"; last chunk partial ({left}/{f} frames), padded",
                 "drop": f"; last chunk partial ({left}/{f} frames), dropped"}.get(args.partial, "")
+    if 0 < n < f:  # no whole chunk at all: the output is all padding, or empty
+        note = {"pad": f"; {_shorter_than_a_chunk(n, spec)}: the only chunk was padded by repeating its last frame",
+                "drop": f"; {_shorter_than_a_chunk(n, spec)}: dropped, the output is empty"}.get(args.partial, "")
     print(f"{args.levels}: levels {tuple(levels.shape)} ({_level_unit(spec.db_offset)}) -> {tr.model_id} -> "
           f"mel {tuple(mel.shape)} ({tr.output_spec.name}, {args.layout}){note} -> {args.output}")
     return 0

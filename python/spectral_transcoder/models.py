@@ -694,6 +694,20 @@ def _default_transcoder_for(classifier: Classifier) -> str:
     return name
 
 
+def _warn_less_than_a_chunk(n: int, spec: BandSpec, partial: str) -> None:
+    from ._validation import _outside_stacklevel
+    from .pinv import PartialChunkWarning
+
+    what = (f"levels hold {n} frames ({n * spec.frame_period:g} s), less than one {spec.chunk_duration:g}-s "
+            f"chunk of {spec.frames_per_chunk} frames")
+    if partial == "drop":
+        msg = f"{what}: they were dropped ({option('partial', 'drop')}), so the result holds no chunk"
+    else:
+        msg = (f"{what}: the only chunk was padded with {spec.frames_per_chunk - n} copies of the last frame, so "
+               f"its probabilities rest on {n * spec.frame_period:g} s of data (result.padded is True)")
+    warnings.warn(msg, PartialChunkWarning, stacklevel=_outside_stacklevel())
+
+
 def classify(
     levels: object,
     *,
@@ -712,7 +726,9 @@ def classify(
     ``classifier`` / ``transcoder``: instances, registry names or ``.onnx`` paths;
     ``transcoder=None`` takes the registry's default for the classifier.
     ``partial``: a trailing incomplete chunk is ``"pad"``-ded and flagged
-    (``result.padded``), ``"drop"``-ped, or an ``"error"``.
+    (``result.padded``), ``"drop"``-ped, or an ``"error"``. Levels shorter than one
+    chunk issue a :class:`~spectral_transcoder.pinv.PartialChunkWarning` as well: the
+    whole result then rests on padding (or is empty).
     ``n_threads``: ONNX Runtime intra-op threads for models loaded here.
 
     Each chunk's Mel goes through the classifier on its own (the teacher protocol);
@@ -734,9 +750,12 @@ def classify(
     x = as_float32_levels(levels, spec.n_bands, "levels", spec.name)
     f = spec.frames_per_chunk
     with warnings.catch_warnings():
-        # A padded chunk is reported in the result (last_chunk_frames), not warned about.
+        # A padded last chunk is reported in the result (last_chunk_frames), not warned about...
         warnings.simplefilter("ignore", PartialChunkWarning)
         chunks, n_valid_last = split_chunks(x, spec, partial)
+    n_frames = x.shape[-2]
+    if 0 < n_frames < f:  # ...unless there is no whole chunk at all: the result then looks normal but is not
+        _warn_less_than_a_chunk(n_frames, spec, partial)
     mels = tr.transcode_chunks(chunks, band_spec=spec)  # (..., n_chunks, T, M)
     probs = clf(mels)  # (..., n_chunks, C)
     n_chunks = chunks.shape[-3]

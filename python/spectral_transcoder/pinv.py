@@ -27,7 +27,7 @@ import numpy as np
 
 from . import _core, tables
 from ._validation import as_float32_levels, check_finite, check_threads
-from .errors import InputTypeError, InvalidInputError, option
+from .errors import InputTypeError, InvalidInputError, SpectralTranscoderWarning, option
 from .specs import BandSpec, MelSpec, get_band_spec, get_mel_spec
 
 __all__ = [
@@ -52,8 +52,9 @@ _PARTIAL = ("error", "drop", "pad")
 _LAYOUTS = ("stitched", "concat", "chunks")
 
 
-class PartialChunkWarning(UserWarning):
-    """The levels did not fill a whole number of chunks: the last one was dropped or padded."""
+class PartialChunkWarning(SpectralTranscoderWarning):
+    """The levels did not fill a whole number of chunks: the last one was dropped or padded.
+    (A ``UserWarning``, through :class:`~spectral_transcoder.errors.SpectralTranscoderWarning`.)"""
 
 
 # ------------------------------------------------------------------ tables
