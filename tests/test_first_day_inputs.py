@@ -231,3 +231,49 @@ def test_errors_speak_the_callers_language(via, tiny, tmp_path, capsys):
         # the command line either has a flag for the dataset, or says that only Python has one
         assert "--dataset levels" in err or "command line has no option" in err
         assert "pass dataset=)" not in err and not err.rstrip().endswith("pass dataset=")
+
+
+# ------------------------------------------------------------------ 16. reference= and spl_offset= in Python
+@pytest.mark.parametrize("via", VIA)
+def test_level_reference_options(via, tiny, tmp_path, capsys):
+    lv = _dbfs(8 * 12, seed=5)
+    if via == "api":
+        kw = dict(classifier=tiny["clf"], transcoder=tiny["tr"])
+        a = st.classify(lv, reference="auto", **kw)
+        for shift in (23.0, -17.5):
+            b = st.classify(lv + shift, reference="auto", **kw)
+            np.testing.assert_allclose(b.probs, a.probs, atol=2e-4)
+            assert [lb.name for lb, _ in b.top(3)] == [lb.name for lb, _ in a.top(3)]
+            assert float(b.level_offset_db) == pytest.approx(float(a.level_offset_db) - shift, abs=0.011)
+        assert a.level_reference == "auto"
+        spl = st.classify(lv + 94.0, reference="SPL", spl_offset=94.0, **kw)
+        np.testing.assert_allclose(spl.probs, st.classify(lv, **kw).probs, atol=1e-5)
+        assert float(spl.level_offset_db) == -94.0
+        # a batch: each series is referenced on its own, like one archive source
+        both = st.classify(np.stack([lv, lv + 30.0]), reference="auto", **kw)
+        np.testing.assert_allclose(both.probs[1], both.probs[0], atol=2e-4)
+        with pytest.raises(st.InvalidInputError, match="spl_offset"):
+            st.classify(lv, reference="SPL", **kw)
+        with pytest.raises(st.InvalidInputError, match="reference"):
+            st.classify(lv, reference="dbfs", **kw)
+    else:
+        tr = tiny["tr"]
+        code, _, err = _run(capsys, "transcode", _npz(tmp_path / "a.npz", lv), "-o", tmp_path / "ma.npz",
+                            "--transcoder", tr, "--reference", "auto")
+        assert code == 0, err
+        code, out, err = _run(capsys, "transcode", _npz(tmp_path / "b.npz", lv + 23.0), "-o", tmp_path / "mb.npz",
+                              "--transcoder", tr, "--reference", "auto")
+        assert code == 0 and "auto" in out
+        code, _, err = _run(capsys, "transcode", _npz(tmp_path / "c.npz", lv + 94.0), "-o", tmp_path / "mc.npz",
+                            "--transcoder", tr, "--reference", "SPL", "--spl-offset", "94")
+        assert code == 0, err
+        code, _, err = _run(capsys, "transcode", _npz(tmp_path / "d.npz", lv), "-o", tmp_path / "md.npz",
+                            "--transcoder", tr)
+        with np.load(tmp_path / "ma.npz") as a, np.load(tmp_path / "mb.npz") as b:
+            np.testing.assert_allclose(b["mel"], a["mel"], atol=0.02)
+            assert float(b["level_offset_db"]) == pytest.approx(float(a["level_offset_db"]) - 23.0, abs=0.011)
+        with np.load(tmp_path / "mc.npz") as c, np.load(tmp_path / "md.npz") as d:
+            np.testing.assert_allclose(c["mel"], d["mel"], atol=1e-3)
+        code, _, err = _run(capsys, "transcode", tmp_path / "a.npz", "-o", tmp_path / "x.npz", "--transcoder", tr,
+                            "--reference", "SPL")
+        assert code == 1 and "--spl-offset" in err

@@ -168,6 +168,11 @@ def _read_audio(path: Path) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(data.mean(axis=1, dtype=np.float32)), int(sr)
 
 
+def _offsets(offset_db: np.ndarray) -> str:
+    o = np.asarray(offset_db, dtype=np.float64).ravel()
+    return f"{o[0]:+.2f}" if o.size == 1 else f"{o.min():+.2f}..{o.max():+.2f}"
+
+
 def _shorter_than_a_chunk(n: int, spec: BandSpec) -> str:
     return (f"shorter than one {spec.chunk_duration:g}-s chunk ({n}/{spec.frames_per_chunk} frames = "
             f"{n * spec.frame_period:g} s)")
@@ -296,6 +301,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
           mel          (frames, n_mels) float32 (layout stitched/concat) or (chunks, T, n_mels)
           mel_spec, band_spec   JSON;  transcoder   model id (name@sha256 prefix)
           source, mel_frame_period, layout, last_chunk_frames
+          level_reference, level_offset_db   --reference and the dB it added to the levels
         """
     ),
 )
@@ -309,6 +315,12 @@ def _setup_transcode(p: argparse.ArgumentParser) -> Handler:
                    help="band spec of the levels when the file has no `band_spec`")
     p.add_argument("--db-offset", type=float, default=None, metavar="DB",
                    help="level convention of the file (overrides its band_spec's): 0 = dBFS, 26 = Cense")
+    p.add_argument("--reference", default="dBFS", choices=["dBFS", "SPL", "auto"],
+                   help="what the levels are: dBFS = as the file's convention says; SPL = calibrated dB SPL, "
+                        "--spl-offset is subtracted; auto = scaled like the peak-normalised training audio "
+                        "(99th percentile of the broadband level -> 0 dB)")
+    p.add_argument("--spl-offset", type=float, default=None, metavar="DB",
+                   help="--reference SPL: the dB SPL that corresponds to 0 dBFS")
     p.add_argument("--layout", default="stitched", choices=["stitched", "concat", "chunks"],
                    help="stitched: chunks joined as the paper does; concat: plain; chunks: (chunks, T, n_mels)")
     p.add_argument("--partial", default="pad", choices=["pad", "drop", "error"],
@@ -319,8 +331,10 @@ def _setup_transcode(p: argparse.ArgumentParser) -> Handler:
 
 
 def _run_transcode(args: argparse.Namespace) -> int:
+    from ._validation import as_float32_levels
     from .models import Transcoder
     from .pinv import PartialChunkWarning
+    from .reference import apply_reference
 
     levels, spec_json, source = _load_levels(args.levels)
     spec = spec_from_json(spec_json) if spec_json else get_band_spec(args.spec)
@@ -330,7 +344,10 @@ def _run_transcode(args: argparse.Namespace) -> int:
         tr = Transcoder.pinv(args.transcoder[5:], spec)
     else:
         tr = Transcoder.coerce(args.transcoder, n_threads=args.threads, batch_size=args.batch_size)
-    n, f = levels.shape[-2] if levels.ndim >= 2 else 0, spec.frames_per_chunk
+    levels = as_float32_levels(levels, spec.n_bands, "levels", spec.name)
+    # the same code as st.classify(reference=...) and the archive readers' --reference
+    levels, offset_db = apply_reference(levels, spec, args.reference, args.spl_offset)
+    n, f = levels.shape[-2], spec.frames_per_chunk
     left = n % f
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PartialChunkWarning)  # reported below
@@ -339,6 +356,7 @@ def _run_transcode(args: argparse.Namespace) -> int:
         args.output, mel=mel, mel_spec=np.array(tr.output_spec.to_json()), band_spec=np.array(spec.to_json()),
         transcoder=np.array(tr.model_id), source=np.array(source), layout=np.array(args.layout),
         mel_frame_period=np.array(tr.output_spec.frame_period), last_chunk_frames=np.array(left or f),
+        level_reference=np.array(args.reference), level_offset_db=np.asarray(offset_db),
     )
     note = ""
     if left:
@@ -347,7 +365,8 @@ def _run_transcode(args: argparse.Namespace) -> int:
     if 0 < n < f:  # no whole chunk at all: the output is all padding, or empty
         note = {"pad": f"; {_shorter_than_a_chunk(n, spec)}: the only chunk was padded by repeating its last frame",
                 "drop": f"; {_shorter_than_a_chunk(n, spec)}: dropped, the output is empty"}.get(args.partial, "")
-    print(f"{args.levels}: levels {tuple(levels.shape)} ({_level_unit(spec.db_offset)}) -> {tr.model_id} -> "
+    ref = "" if args.reference == "dBFS" else f", --reference {args.reference}: {_offsets(offset_db)} dB added"
+    print(f"{args.levels}: levels {tuple(levels.shape)} ({_level_unit(spec.db_offset)}{ref}) -> {tr.model_id} -> "
           f"mel {tuple(mel.shape)} ({tr.output_spec.name}, {args.layout}){note} -> {args.output}")
     return 0
 

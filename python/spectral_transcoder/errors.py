@@ -124,6 +124,9 @@ def speaking_cli() -> bool:
 _PY_OPTION = re.compile(r"(?<![^\s(])([a-z][a-z0-9_]*)=(\"[^\"]*\"|'[^']*'|[\w.+-]*[\w+-])?(?=$|[\s),;:.])")
 
 
+_PY_NAME = re.compile(r"(?<![\w/.'\"-])([a-z][a-z0-9]*_[a-z0-9_]*)(?![\w/=(-])")
+
+
 def to_cli_language(message: str, flags: Mapping[str, str] | None = None) -> str:
     """Rewrite the Python keyword spellings in ``message`` (``gaps="mask"``, ``pass dataset=``)
     as the command line's flags, for messages built where :func:`option` was not used.
@@ -141,4 +144,6 @@ def to_cli_language(message: str, flags: Mapping[str, str] | None = None) -> str
             return flag
         return f"{flag} {value.strip(chr(34) + chr(39))}"
 
-    return _PY_OPTION.sub(repl, message)
+    message = _PY_OPTION.sub(repl, message)
+    # bare keywords with an underscore ("needs spl_offset"): identifiers, not prose
+    return _PY_NAME.sub(lambda m: table.get(m.group(1), m.group(0)), message)

@@ -27,6 +27,7 @@ from . import registry
 from ._validation import as_float32_levels, as_float32_mel
 from .errors import InputTypeError, InvalidInputError, ModelError, SpecMismatchError, option
 from .metadata import Label, ModelMetadata
+from .reference import apply_reference
 from .specs import BandSpec, MelSpec, get_band_spec, get_mel_spec
 
 __all__ = [
@@ -650,6 +651,10 @@ class ClassificationResult:
     top_k: int = 5
     top_labels: list = field(default_factory=list)
     """``top(top_k)``, computed once."""
+    level_reference: str = "dBFS"
+    """The ``reference=`` the levels were given with: ``"dBFS"``, ``"SPL"`` or ``"auto"``."""
+    level_offset_db: np.ndarray = field(default_factory=lambda: np.zeros(()))
+    """(...) float64 dB added to the levels before transcoding (0-d for a single series)."""
 
     def __post_init__(self) -> None:
         if not self.top_labels:
@@ -717,6 +722,8 @@ def classify(
     top_k: int = 5,
     partial: Partial = "pad",
     n_threads: int | None = None,
+    reference: Literal["dBFS", "SPL", "auto"] = "dBFS",
+    spl_offset: float | None = None,
 ) -> ClassificationResult:
     """Classify third-octave levels end to end: PINV -> CNN -> classifier, per 1-s chunk.
 
@@ -730,6 +737,13 @@ def classify(
     chunk issue a :class:`~spectral_transcoder.pinv.PartialChunkWarning` as well: the
     whole result then rests on padding (or is empty).
     ``n_threads``: ONNX Runtime intra-op threads for models loaded here.
+    ``reference``, ``spl_offset``: what the levels are, as ``--reference`` / ``--spl-offset``
+    on the command line and ``reference=`` for archives (:mod:`spectral_transcoder.reference`,
+    the same code): ``"dBFS"`` (default) as given; ``"SPL"``, calibrated dB SPL from which
+    ``spl_offset`` (the dB SPL of 0 dBFS) is subtracted; ``"auto"``, scaled like the
+    peak-normalised training audio (each ``(frames, n_bands)`` series on its own), so that
+    levels shifted by a constant classify the same. The offset applied is in
+    ``result.level_offset_db``.
 
     Each chunk's Mel goes through the classifier on its own (the teacher protocol);
     10-s means average ten consecutive 1-s rows (the paper's protocol).
@@ -748,6 +762,7 @@ def classify(
         )
     spec = tr.check_band_spec(band_spec)
     x = as_float32_levels(levels, spec.n_bands, "levels", spec.name)
+    x, offset_db = apply_reference(x, spec, reference, spl_offset)
     f = spec.frames_per_chunk
     with warnings.catch_warnings():
         # A padded last chunk is reported in the result (last_chunk_frames), not warned about...
@@ -779,4 +794,6 @@ def classify(
         last_chunk_frames=int(n_valid_last) if n_chunks else 0,
         frames_per_chunk=f,
         top_k=top_k,
+        level_reference=reference,
+        level_offset_db=offset_db,
     )
