@@ -95,6 +95,43 @@ def test_time_major_and_too_short_audio(via, tmp_path, capsys):
         assert "Traceback" not in err
 
 
+# ------------------------------------------------------------------ 5. implausible levels
+@pytest.mark.parametrize("via", VIA)
+@pytest.mark.parametrize("shift", [100.0, 39.0, 200.0])
+def test_levels_far_above_full_scale(via, shift, tiny, tmp_path, capsys):
+    lv = _dbfs(40) + shift  # SPL data read as dBFS (+100), or a slip of the level convention
+    if via == "api":
+        with pytest.raises(st.InvalidInputError) as ei:
+            st.classify(lv, classifier=tiny["clf"], transcoder=tiny["tr"])
+        msg = str(ei.value)
+        assert "dB re full scale" in msg and "reference='SPL'" in msg and "spl_offset=" in msg
+        assert "reference='auto'" in msg and "--" not in msg
+        # the documented way out
+        res = st.classify(lv, classifier=tiny["clf"], transcoder=tiny["tr"], reference="auto")
+        assert res.probs.shape == (5, 5)
+    else:
+        src = _npz(tmp_path / "spl.npz", lv)
+        code, out, err = _run(capsys, "transcode", src, "-o", tmp_path / "m.npz", "--transcoder", tiny["tr"])
+        assert code == 1 and "spl.npz" in err
+        assert "--reference SPL --spl-offset" in err and "--reference auto" in err and "reference=" not in err
+        code, out, err = _run(capsys, "transcode", src, "-o", tmp_path / "m.npz", "--transcoder", tiny["tr"],
+                              "--reference", "auto")
+        assert code == 0, err
+
+
+@pytest.mark.parametrize("via", VIA)
+def test_levels_slightly_above_full_scale_warn(via, tiny, tmp_path, capsys):
+    lv = _dbfs(16)
+    lv[3, 17] = 4.0  # a band above 0 dBFS: more than full-scale audio gives, but not absurd
+    if via == "api":
+        with pytest.warns(LevelWarning, match=r"\+4 dB.*frame 3.*1000 Hz"):
+            st.classify(lv, classifier=tiny["clf"], transcoder=tiny["tr"])
+    else:
+        code, out, err = _run(capsys, "transcode", _npz(tmp_path / "l.npz", lv), "-o", tmp_path / "m.npz",
+                              "--transcoder", tiny["tr"])
+        assert code == 0 and "warning:" in err and "+4 dB" in err
+
+
 # ------------------------------------------------------------------ 6. sample-rate slips
 @pytest.mark.parametrize("via", VIA)
 @pytest.mark.parametrize("rate", [1, 32, 7999])

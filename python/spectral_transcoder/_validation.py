@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import InputTypeError, InputWarning, InvalidInputError
+from .errors import InputTypeError, InputWarning, InvalidInputError, LevelWarning, option, speaking_cli
 
 if TYPE_CHECKING:
     from .specs import BandSpec
@@ -236,6 +236,65 @@ def as_float32_levels(levels: object, n_bands: int, name: str = "levels", spec_n
 def as_float32_mel(mel: object, n_mels: int, name: str = "mel", spec_name: str = "") -> np.ndarray:
     """Validate a Mel spectrogram, shape (..., frames, n_mels) -> float32 C array."""
     return as_float32_frames(mel, n_mels, name, axis="Mel bins", spec_kind="Mel spec", spec_name=spec_name)
+
+
+#: Levels are refused when any band is more than this many dB above full scale...
+LEVEL_ERROR_ABOVE_FS_DB = 6.0
+#: ...or when their median is above full scale; any band above full scale warns.
+#: A band of audio within full scale reads at most about 0 dB re full scale (its RMS is at
+#: most the signal's, at most 1; a full-scale sine reads -3.01 dB in its band), so +6 dB
+#: (twice full-scale amplitude) means a level convention slip, typically dB SPL read as dBFS.
+LEVEL_MEDIAN_ERROR_ABOVE_FS_DB = 0.0
+LEVEL_WARN_ABOVE_FS_DB = 0.0
+
+
+def check_level_range(levels: np.ndarray, band_spec: "BandSpec", *, name: str = "levels", where: str = "") -> None:
+    """Refuse (or warn about) levels far above what full-scale audio can give.
+
+    ``levels``: ``(..., frames, n_bands)`` dB in ``band_spec``'s convention (dB re full
+    scale + ``band_spec.db_offset``), after any level reference is applied; NaN and Inf
+    (gap frames) are ignored. Raises :class:`InvalidInputError` when a band is more than
+    :data:`LEVEL_ERROR_ABOVE_FS_DB` dB above full scale or the median level is above
+    full scale; issues a :class:`~spectral_transcoder.errors.LevelWarning` for a band
+    just above full scale. The message names the highest level's position (frame, band,
+    leading index) and how to say what the levels are: ``reference="SPL", spl_offset=``
+    or ``reference="auto"`` (``--reference SPL --spl-offset DB`` / ``--reference auto``
+    on the command line). ``where`` prefixes the message (e.g. ``"day.parquet: "``).
+
+    The archive path (``archives.process``) can call it on each block's levels.
+    """
+    x = np.asarray(levels)
+    if x.ndim < 2 or x.size == 0:
+        return
+    finite = np.isfinite(x)
+    if not finite.any():
+        return
+    fs = float(band_spec.db_offset)
+    idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(np.where(finite, x, -np.inf))), x.shape))
+    peak = float(x[idx]) - fs
+    median = float(np.median(x[finite])) - fs
+    if peak <= LEVEL_WARN_ABOVE_FS_DB and median <= LEVEL_MEDIAN_ERROR_ABOVE_FS_DB:
+        return
+    lead = f", index {idx[:-2]}" if len(idx) > 2 else ""
+    at = f"frame {idx[-2]}, band {band_spec.center_frequencies[idx[-1]]:.0f} Hz{lead}"
+    sep = " " if speaking_cli() else ", "
+    advice = (
+        f"If they are calibrated dB SPL, pass {option('reference', 'SPL')}{sep}"
+        f"{option('spl_offset', placeholder='DB')} (the dB SPL of 0 dBFS: your calibration, e.g. 94 or 120), "
+        f"or {option('reference', 'auto')} to scale them like the peak-normalised training audio"
+    )
+    if peak > LEVEL_ERROR_ABOVE_FS_DB or median > LEVEL_MEDIAN_ERROR_ABOVE_FS_DB:
+        raise InvalidInputError(
+            f"{where}{name} are far above full scale: the median band level is {median:+.3g} dB re full scale and "
+            f"the highest {peak:+.3g} dB ({at}), where audio gives at most about 0 dB (a full-scale sine reads "
+            f"-3 dB in its band). These look like calibrated dB SPL read as dB re full scale, or a slip of the "
+            f"level convention; classified as they are, everything sounds loud (\"Music\"). {advice}"
+        )
+    warnings.warn(
+        f"{where}{name} reach {peak:+.3g} dB re full scale ({at}), above what audio within full scale gives "
+        f"(a full-scale sine reads -3 dB in its band): check the level convention. {advice}",
+        LevelWarning, stacklevel=_outside_stacklevel(),
+    )
 
 
 def check_threads(n_threads: object) -> int:

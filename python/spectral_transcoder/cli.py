@@ -331,7 +331,7 @@ def _setup_transcode(p: argparse.ArgumentParser) -> Handler:
 
 
 def _run_transcode(args: argparse.Namespace) -> int:
-    from ._validation import as_float32_levels
+    from ._validation import as_float32_levels, check_level_range
     from .models import Transcoder
     from .pinv import PartialChunkWarning
     from .reference import apply_reference
@@ -347,6 +347,7 @@ def _run_transcode(args: argparse.Namespace) -> int:
     levels = as_float32_levels(levels, spec.n_bands, "levels", spec.name)
     # the same code as st.classify(reference=...) and the archive readers' --reference
     levels, offset_db = apply_reference(levels, spec, args.reference, args.spl_offset)
+    check_level_range(levels, spec, where=f"{args.levels}: ")
     n, f = levels.shape[-2], spec.frames_per_chunk
     left = n % f
     with warnings.catch_warnings():

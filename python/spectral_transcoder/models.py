@@ -24,7 +24,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from . import registry
-from ._validation import as_float32_levels, as_float32_mel
+from ._validation import as_float32_levels, as_float32_mel, check_level_range
 from .errors import InputTypeError, InvalidInputError, ModelError, SpecMismatchError, option
 from .metadata import Label, ModelMetadata
 from .reference import apply_reference
@@ -763,6 +763,7 @@ def classify(
     spec = tr.check_band_spec(band_spec)
     x = as_float32_levels(levels, spec.n_bands, "levels", spec.name)
     x, offset_db = apply_reference(x, spec, reference, spl_offset)
+    check_level_range(x, spec)  # SPL read as dBFS would classify as loud "Music" everywhere
     f = spec.frames_per_chunk
     with warnings.catch_warnings():
         # A padded last chunk is reported in the result (last_chunk_frames), not warned about...

@@ -193,6 +193,7 @@ def plot_file(
     are not classified), and the classifier's own Mel when audio is at hand (``input`` itself,
     or ``audio``: the recording the archive was computed from, aligned on its start).
     Returns what was plotted (model ids, window, top classes)."""
+    from ._validation import check_level_range
     from .archives import AudioReader, open_archive
     from .errors import SpecMismatchError
     from .models import Classifier, Transcoder, _default_transcoder_for, _spec_diff
@@ -207,6 +208,7 @@ def plot_file(
     tr.check_band_spec(open_archive(input, **read_options).band_spec)  # before reading anything
     win = read_window(input, start=start, duration=duration, **read_options)
     spec = tr.check_band_spec(win.band_spec)
+    check_level_range(win.levels, spec, where=f"{input}: ")  # after the level reference, as transcoded
     fpc = spec.frames_per_chunk
     n = win.levels.shape[0] // fpc
     ok = win.valid.reshape(n, fpc).all(axis=1)
