@@ -314,3 +314,34 @@ def test_level_reference_options(via, tiny, tmp_path, capsys):
         code, _, err = _run(capsys, "transcode", tmp_path / "a.npz", "-o", tmp_path / "x.npz", "--transcoder", tr,
                             "--reference", "SPL")
         assert code == 1 and "--spl-offset" in err
+
+
+# ------------------------------------------------------------------ 19. plot --audio
+@pytest.mark.parametrize("via", VIA)
+def test_plot_audio_panel_is_the_audio_as_recorded(via, tiny, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from spectral_transcoder import plot
+
+    x = _noise(4.0, 32000, seed=2) * np.float32(0.3)
+    wav = tmp_path / "rec.wav"
+    sf.write(wav, x, 32000, subtype="FLOAT")
+    lv = st.third_octave(x, 32000)
+    np.save(tmp_path / "rec.npy", lv + 40.0)  # the archive stores the levels 40 dB up (calibrated SPL, say)
+    seen = {}
+    real = plot.pipeline_figure
+
+    def spy(levels, **kw):
+        seen["gt"] = kw.get("ground_truth")
+        return real(levels, **kw)
+
+    monkeypatch.setattr(plot, "pipeline_figure", spy)
+    if via == "api":
+        r = plot.plot_file(tmp_path / "rec.npy", tmp_path / "p.png", classifier=tiny["clf"], transcoder=tiny["tr"],
+                           audio=wav, reference="auto")
+        assert r["ground_truth"]
+    else:
+        code, out, err = _run(capsys, "plot", tmp_path / "rec.npy", "-o", tmp_path / "p.png", "-c", tiny["clf"],
+                              "-t", tiny["tr"], "--audio", wav, "--reference", "auto")
+        assert code == 0, err
+    want = st.mel(x, 32000, "pann")
+    np.testing.assert_allclose(seen["gt"], want[: seen["gt"].shape[0]], atol=1e-4)
