@@ -167,6 +167,41 @@ def test_band_limited_audio_is_warned_about(via, tmp_path, capsys):
         assert code == 0 and "warning:" in err and "nothing above 11025 Hz" in err
 
 
+# ------------------------------------------------------------------ 7. CSV without a header
+def _csv_rows(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return grid_times(n), _dbfs(n, seed=3)
+
+
+def _headerless(path: Path, t: np.ndarray, lv: np.ndarray) -> Path:
+    write_csv(path, t, lv)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[1:]) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("via", VIA)
+def test_csv_without_header(via, tiny, tmp_path, capsys):
+    t, lv = _csv_rows(8 * 25)
+    with_header = write_csv(tmp_path / "h.csv", t, lv)
+    bare = _headerless(tmp_path / "bare.csv", t, lv)
+    if via == "api":
+        with pytest.warns(InputWarning, match=r"bare\.csv.*first row.*numbers.*no header"):
+            blocks = list(archives.open_archive(bare))
+        got = np.concatenate([b.levels[b.valid] for b in blocks])
+        assert got.shape == (200, 29)  # not 199: the first row is data
+        np.testing.assert_allclose(got, lv, atol=1e-5)
+        assert blocks[0].start == T0
+    else:
+        code, out, err = _classify_cli(tiny, capsys, [with_header], tmp_path / "ref")
+        assert code == 0, err
+        code, out, err = _classify_cli(tiny, capsys, [bare], tmp_path / "got")
+        assert code == 0, err
+        assert "warning:" in err and "no header" in err
+        ref, got = archives.read_results(tmp_path / "ref"), archives.read_results(tmp_path / "got")
+        assert got.column("top_scores").to_pylist() == ref.column("top_scores").to_pylist()
+        assert got.column("window_start").to_pylist() == ref.column("window_start").to_pylist()
+
+
 # ------------------------------------------------------------------ 8. shorter than one chunk
 @pytest.mark.parametrize("via", VIA)
 def test_input_shorter_than_one_chunk_is_reported(via, tiny, tmp_path, capsys):

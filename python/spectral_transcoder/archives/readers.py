@@ -32,6 +32,7 @@ import json
 import math
 import os
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,8 @@ from typing import Any, ClassVar, Iterable, Iterator, Sequence
 import numpy as np
 
 from .._validation import check_band_sample_rate, check_min_duration
-from ..errors import InvalidInputError, option, to_cli_language
+from .._validation import _outside_stacklevel
+from ..errors import InputWarning, InvalidInputError, option, to_cli_language
 from ..specs import BandSpec, get_band_spec
 from .blocks import (
     NS_PER_S,
@@ -381,29 +383,47 @@ class ParquetReader(_TabularReader):
 
 
 class CsvReader(_TabularReader):
-    """A CSV file with a header, streamed by blocks (pyarrow.csv): a time column plus
-    one numeric column per band (auto: every other numeric column, in order). Empty,
-    ``NaN`` and ``NA`` cells are bad rows (see ``gaps``)."""
+    """A CSV file, streamed by blocks (pyarrow.csv): a time column plus one numeric
+    column per band (auto: every other numeric column, in order). Empty, ``NaN`` and
+    ``NA`` cells are bad rows (see ``gaps``).
+
+    ``header``: whether the first row names the columns. ``None`` (default) decides
+    from the row: when every cell of it is a number (the first may be a time stamp),
+    it is data, and the file is read without a header (with an
+    :class:`~spectral_transcoder.errors.InputWarning`): the columns are then named
+    ``f0``, ``f1``, ..., the time is ``f0`` unless ``time_column`` says otherwise, and
+    the others are the bands.
+    """
 
     format = "csv"
 
     def __init__(self, path: str | os.PathLike, *, spec: str | BandSpec = "cense_fast",
                  time_column: str | None = None, band_columns: Sequence[str] | None = None,
-                 time_unit: str | None = None, delimiter: str = ",",
+                 time_unit: str | None = None, delimiter: str = ",", header: bool | None = None,
                  sensor: str | None = None, source: str | None = None, **options: Any):
         super().__init__(path, spec=spec, sensor=sensor, source=source, options=options)
         if time_unit is not None and time_unit not in _TIME_UNITS:
             raise InvalidInputError(f"time_unit must be one of {sorted(_TIME_UNITS)}, got {time_unit!r}")
+        if header is not None and not isinstance(header, bool):
+            raise InvalidInputError(f"header must be True, False or None (decide from the first row), got {header!r}")
         self.time_unit, self.delimiter = time_unit, delimiter
         import pyarrow as pa
-        import pyarrow.csv as pcsv
 
-        try:  # a first look at the header and the types of the first block
-            with pcsv.open_csv(self.path, read_options=self._read_options(),
-                               parse_options=pcsv.ParseOptions(delimiter=delimiter)) as r:
-                schema = r.schema
-        except Exception as exc:  # noqa: BLE001
-            raise self._fail(f"not a readable CSV file ({type(exc).__name__}: {exc})", "header") from exc
+        self.header = True if header is None else header
+        schema = self._schema()
+        if header is None and _row_is_data(schema.names):
+            # Read with a header, such a file loses its first frame and shifts every window by one.
+            self.header = False
+            schema = self._schema()
+            first = ", ".join(_first_cells(self.path, delimiter, 3))
+            warnings.warn(
+                f"{self.path}: the first row holds numbers, not column names ({first}, ...): it is read as data, "
+                f"the file as one with no header; column f0 is the time, the others the bands "
+                f"(pass {option('header', True)} if the first row is a header)",
+                InputWarning, stacklevel=_outside_stacklevel(),
+            )
+        if not self.header and time_column is None and schema.names:
+            time_column = schema.names[0]
         self._resolve_columns(schema, time_column, band_columns, None)
         # fix the types so that later blocks parse like the first (ints then floats, seconds then ms)
         tt = schema.field(self.time_column).type
@@ -413,10 +433,22 @@ class CsvReader(_TabularReader):
             tt = pa.float64() if pa.types.is_floating(tt) else pa.int64()
         self._types = {self.time_column: tt, **{c: pa.float64() for c in self.band_columns}}
 
+    def _schema(self) -> Any:
+        """The column names and the types of the first block."""
+        import pyarrow.csv as pcsv
+
+        try:
+            with pcsv.open_csv(self.path, read_options=self._read_options(),
+                               parse_options=pcsv.ParseOptions(delimiter=self.delimiter)) as r:
+                return r.schema
+        except Exception as exc:  # noqa: BLE001
+            raise self._fail(f"not a readable CSV file ({type(exc).__name__}: {exc})", "header") from exc
+
     def _read_options(self) -> Any:
         import pyarrow.csv as pcsv
 
-        return pcsv.ReadOptions(block_size=max(1 << 16, self.options.batch_rows * 256))
+        return pcsv.ReadOptions(block_size=max(1 << 16, self.options.batch_rows * 256),
+                                autogenerate_column_names=not self.header)
 
     def _events(self) -> Iterator[tuple]:
         import pyarrow.csv as pcsv
@@ -429,6 +461,42 @@ class CsvReader(_TabularReader):
 
     def duration_hint(self) -> float | None:
         return None
+
+    def _extra(self) -> dict[str, Any]:
+        # "header" only when there is none: the description of ordinary files stays as it was
+        return {**super()._extra(), **({} if self.header else {"header": False})}
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_time(text: str) -> bool:
+    try:
+        to_datetime64(text)
+    except InvalidInputError:
+        return False
+    return True
+
+
+def _row_is_data(cells: Sequence[str]) -> bool:
+    """A CSV first row of numbers only (the first cell may be a time stamp) is data, not a header."""
+    cells = [c.strip() for c in cells]
+    if len(cells) < 2 or not all(_is_number(c) for c in cells[1:]):
+        return False
+    return _is_number(cells[0]) or _is_time(cells[0])
+
+
+def _first_cells(path: str, delimiter: str, n: int) -> list[str]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        row = next(csv.reader(f, delimiter=delimiter), [])
+    return row[:n]
 
 
 # ------------------------------------------------------------------------ arrays
