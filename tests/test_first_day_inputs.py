@@ -279,6 +279,31 @@ def test_output_into_a_closed_pipe(via, home, monkeypatch, capsys):
     assert err == "" and p.returncode == 1
 
 
+# ------------------------------------------------------------------ 12. a typo in a CSV cell
+@pytest.mark.parametrize("via", VIA)
+@pytest.mark.parametrize("row", [3, 6000])  # in the first block read (types inferred) and far after it
+def test_csv_cell_typo_names_the_cell(via, row, tiny, tmp_path, capsys):
+    t, lv = _csv_rows(8 * 800)
+    path = write_csv(tmp_path / "typo.csv", t, lv)
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    cells = lines[row + 1].split(",")
+    cells[6] = "4O.5"
+    lines[row + 1] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+    want = rf"typo\.csv, row {row} \(line {row + 2}\), column '{header[6]}': '4O\.5' is not a number"
+    if via == "api":
+        with pytest.raises(archives.ArchiveError, match=want):  # small read blocks: the typo is in a later one
+            list(archives.open_archive(path, batch_rows=256))
+    else:
+        code, out, err = _classify_cli(tiny, capsys, [path], tmp_path / "out")
+        assert code == 1
+        import re
+
+        assert re.search(want, err), err
+        assert "28 bands" not in err
+
+
 # ------------------------------------------------------------------ 13. the caller's language
 @pytest.mark.parametrize("via", VIA)
 def test_errors_speak_the_callers_language(via, tiny, tmp_path, capsys):

@@ -322,6 +322,7 @@ class _TabularReader(BlockReader):
         it = iter(batches)
         while True:
             self._pos = f"rows {row0}.. (reading)"
+            self._row0 = row0  # the first row of the batch being read, for the errors of its parsing
             batch = next(it, None)
             if batch is None:
                 break
@@ -424,7 +425,19 @@ class CsvReader(_TabularReader):
             )
         if not self.header and time_column is None and schema.names:
             time_column = schema.names[0]
-        self._resolve_columns(schema, time_column, band_columns, None)
+        self._names = list(schema.names)
+        try:
+            self._resolve_columns(schema, time_column, band_columns, None)
+        except ArchiveError:
+            # "28 bands but the band spec has 29": most often a band column that a typo in a cell
+            # ("4O.5") made a text column; name that cell rather than the count
+            typo = self._typo_in(schema, exclude=time_column)
+            if typo is None:
+                raise
+            raise typo from None
+        typo = self._typo_in(schema, exclude=self.time_column, only=self.band_columns)
+        if typo is not None:
+            raise typo
         # fix the types so that later blocks parse like the first (ints then floats, seconds then ms)
         tt = schema.field(self.time_column).type
         if pa.types.is_timestamp(tt):
@@ -451,13 +464,72 @@ class CsvReader(_TabularReader):
                                 autogenerate_column_names=not self.header)
 
     def _events(self) -> Iterator[tuple]:
+        import pyarrow as pa
         import pyarrow.csv as pcsv
 
         conv = pcsv.ConvertOptions(column_types=self._types, include_columns=[self.time_column] + self.band_columns,
                                    strings_can_be_null=True)
+        try:
+            with pcsv.open_csv(self.path, read_options=self._read_options(),
+                               parse_options=pcsv.ParseOptions(delimiter=self.delimiter), convert_options=conv) as r:
+                yield from self._tabular_events(r)
+        except pa.ArrowInvalid as exc:
+            # pyarrow names the column (by number) and the text, not the row: find the cell
+            m = re.search(r"column #(\d+): CSV conversion error to \w+: invalid value", str(exc))
+            name = self._names[int(m.group(1))] if m and int(m.group(1)) < len(self._names) else None
+            typo = self._bad_cell(name, self._row0) if name in self.band_columns else None
+            if typo is None:
+                raise
+            raise typo from None
+
+    # ------------------------------------------------------------- typos
+    def _typo_in(self, schema: Any, *, exclude: str | None, only: Sequence[str] | None = None) -> ArchiveError | None:
+        """The first non-number cell of a text column that should hold band levels: one of
+        ``only`` (band columns given), else any text column whose cells (in the first block)
+        are mostly numbers."""
+        import pyarrow as pa
+
+        text = [f.name for f in schema if (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
+                and f.name != exclude]
+        if only is not None:
+            candidates = [c for c in text if c in only]
+        else:
+            candidates = [c for c in text if self._mostly_numbers(c)]
+        for c in candidates:
+            typo = self._bad_cell(c)
+            if typo is not None:
+                return typo
+        return None
+
+    def _mostly_numbers(self, column: str) -> bool:
+        import pyarrow.csv as pcsv
+
         with pcsv.open_csv(self.path, read_options=self._read_options(),
-                           parse_options=pcsv.ParseOptions(delimiter=self.delimiter), convert_options=conv) as r:
-            yield from self._tabular_events(r)
+                           parse_options=pcsv.ParseOptions(delimiter=self.delimiter),
+                           convert_options=pcsv.ConvertOptions(include_columns=[column])) as r:
+            cells = [c for c in r.read_next_batch().column(0).to_pylist() if c is not None]
+        return bool(cells) and sum(map(_is_number, cells)) >= len(cells) / 2
+
+    def _bad_cell(self, column: str, start_row: int = 0) -> ArchiveError | None:
+        """An error naming the first cell of ``column`` at data row ``start_row`` or later that
+        is not a number (nor empty, nor a null token such as NaN or NA), or None."""
+        import csv
+
+        import pyarrow.csv as pcsv
+
+        nulls = set(pcsv.ConvertOptions().null_values)
+        j = self._names.index(column)
+        with open(self.path, newline="", encoding="utf-8", errors="replace") as f:
+            rows = csv.reader(f, delimiter=self.delimiter)
+            if self.header:
+                next(rows, None)
+            for row, cells in enumerate(rows):
+                if row >= start_row and j < len(cells):
+                    cell = cells[j]
+                    if cell.strip() not in nulls and not _is_number(cell):
+                        return self._fail(f"{cell!r} is not a number",
+                                          f"row {row} (line {rows.line_num}), column {column!r}")
+        return None
 
     def duration_hint(self) -> float | None:
         return None
