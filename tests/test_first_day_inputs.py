@@ -405,3 +405,51 @@ def test_plot_audio_panel_is_the_audio_as_recorded(via, tiny, tmp_path, capsys, 
         assert code == 0, err
     want = st.mel(x, 32000, "pann")
     np.testing.assert_allclose(seen["gt"], want[: seen["gt"].shape[0]], atol=1e-4)
+
+
+# ------------------------------------------------------------------ 21. NoiseCapture time-stamp jitter
+def _nc_levels(n: int) -> np.ndarray:
+    return np.random.default_rng(7).uniform(40.0, 70.0, (n, len(NC_FREQS))).astype(np.float32)
+
+
+@pytest.mark.parametrize("via", VIA)
+def test_noisecapture_jittered_stamps_are_snapped(via, tiny, tmp_path, capsys):
+    real = shared_file("data", "noisecapture", "track_07efe9f7-bda1-4e49-8514-f3a2a1fc576d.zip")
+    if via == "api":
+        with pytest.warns(InputWarning, match=r"track_07efe9f7.*snapped (\d+) of 115 time stamps.*largest shift"):
+            blocks = list(archives.open_archive(real))
+        assert sum(b.n_valid for b in blocks) == 115 and sum(b.n_frames for b in blocks) == 115
+        # synthetic: +-0.2 s of jitter on a 1-s grid reads whole, and says by how much it moved
+        t_ms = int(T0.astype(np.int64) // 1_000_000) + np.arange(60) * 1000
+        jitter = np.random.default_rng(1).uniform(-200, 200, 60).astype(np.int64)
+        path = write_noisecapture(tmp_path / "jit.zip", t_ms + jitter, _nc_levels(60))
+        with pytest.warns(InputWarning, match=r"largest shift 0\.\d+ s"):
+            blocks = list(archives.open_archive(path))
+        assert sum(b.n_valid for b in blocks) == 60
+        # a phone clock that runs fast (a stamp every 0.975 s) plus jitter: no false duplicate, no false gap
+        drift = int(T0.astype(np.int64) // 1_000_000) + np.arange(300) * 975 + jitter.repeat(5)[:300] // 2
+        path = write_noisecapture(tmp_path / "drift.zip", drift, _nc_levels(300))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", InputWarning)
+            reader = archives.open_archive(path)
+            blocks = list(reader)
+        assert sum(b.n_valid for b in blocks) == sum(b.n_frames for b in blocks) == 300
+        assert reader.snap_report.period_s == pytest.approx(0.975, abs=0.002)
+        # a clean export: snapped by a few ms, silently
+        clean = shared_file("data", "noisecapture", "track_umik.zip")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", InputWarning)
+            assert sum(b.n_valid for b in archives.open_archive(clean)) == 16
+        # a true duplicate (the same stamp twice) is still an error with the file and the position
+        dup = t_ms.copy()
+        dup[30] = dup[29]
+        path = write_noisecapture(tmp_path / "dup.zip", dup, _nc_levels(60))
+        with pytest.raises(archives.ArchiveError, match=r"dup\.zip, row 30 .*duplicated frame"):
+            list(archives.open_archive(path))
+    else:
+        code, out, err = _run(capsys, "classify", real, "-o", tmp_path / "out", "-c", tiny["clf"], "-t",
+                              tiny["tr_nc"], "--no-progress", "--reference", "auto", "--windows", "1s")
+        assert code == 0, err
+        assert "warning:" in err and "snapped" in err and "largest shift" in err
+        t = archives.read_results(tmp_path / "out")
+        assert sum(t.column("chunks").to_pylist()) == 115

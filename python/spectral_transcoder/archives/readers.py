@@ -66,6 +66,8 @@ __all__ = [
     "AudioReader",
     "ArchiveSet",
     "ArchiveFailure",
+    "SnapReport",
+    "snap_to_grid",
     "open_archive",
     "open_many",
     "auto_offset",
@@ -833,6 +835,86 @@ def _parse_properties(text: str) -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True)
+class SnapReport:
+    """What :func:`snap_to_grid` did to a sequence of time stamps."""
+
+    n: int
+    """Stamps looked at."""
+    snapped: int
+    """Stamps moved (by a non-zero shift)."""
+    max_shift_s: float
+    """Largest shift, seconds (absolute)."""
+    period_s: float
+    """The grid's period: the source's own, fitted (a phone's clock may run a little fast)."""
+    phase_s: float
+    """Where the grid lies: seconds after the whole second (UTC) of its first slot."""
+    collisions: int
+    """Stamps that fell in the slot of the previous one, though more than the tolerance
+    after it, and were moved to the next free slot."""
+    left: int
+    """Stamps further than the tolerance from the grid, left as recorded."""
+
+
+def _repair_slots(t: np.ndarray, slot: np.ndarray, tolerance_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Slots ``(n,)`` of stamps ``t`` after the collision repair, and which stamps it moved: a
+    stamp in the previous stamp's slot though more than ``tolerance_ns`` after it is a later
+    measurement whose stamp jittered, not a repeat; it goes to the next slot when that is free."""
+    n = len(t)
+    slot = np.array(slot, dtype=np.int64)
+    moved = np.zeros(n, dtype=bool)
+    for k in range(1, n):
+        if slot[k] == slot[k - 1] and t[k] - t[k - 1] > tolerance_ns and (k + 1 == n or slot[k + 1] > slot[k] + 1):
+            slot[k] += 1
+            moved[k] = True
+    return slot, moved
+
+
+def snap_to_grid(times_ns: np.ndarray, period_ns: int, tolerance_ns: int) -> tuple[np.ndarray, SnapReport]:
+    """Put jittered time stamps ``(n,)`` int64 ns (one per ``period_ns``, in order) on a regular grid.
+
+    1. Each stamp gets a slot from its distance to the previous one (the framer's rule:
+       the nearest whole number of periods), a stamp in the previous one's slot but more
+       than ``tolerance_ns`` after it going to the next (see :func:`_slots`).
+    2. A line ``t = a + b * slot`` is fitted to the stamps (least squares, then again
+       without those further than the tolerance from it): ``a`` is the grid's phase and
+       ``b`` its period, which follows a phone's clock that runs a little fast.
+    3. Slots are taken again from the line (so that one late stamp does not shift the next),
+       repaired as in 1, and a stamp within ``tolerance_ns`` of its grid time (or moved by
+       the repair) is put on it. Stamps within the tolerance of each other in one slot (a
+       true duplicate) are left for the framer to refuse, as are those far from the grid.
+
+    Returns the new stamps (int64 ns) and a :class:`SnapReport`.
+    """
+    t = np.asarray(times_ns, dtype=np.int64)
+    n = len(t)
+    if n < 2:  # no grid to fit
+        return t.copy(), SnapReport(n, 0, 0.0, period_ns / NS_PER_S, 0.0, 0, 0)
+    rel = (t - t[0]).astype(np.float64)  # small numbers for the fit
+    steps = np.concatenate([[0], np.floor(np.diff(rel) / period_ns + 0.5)]).astype(np.int64)
+    first, _ = _repair_slots(t, np.cumsum(steps), tolerance_ns)
+    fit = np.ones(n, dtype=bool)
+    a, b = 0.0, float(period_ns)
+    for _ in range(2):
+        if np.unique(first[fit]).size >= 2:
+            b, a = np.polyfit(first[fit].astype(np.float64), rel[fit], 1)
+        fit = np.abs(rel - (a + b * first)) <= tolerance_ns
+        if not fit.any():
+            break
+    if not (0.9 * period_ns < b < 1.1 * period_ns):  # not one stamp per period: leave them be
+        return t.copy(), SnapReport(n, 0, 0.0, float(b) / NS_PER_S, 0.0, 0, n)
+    slot, moved = _repair_slots(t, np.floor((rel - a) / b + 0.5), tolerance_ns)
+    grid = a + b * slot
+    snap = (np.abs(rel - grid) <= tolerance_ns) | moved
+    out = np.where(snap, t[0] + np.rint(grid).astype(np.int64), t)
+    shift = np.abs(out - t)
+    return out, SnapReport(
+        n=n, snapped=int(np.count_nonzero(shift)), max_shift_s=float(shift.max()) / NS_PER_S, period_s=float(b) / NS_PER_S,
+        phase_s=((int(t[0]) + int(round(a))) % NS_PER_S) / NS_PER_S, collisions=int(moved.sum()),
+        left=int(np.count_nonzero(~snap)),
+    )
+
+
 class NoiseCaptureReader(BlockReader):
     """A NoiseCapture app export (zip): ``meta.properties`` plus ``track.geojson``.
 
@@ -842,6 +924,14 @@ class NoiseCaptureReader(BlockReader):
     spec ``noisecapture``). The track (one recording) is read whole; it is small.
     ``sensor`` defaults to the export's anonymous ``uuid``. ``properties`` holds the
     metadata (device, ``gain_calibration``, ``record_utc``...).
+
+    The phone stamps its 1-s measurements late by a varying few hundred ms, so that two
+    can fall in one 1-s slot. The stamps are therefore put on a 1-s grid first
+    (:func:`snap_to_grid`, those within ``snap_tolerance`` frame periods of it: 0.25 s
+    for the ``noisecapture`` spec; None keeps them as recorded); when that moved a stamp
+    by more than 5 % of a period, an :class:`~spectral_transcoder.errors.InputWarning`
+    says how many moved and by how much (:attr:`snap_report`). A true duplicate (two
+    stamps within the tolerance in one slot) still stops the reading.
     """
 
     format = "noisecapture"
@@ -849,8 +939,16 @@ class NoiseCaptureReader(BlockReader):
     _NON_BANDS = ("leq_mean", "leq_utc", "leq_id")
 
     def __init__(self, path: str | os.PathLike, *, spec: str | BandSpec = "noisecapture",
+                 snap_tolerance: float | None = 0.25,
                  sensor: str | None = None, source: str | None = None, **options: Any):
         super().__init__(path, spec=spec, sensor=sensor, source=source, options=options)
+        if snap_tolerance is not None and not (isinstance(snap_tolerance, (int, float))
+                                               and not isinstance(snap_tolerance, bool) and 0 < snap_tolerance < 0.5):
+            raise InvalidInputError(f"snap_tolerance must be None or a fraction of the frame period in (0, 0.5), "
+                                    f"got {snap_tolerance!r}")
+        self.snap_tolerance = None if snap_tolerance is None else float(snap_tolerance)
+        self.snap_report: SnapReport | None = None
+        self._snapped: np.ndarray | None = None
         self.band_keys = [f"leq_{f:g}" for f in nominal_frequencies(self.band_spec)]
         self.properties, self._features = self._load()
         if sensor is None and self.properties.get("uuid"):
@@ -903,21 +1001,60 @@ class NoiseCaptureReader(BlockReader):
                 raise self._fail(f"{key} is not a number ({v!r})", where)
         return int(round(utc * 1_000_000)), values
 
+    def _snap(self) -> np.ndarray | None:
+        """The snapped stamps of all features (ns; -1 where ``leq_utc`` is unusable, which
+        the feature's own check reports in its turn), computed once per reader."""
+        if self.snap_tolerance is None or self._snapped is not None:
+            return self._snapped
+        raw = np.full(len(self._features), -1, dtype=np.int64)
+        for k, feat in enumerate(self._features):
+            utc = feat.get("properties", {}).get("leq_utc") if isinstance(feat, dict) else None
+            if isinstance(utc, (int, float)) and not isinstance(utc, bool) and math.isfinite(utc):
+                raw[k] = int(round(utc * 1_000_000))
+        ok = raw >= 0
+        period = int(round(self.band_spec.frame_period * NS_PER_S))
+        tolerance_s = self.snap_tolerance * self.band_spec.frame_period
+        snapped, report = snap_to_grid(raw[ok], period, int(round(tolerance_s * NS_PER_S)))
+        self._snapped = raw.copy()
+        self._snapped[ok] = snapped
+        self.snap_report = report
+        # Shifts of a few per cent of a period are the grid itself (rounding, a clock that runs a
+        # little fast); what changed the reading, or could have, is reported.
+        if report.max_shift_s > 0.05 * self.band_spec.frame_period or report.collisions or report.left:
+            extra = ""
+            if report.collisions:
+                extra += (f"; {report.collisions} of them shared a slot with the previous stamp, more than "
+                          f"{tolerance_s:g} s after it, and went to the next free slot")
+            if report.left:
+                extra += f"; {report.left} stamp(s) further than {tolerance_s:g} s from the grid were left as recorded"
+            warnings.warn(
+                f"{self.path}: snapped {report.snapped} of {report.n} time stamps to a grid of "
+                f"{report.period_s:.4g} s ({report.phase_s:.3f} s after the second), largest shift "
+                f"{report.max_shift_s:.3f} s{extra} (the phone's stamps jitter; pass "
+                f"{option('snap_tolerance', None)} to keep them as recorded)",
+                InputWarning, stacklevel=_outside_stacklevel(),
+            )
+        return self._snapped
+
     def _events(self) -> Iterator[tuple]:
         feats = self._features
         step = self.options.batch_rows
+        snapped = self._snap()
         for a in range(0, len(feats), step):
             chunk = feats[a:a + step]
             self._pos = f"{self.TRACK} features {a}..{a + len(chunk) - 1}"
             parsed = [self._feature(a + k, f) for k, f in enumerate(chunk)]
             times = np.array([p[0] for p in parsed], dtype=np.int64)
+            if snapped is not None:  # every feature of the batch passed its check: its stamp is there
+                times = snapped[a:a + len(chunk)].copy()
             levels = np.array([[np.nan if v is None else v for v in p[1]] for p in parsed], dtype=np.float32)
             yield ("rows", levels.reshape(len(chunk), -1), a, times)
 
     def _extra(self) -> dict[str, Any]:
         keep = ("version_name", "version_number", "record_utc", "time_length", "gain_calibration",
                 "device_manufacturer", "device_model")
-        return {"noisecapture": {k: self.properties[k] for k in keep if k in self.properties}}
+        return {"noisecapture": {k: self.properties[k] for k in keep if k in self.properties},
+                "snap_tolerance": self.snap_tolerance}
 
 
 # ------------------------------------------------------------------------ audio
