@@ -22,10 +22,13 @@ from typing import Any
 from .analysis import third_octave
 from .errors import (
     InputTypeError,
+    InputWarning,
     InvalidInputError,
+    LevelWarning,
     ModelError,
     SpecMismatchError,
     SpectralTranscoderError,
+    SpectralTranscoderWarning,
     UnknownSpecError,
 )
 from .frontends import mel, patches
@@ -80,4 +83,7 @@ __all__ = [
     "UnknownSpecError",
     "SpecMismatchError",
     "ModelError",
+    "SpectralTranscoderWarning",
+    "InputWarning",
+    "LevelWarning",
 ]

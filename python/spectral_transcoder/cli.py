@@ -230,8 +230,9 @@ def _load_levels(path: Path) -> tuple[np.ndarray, str | None, str]:
         """\
         Analyse audio files (wav, flac, ... via soundfile; any sample rate from 8 kHz, resampled,
         with a warning below 28.3 kHz, where the top bands lie above the Nyquist frequency; channels
-        averaged to mono; at least one analysis frame, 128 ms) into third-octave levels, and transcode them with the pseudo-inverse
-        (PINV) into the Mel spectrogram of --target. Writes one .npz per file with:
+        averaged to mono; at least one analysis frame, 128 ms) into third-octave levels, and
+        transcode them with the pseudo-inverse (PINV) into the Mel spectrogram of --target.
+        Writes one .npz per file with:
           levels       (frames, bands) float32, dB re full scale (+ --db-offset)
           mel_pinv     (frames, n_mels) float32, in the target's Mel units, chunks stitched
           band_spec, mel_spec   JSON of the representations used
