@@ -22,11 +22,14 @@ from typing import Any
 from .analysis import third_octave
 from .errors import (
     InputTypeError,
+    InputWarning,
     InvalidInputError,
+    LevelWarning,
     MissingDependencyError,
     ModelError,
     SpecMismatchError,
     SpectralTranscoderError,
+    SpectralTranscoderWarning,
     UnknownSpecError,
 )
 from .frontends import mel, patches
@@ -82,4 +85,7 @@ __all__ = [
     "UnknownSpecError",
     "SpecMismatchError",
     "ModelError",
+    "SpectralTranscoderWarning",
+    "InputWarning",
+    "LevelWarning",
 ]

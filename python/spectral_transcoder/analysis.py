@@ -14,7 +14,15 @@ import numbers
 import numpy as np
 
 from . import _core, tables
-from ._validation import as_float32_signal, check_min_length, check_sample_rate, check_threads, resample
+from ._validation import (
+    as_float32_signal,
+    check_band_sample_rate,
+    check_min_duration,
+    check_sample_rate,
+    check_samples_last,
+    check_threads,
+    resample,
+)
 from .errors import InputTypeError, InvalidInputError
 from .specs import BandSpec, get_band_spec
 
@@ -36,11 +44,18 @@ def third_octave(
     audio:
         Samples, shape ``(..., samples)``; leading axes are batch axes (e.g.
         channels or 1-s chunks). Floating-point audio is full scale (1.0 = 0 dBFS);
-        integer PCM is scaled to full scale (int16 by 1/32768, ...). At least 1
-        sample; NaN and Inf are rejected.
+        integer PCM is scaled to full scale (int16 by 1/32768, ...). At least one
+        analysis frame long (``spec.frame_length`` samples at ``spec.sample_rate``:
+        128 ms for the presets' 4096 samples at 32 kHz); NaN and Inf are rejected.
+        Time-major audio ``(samples, channels)``, as ``soundfile.read`` returns it,
+        is refused (a last axis of at most 8 under a longer one): pass
+        ``audio.mean(axis=1)`` (mono) or ``audio.T`` (each channel).
     sample_rate:
         Rate of ``audio`` in Hz. Audio at another rate than ``spec.sample_rate``
-        (32 kHz for the presets) is resampled first (soxr, HQ).
+        (32 kHz for the presets) is resampled first (soxr, HQ). Rates below 8 kHz are
+        refused (a slip such as ``32`` for ``32000``); below twice the upper edge of
+        the top band (28 251 Hz for the presets) an :class:`~.errors.InputWarning`
+        says which top bands the audio cannot fill.
     spec:
         A :class:`~spectral_transcoder.specs.BandSpec` or a preset name:
         ``"cense_fast"`` (4096-sample Tukey frames every 4000 samples, 125 ms) or
@@ -62,14 +77,14 @@ def third_octave(
         ``[hop*n, hop*n + frame_length)`` of the (resampled) signal, which is
         zero-padded at its end up to a whole frame, so
         ``frames = spec.n_frames(samples)`` (1 s at 32 kHz gives 8 frames for
-        ``cense_fast``; anything up to one frame long gives 1 frame). Band ``i`` has
+        ``cense_fast``; exactly one frame gives 1 frame). Band ``i`` has
         the centre frequency ``spec.center_frequencies[i]``. A band with zero power
         reads ``20 log10(spec.level_floor) + db_offset`` (-180 dB re FS).
     """
     spec = get_band_spec(spec)
     sr = check_sample_rate(sample_rate)
+    check_band_sample_rate(sr, spec)  # before any work: a slip such as 32 for 32000 costs GBs
     x = as_float32_signal(audio, "audio")
-    check_min_length(x.shape[-1], 1, "audio", "third-octave analysis")
     n_threads = check_threads(n_threads)
     if db_offset is None:
         offset = float(spec.db_offset)
@@ -79,6 +94,10 @@ def third_octave(
         offset = float(db_offset)
         if not math.isfinite(offset):
             raise InvalidInputError(f"db_offset must be finite, got {db_offset!r}")
+    # The shape checks come last: a bad option is named before a bad signal.
+    check_samples_last(x, "audio")
+    check_min_duration(x.shape[-1], sr, spec.frame_length, spec.sample_rate, "audio",
+                       f"the band spec {spec.name!r}")
 
     x = resample(x, sr, spec.sample_rate)
     lead = x.shape[:-1]

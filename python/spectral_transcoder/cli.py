@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import textwrap
 import warnings
@@ -18,8 +19,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import InvalidInputError, ModelError, SpectralTranscoderError
-from .specs import BAND_SPECS, MEL_SPECS, get_band_spec, spec_from_json
+from .errors import (
+    InvalidInputError,
+    ModelError,
+    SpectralTranscoderError,
+    SpectralTranscoderWarning,
+    cli_language,
+    to_cli_language,
+)
+from .specs import BAND_SPECS, MEL_SPECS, BandSpec, get_band_spec, spec_from_json
 
 __all__ = ["main", "build_parser", "register_command", "COMMANDS", "Command"]
 
@@ -83,11 +91,63 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 = success)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Messages suggest options as this command's flags (--partial drop), not as keywords.
+    with warnings.catch_warnings(), cli_language(_flags_of(parser, args.command)):
+        # The package's warnings (a padded chunk, a guessed CSV header...) are part of the
+        # command's report: one plain line each, like the errors, not Python's file:line form.
+        warnings.showwarning = _show_warning
+        try:
+            code = int(args._handler(args) or 0)
+            # Flushed here, inside the try: when the reader of a pipe is gone (`... | head`) the
+            # write fails now and is handled below, not in the interpreter's exit flush
+            # ("Exception ignored ... BrokenPipeError").
+            sys.stdout.flush()
+            return code
+        except BrokenPipeError:
+            # The reader has all it wanted: exit quietly, as the Python docs recommend (signal module,
+            # "Note on SIGPIPE"): stdout goes to devnull so that the exit flush cannot fail again.
+            _stdout_to_devnull()
+            return 1
+        except (SpectralTranscoderError, OSError) as exc:
+            # to_cli_language: the messages of code that spells options as Python keywords
+            print(f"{PROG}: error: {to_cli_language(str(exc))}", file=sys.stderr)
+            return 1
+
+
+#: Python keywords whose command-line flag has another name (by argparse ``dest``).
+_KEYWORD_DEST = {"max_mask_gap_s": "max_mask_gap", "n_threads": "threads", "band_spec": "spec"}
+
+
+def _flags_of(parser: argparse.ArgumentParser, command: str) -> dict[str, str]:
+    """Python keyword -> the flag of the subcommand ``command`` that sets it (``--spl-offset``)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    by_dest: dict[str, str] = {}
+    for action in sub.choices[command]._actions:
+        if action.option_strings and action.dest != "help":
+            long = [o for o in action.option_strings if o.startswith("--")]
+            by_dest[action.dest] = (long or action.option_strings)[0]
+    return {**by_dest, **{kw: by_dest[dest] for kw, dest in _KEYWORD_DEST.items() if dest in by_dest}}
+
+
+def _stdout_to_devnull() -> None:
     try:
-        return int(args._handler(args) or 0)
-    except (SpectralTranscoderError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # a replaced sys.stdout without a file descriptor
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    if issubclass(category, SpectralTranscoderWarning):
+        print(f"{PROG}: warning: {to_cli_language(str(message))}", file=sys.stderr)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------ helpers
@@ -106,6 +166,16 @@ def _read_audio(path: Path) -> tuple[np.ndarray, int]:
     except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / TypeError
         raise InvalidInputError(f"cannot read audio file {str(path)!r}: {exc}") from None
     return np.ascontiguousarray(data.mean(axis=1, dtype=np.float32)), int(sr)
+
+
+def _offsets(offset_db: np.ndarray) -> str:
+    o = np.asarray(offset_db, dtype=np.float64).ravel()
+    return f"{o[0]:+.2f}" if o.size == 1 else f"{o.min():+.2f}..{o.max():+.2f}"
+
+
+def _shorter_than_a_chunk(n: int, spec: BandSpec) -> str:
+    return (f"shorter than one {spec.chunk_duration:g}-s chunk ({n}/{spec.frames_per_chunk} frames = "
+            f"{n * spec.frame_period:g} s)")
 
 
 def _outputs_for(inputs: list[Path], out: Path) -> list[Path]:
@@ -132,15 +202,37 @@ def _str(z: np.lib.npyio.NpzFile, key: str) -> str | None:
     return str(z[key][()]) if key in z.files else None
 
 
+def _load_levels(path: Path) -> tuple[np.ndarray, str | None, str]:
+    """Levels (frames, bands) from an .npz (its `levels` array, `band_spec` JSON and `source`,
+    as `analyze` writes them) or an .npy (the array alone): (levels, band_spec JSON or None, source)."""
+    if not path.is_file():
+        raise InvalidInputError(f"levels file {str(path)!r} does not exist")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - ValueError (pickled, not NumPy), OSError, EOFError...
+        raise InvalidInputError(
+            f"cannot read levels file {str(path)!r} ({type(exc).__name__}: {exc}): expected an .npz with a "
+            "`levels` array (as `analyze` writes) or an .npy holding the levels (frames, bands)"
+        ) from None
+    if isinstance(loaded, np.ndarray):  # an .npy: the array itself, the convention from --spec/--db-offset
+        return loaded, None, str(path)
+    with loaded as z:
+        if "levels" not in z.files:
+            raise InvalidInputError(f"{str(path)!r} has no `levels` array (keys: {', '.join(z.files)})")
+        return z["levels"], _str(z, "band_spec"), _str(z, "source") or str(path)
+
+
 # ------------------------------------------------------------------ analyze
 @register_command(
     "analyze",
     help="audio files -> third-octave levels and PINV Mels (.npz)",
     description=textwrap.dedent(
         """\
-        Analyse audio files (wav, flac, ... via soundfile; any sample rate, resampled; channels
-        averaged to mono) into third-octave levels, and transcode them with the pseudo-inverse
-        (PINV) into the Mel spectrogram of --target. Writes one .npz per file with:
+        Analyse audio files (wav, flac, ... via soundfile; any sample rate from 8 kHz, resampled,
+        with a warning below 28.3 kHz, where the top bands lie above the Nyquist frequency; channels
+        averaged to mono; at least one analysis frame, 128 ms) into third-octave levels, and
+        transcode them with the pseudo-inverse (PINV) into the Mel spectrogram of --target.
+        Writes one .npz per file with:
           levels       (frames, bands) float32, dB re full scale (+ --db-offset)
           mel_pinv     (frames, n_mels) float32, in the target's Mel units, chunks stitched
           band_spec, mel_spec   JSON of the representations used
@@ -171,7 +263,10 @@ def _run_analyze(args: argparse.Namespace) -> int:
     outs = _outputs_for(list(args.audio), args.output)
     for src, out in zip(args.audio, outs):
         audio, sr = _read_audio(src)
-        levels = third_octave(audio, sr, spec, n_threads=args.threads)
+        try:
+            levels = third_octave(audio, sr, spec, n_threads=args.threads)
+        except InvalidInputError as exc:  # too short, a sample rate below the floor: name the file
+            raise InvalidInputError(f"{src}: {exc}") from None
         n = levels.shape[-2]
         f = spec.frames_per_chunk
         left = n % f
@@ -186,6 +281,8 @@ def _run_analyze(args: argparse.Namespace) -> int:
         )
         note = (f"; last chunk partial ({left}/{f} frames = {left * spec.frame_period:g} s), padded by repeating "
                 "its last frame" if left else "")
+        if n < f:  # the whole output rests on a padded chunk: say so, it looks like any other
+            note = f"; {_shorter_than_a_chunk(n, spec)}: the only chunk was padded by repeating its last frame"
         print(f"{src}: {audio.shape[0] / sr:.3f} s at {sr} Hz -> levels {n} x {spec.n_bands} "
               f"({_level_unit(spec.db_offset)}), mel_pinv {mel.shape[0]} x {mel.shape[1]} ({args.target}){note} "
               f"-> {out}")
@@ -198,17 +295,20 @@ def _run_analyze(args: argparse.Namespace) -> int:
     help="third-octave levels (.npz) -> Mels with a transcoder model",
     description=textwrap.dedent(
         """\
-        Transcode the `levels` array (frames, bands) of an .npz (as written by `analyze`) into
-        the Mel spectrogram of a transcoder's output spec, with its PINV and CNN. The level
-        convention comes from the file's `band_spec` (else --spec / --db-offset). Writes:
+        Transcode the `levels` array (frames, bands) of an .npz (as written by `analyze`), or
+        the array of an .npy, into the Mel spectrogram of a transcoder's output spec, with its
+        PINV and CNN. The level convention comes from the file's `band_spec` (else --spec /
+        --db-offset). Writes:
           mel          (frames, n_mels) float32 (layout stitched/concat) or (chunks, T, n_mels)
           mel_spec, band_spec   JSON;  transcoder   model id (name@sha256 prefix)
           source, mel_frame_period, layout, last_chunk_frames
+          level_reference, level_offset_db   --reference and the dB it added to the levels
         """
     ),
 )
 def _setup_transcode(p: argparse.ArgumentParser) -> Handler:
-    p.add_argument("levels", type=Path, metavar="LEVELS.npz", help=".npz with a `levels` array (frames, bands) in dB")
+    p.add_argument("levels", type=Path, metavar="LEVELS",
+                   help=".npz with a `levels` array (frames, bands) in dB (as `analyze` writes), or an .npy of one")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.npz", help="output .npz")
     p.add_argument("--transcoder", required=True, metavar="NAME|PATH",
                    help="registry name (see `models list`), 'pinv:TARGET' for the PINV alone, or an .onnx file")
@@ -216,6 +316,12 @@ def _setup_transcode(p: argparse.ArgumentParser) -> Handler:
                    help="band spec of the levels when the file has no `band_spec`")
     p.add_argument("--db-offset", type=float, default=None, metavar="DB",
                    help="level convention of the file (overrides its band_spec's): 0 = dBFS, 26 = Cense")
+    p.add_argument("--reference", default="dBFS", choices=["dBFS", "SPL", "auto"],
+                   help="what the levels are: dBFS = as the file's convention says; SPL = calibrated dB SPL, "
+                        "--spl-offset is subtracted; auto = scaled like the peak-normalised training audio "
+                        "(99th percentile of the broadband level -> 0 dB)")
+    p.add_argument("--spl-offset", type=float, default=None, metavar="DB",
+                   help="--reference SPL: the dB SPL that corresponds to 0 dBFS")
     p.add_argument("--layout", default="stitched", choices=["stitched", "concat", "chunks"],
                    help="stitched: chunks joined as the paper does; concat: plain; chunks: (chunks, T, n_mels)")
     p.add_argument("--partial", default="pad", choices=["pad", "drop", "error"],
@@ -226,17 +332,12 @@ def _setup_transcode(p: argparse.ArgumentParser) -> Handler:
 
 
 def _run_transcode(args: argparse.Namespace) -> int:
+    from ._validation import as_float32_levels, check_level_range
     from .models import Transcoder
     from .pinv import PartialChunkWarning
+    from .reference import apply_reference
 
-    if not args.levels.is_file():
-        raise InvalidInputError(f"levels file {str(args.levels)!r} does not exist")
-    with np.load(args.levels, allow_pickle=False) as z:
-        if "levels" not in z.files:
-            raise InvalidInputError(f"{str(args.levels)!r} has no `levels` array (keys: {', '.join(z.files)})")
-        levels = z["levels"]
-        spec_json = _str(z, "band_spec")
-        source = _str(z, "source") or str(args.levels)
+    levels, spec_json, source = _load_levels(args.levels)
     spec = spec_from_json(spec_json) if spec_json else get_band_spec(args.spec)
     if args.db_offset is not None:
         spec = dataclasses.replace(spec, db_offset=args.db_offset)
@@ -244,7 +345,11 @@ def _run_transcode(args: argparse.Namespace) -> int:
         tr = Transcoder.pinv(args.transcoder[5:], spec)
     else:
         tr = Transcoder.coerce(args.transcoder, n_threads=args.threads, batch_size=args.batch_size)
-    n, f = levels.shape[-2] if levels.ndim >= 2 else 0, spec.frames_per_chunk
+    levels = as_float32_levels(levels, spec.n_bands, "levels", spec.name)
+    # the same code as st.classify(reference=...) and the archive readers' --reference
+    levels, offset_db = apply_reference(levels, spec, args.reference, args.spl_offset)
+    check_level_range(levels, spec, where=f"{args.levels}: ")
+    n, f = levels.shape[-2], spec.frames_per_chunk
     left = n % f
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PartialChunkWarning)  # reported below
@@ -253,12 +358,17 @@ def _run_transcode(args: argparse.Namespace) -> int:
         args.output, mel=mel, mel_spec=np.array(tr.output_spec.to_json()), band_spec=np.array(spec.to_json()),
         transcoder=np.array(tr.model_id), source=np.array(source), layout=np.array(args.layout),
         mel_frame_period=np.array(tr.output_spec.frame_period), last_chunk_frames=np.array(left or f),
+        level_reference=np.array(args.reference), level_offset_db=np.asarray(offset_db),
     )
     note = ""
     if left:
         note = {"pad": f"; last chunk partial ({left}/{f} frames), padded",
                 "drop": f"; last chunk partial ({left}/{f} frames), dropped"}.get(args.partial, "")
-    print(f"{args.levels}: levels {tuple(levels.shape)} ({_level_unit(spec.db_offset)}) -> {tr.model_id} -> "
+    if 0 < n < f:  # no whole chunk at all: the output is all padding, or empty
+        note = {"pad": f"; {_shorter_than_a_chunk(n, spec)}: the only chunk was padded by repeating its last frame",
+                "drop": f"; {_shorter_than_a_chunk(n, spec)}: dropped, the output is empty"}.get(args.partial, "")
+    ref = "" if args.reference == "dBFS" else f", --reference {args.reference}: {_offsets(offset_db)} dB added"
+    print(f"{args.levels}: levels {tuple(levels.shape)} ({_level_unit(spec.db_offset)}{ref}) -> {tr.model_id} -> "
           f"mel {tuple(mel.shape)} ({tr.output_spec.name}, {args.layout}){note} -> {args.output}")
     return 0
 

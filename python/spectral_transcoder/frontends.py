@@ -33,8 +33,10 @@ from . import _core, tables
 from ._validation import (
     as_float32_mel,
     as_float32_signal,
+    check_audio_rate,
     check_min_length,
     check_sample_rate,
+    check_samples_last,
     check_threads,
     resample,
 )
@@ -66,7 +68,8 @@ def mel(
     Args:
         audio: waveform(s), shape ``(..., samples)``; leading axes are batch axes. Float
             samples are full scale (1.0 = 0 dBFS); integer PCM is scaled to full scale
-            (int16 / 32768, ...). NaN and Inf are rejected.
+            (int16 / 32768, ...). NaN and Inf are rejected, and so is time-major audio
+            ``(samples, channels)`` as ``soundfile.read`` returns it (pass ``audio.mean(axis=1)``).
         sample_rate: rate of ``audio`` in Hz. Audio at another rate than the spec's is
             resampled first (python-soxr, HQ).
         spec: a :class:`MelSpec` or a preset name: ``"pann"``, ``"yamnet_torchport"``,
@@ -94,8 +97,10 @@ def mel(
     """
     spec = get_mel_spec(spec)
     sr = check_sample_rate(sample_rate)
+    check_audio_rate(sr)  # before any work: a slip such as 32 for 32000 costs GBs
     threads = check_threads(n_threads)
     x = as_float32_signal(audio, "audio")
+    check_samples_last(x, "audio")
     if x.shape[-1] == 0:
         check_min_length(0, spec.min_samples(), "audio", f"the {spec.name!r} Mel front end")
     x = resample(x, sr, spec.sample_rate)

@@ -24,9 +24,10 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from . import registry
-from ._validation import as_float32_levels, as_float32_mel
-from .errors import InputTypeError, InvalidInputError, ModelError, SpecMismatchError
+from ._validation import as_float32_levels, as_float32_mel, check_level_range
+from .errors import InputTypeError, InvalidInputError, ModelError, SpecMismatchError, option
 from .metadata import Label, ModelMetadata
+from .reference import apply_reference
 from .specs import BandSpec, MelSpec, get_band_spec, get_mel_spec
 
 __all__ = [
@@ -650,6 +651,10 @@ class ClassificationResult:
     top_k: int = 5
     top_labels: list = field(default_factory=list)
     """``top(top_k)``, computed once."""
+    level_reference: str = "dBFS"
+    """The ``reference=`` the levels were given with: ``"dBFS"``, ``"SPL"`` or ``"auto"``."""
+    level_offset_db: np.ndarray = field(default_factory=lambda: np.zeros(()))
+    """(...) float64 dB added to the levels before transcoding (0-d for a single series)."""
 
     def __post_init__(self) -> None:
         if not self.top_labels:
@@ -688,10 +693,24 @@ def _default_transcoder_for(classifier: Classifier) -> str:
     name = registry.default_transcoder(classifier.name)
     if name is None:
         raise ModelError(
-            f"no default transcoder for the classifier {classifier.name!r}: pass transcoder= (a name from "
+            f"no default transcoder for the classifier {classifier.name!r}: pass {option('transcoder')} (a name from "
             "`spectral-transcoder models list`, a path, or Transcoder.pinv(target=...))"
         )
     return name
+
+
+def _warn_less_than_a_chunk(n: int, spec: BandSpec, partial: str) -> None:
+    from ._validation import _outside_stacklevel
+    from .pinv import PartialChunkWarning
+
+    what = (f"levels hold {n} frames ({n * spec.frame_period:g} s), less than one {spec.chunk_duration:g}-s "
+            f"chunk of {spec.frames_per_chunk} frames")
+    if partial == "drop":
+        msg = f"{what}: they were dropped ({option('partial', 'drop')}), so the result holds no chunk"
+    else:
+        msg = (f"{what}: the only chunk was padded with {spec.frames_per_chunk - n} copies of the last frame, so "
+               f"its probabilities rest on {n * spec.frame_period:g} s of data (result.padded is True)")
+    warnings.warn(msg, PartialChunkWarning, stacklevel=_outside_stacklevel())
 
 
 def classify(
@@ -703,6 +722,8 @@ def classify(
     top_k: int = 5,
     partial: Partial = "pad",
     n_threads: int | None = None,
+    reference: Literal["dBFS", "SPL", "auto"] = "dBFS",
+    spl_offset: float | None = None,
 ) -> ClassificationResult:
     """Classify third-octave levels end to end: PINV -> CNN -> classifier, per 1-s chunk.
 
@@ -712,8 +733,17 @@ def classify(
     ``classifier`` / ``transcoder``: instances, registry names or ``.onnx`` paths;
     ``transcoder=None`` takes the registry's default for the classifier.
     ``partial``: a trailing incomplete chunk is ``"pad"``-ded and flagged
-    (``result.padded``), ``"drop"``-ped, or an ``"error"``.
+    (``result.padded``), ``"drop"``-ped, or an ``"error"``. Levels shorter than one
+    chunk issue a :class:`~spectral_transcoder.pinv.PartialChunkWarning` as well: the
+    whole result then rests on padding (or is empty).
     ``n_threads``: ONNX Runtime intra-op threads for models loaded here.
+    ``reference``, ``spl_offset``: what the levels are, as ``--reference`` / ``--spl-offset``
+    on the command line and ``reference=`` for archives (:mod:`spectral_transcoder.reference`,
+    the same code): ``"dBFS"`` (default) as given; ``"SPL"``, calibrated dB SPL from which
+    ``spl_offset`` (the dB SPL of 0 dBFS) is subtracted; ``"auto"``, scaled like the
+    peak-normalised training audio (each ``(frames, n_bands)`` series on its own), so that
+    levels shifted by a constant classify the same. The offset applied is in
+    ``result.level_offset_db``.
 
     Each chunk's Mel goes through the classifier on its own (the teacher protocol);
     10-s means average ten consecutive 1-s rows (the paper's protocol).
@@ -732,11 +762,16 @@ def classify(
         )
     spec = tr.check_band_spec(band_spec)
     x = as_float32_levels(levels, spec.n_bands, "levels", spec.name)
+    x, offset_db = apply_reference(x, spec, reference, spl_offset)
+    check_level_range(x, spec)  # SPL read as dBFS would classify as loud "Music" everywhere
     f = spec.frames_per_chunk
     with warnings.catch_warnings():
-        # A padded chunk is reported in the result (last_chunk_frames), not warned about.
+        # A padded last chunk is reported in the result (last_chunk_frames), not warned about...
         warnings.simplefilter("ignore", PartialChunkWarning)
         chunks, n_valid_last = split_chunks(x, spec, partial)
+    n_frames = x.shape[-2]
+    if 0 < n_frames < f:  # ...unless there is no whole chunk at all: the result then looks normal but is not
+        _warn_less_than_a_chunk(n_frames, spec, partial)
     mels = tr.transcode_chunks(chunks, band_spec=spec)  # (..., n_chunks, T, M)
     probs = clf(mels)  # (..., n_chunks, C)
     n_chunks = chunks.shape[-3]
@@ -760,4 +795,6 @@ def classify(
         last_chunk_frames=int(n_valid_last) if n_chunks else 0,
         frames_per_chunk=f,
         top_k=top_k,
+        level_reference=reference,
+        level_offset_db=offset_db,
     )

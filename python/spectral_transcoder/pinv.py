@@ -27,7 +27,7 @@ import numpy as np
 
 from . import _core, tables
 from ._validation import as_float32_levels, check_finite, check_threads
-from .errors import InputTypeError, InvalidInputError
+from .errors import InputTypeError, InvalidInputError, SpectralTranscoderWarning, option
 from .specs import BandSpec, MelSpec, get_band_spec, get_mel_spec
 
 __all__ = [
@@ -52,8 +52,9 @@ _PARTIAL = ("error", "drop", "pad")
 _LAYOUTS = ("stitched", "concat", "chunks")
 
 
-class PartialChunkWarning(UserWarning):
-    """The levels did not fill a whole number of chunks: the last one was dropped or padded."""
+class PartialChunkWarning(SpectralTranscoderWarning):
+    """The levels did not fill a whole number of chunks: the last one was dropped or padded.
+    (A ``UserWarning``, through :class:`~spectral_transcoder.errors.SpectralTranscoderWarning`.)"""
 
 
 # ------------------------------------------------------------------ tables
@@ -221,8 +222,8 @@ def split_chunks(
         if partial == "error":
             raise InvalidInputError(
                 f"levels has {n} frames on its time axis (-2): {whole} whole chunk(s) of {f} frames and "
-                f"{left} frame(s) left over; pass partial='drop' to drop them or partial='pad' to pad "
-                f"the last chunk by repeating its last frame"
+                f"{left} frame(s) left over; pass {option('partial', 'drop')} to drop them or "
+                f"{option('partial', 'pad')} to pad the last chunk by repeating its last frame"
             )
         if partial == "drop":
             _warn(f"dropped the last {left} frame(s) of {n}: they do not fill a chunk of {f} frames")

@@ -156,7 +156,7 @@ def pipeline_figure(
     mel_panel(axes[1], grid, f"{mel_title} ({mel_spec.name}, {mel_spec.n_mels} bins)", dur)
     if ground_truth is not None:
         gt = np.asarray(ground_truth, dtype=np.float32)
-        mel_panel(axes[2], gt, f"the classifier's own Mel of the audio ({mel_spec.name})",
+        mel_panel(axes[2], gt, f"the classifier's own Mel of the audio as recorded ({mel_spec.name})",
                   gt.shape[0] * mel_spec.frame_period)
     ax = axes[-1]
     p = np.asarray(probs, dtype=np.float32)
@@ -193,9 +193,11 @@ def plot_file(
     """Plot ``[start, start + duration)`` s of ``input`` (an archive or an audio file) to the PNG
     ``output``: levels, transcoded Mel, class probabilities per 1-s chunk (chunks with a gap
     are not classified), and the classifier's own Mel when audio is at hand (``input`` itself,
-    or ``audio``: the recording the archive was computed from, aligned on its start).
+    or ``audio``: the recording the archive was computed from, aligned on its start), from the
+    samples as recorded: the level reference (``reference=``) applies to the archive's levels only.
     Returns what was plotted (model ids, window, top classes)."""
     require_module("matplotlib", "plot", "plotting")  # before the models are loaded and the file read
+    from ._validation import check_level_range
     from .archives import AudioReader, open_archive
     from .errors import SpecMismatchError
     from .models import Classifier, Transcoder, _default_transcoder_for, _spec_diff
@@ -210,6 +212,7 @@ def plot_file(
     tr.check_band_spec(open_archive(input, **read_options).band_spec)  # before reading anything
     win = read_window(input, start=start, duration=duration, **read_options)
     spec = tr.check_band_spec(win.band_spec)
+    check_level_range(win.levels, spec, where=f"{input}: ")  # after the level reference, as transcoded
     fpc = spec.frames_per_chunk
     n = win.levels.shape[0] // fpc
     ok = win.valid.reshape(n, fpc).all(axis=1)
@@ -224,8 +227,10 @@ def plot_file(
     if audio is None and open_reader_class(input) is AudioReader:
         audio = input
     ref = win.level_reference
-    if audio is not None:  # at the level the transcoder saw: the level reference's gain applied
-        gt = _ground_truth(audio, mspec, win.offset_s, n * spec.chunk_duration, ref.offset_db, n_threads)
+    if audio is not None:
+        # The audio as recorded (dB re full scale): the archive's level reference (an "auto" or SPL
+        # offset) describes the archive's levels, not this file's samples.
+        gt = _ground_truth(audio, mspec, win.offset_s, n * spec.chunk_duration, n_threads)
     unit = "dB re full scale" if ref.offset_db == 0 else f"dB re full scale ({ref.mode}, {ref.offset_db:+g} dB)"
     title = (f"{Path(str(input)).name}: {win.offset_s:g}-{win.offset_s + n * spec.chunk_duration:g} s "
              f"(UTC {str(win.start)[:19]}), {tr.model_id} -> {clf.model_id}")
@@ -250,9 +255,10 @@ def open_reader_class(path: str | os.PathLike) -> type | None:
     return _READERS.get(Path(str(path)).suffix.lower())
 
 
-def _ground_truth(path: str | os.PathLike, spec: MelSpec, offset_s: float, seconds: float, gain_db: float,
+def _ground_truth(path: str | os.PathLike, spec: MelSpec, offset_s: float, seconds: float,
                   n_threads: int | None) -> np.ndarray:
-    """The classifier's own Mel of ``seconds`` of audio from ``offset_s`` (mono mean), scaled by ``gain_db``."""
+    """The classifier's own Mel ``(frames, n_mels)`` of ``seconds`` of audio from ``offset_s`` s
+    (mono mean), the samples as recorded (full scale, no level offset)."""
     import soundfile as sf
 
     from .frontends import mel
@@ -263,5 +269,5 @@ def _ground_truth(path: str | os.PathLike, spec: MelSpec, offset_s: float, secon
     x, sr = sf.read(str(path), start=a, stop=min(b, info.frames), dtype="float32", always_2d=True)
     if x.shape[0] == 0:
         raise InvalidInputError(f"{path}: no audio in [{offset_s:g}, {offset_s + seconds:g}) s")
-    mono = x.mean(axis=1) * np.float32(10.0 ** (gain_db / 20.0))
+    mono = x.mean(axis=1)
     return mel(np.ascontiguousarray(mono, dtype=np.float32), sr, spec=spec, n_threads=n_threads or 0)

@@ -32,6 +32,7 @@ import json
 import math
 import os
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +40,8 @@ from typing import Any, ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .._validation import require_module
-from ..errors import InvalidInputError
+from .._validation import _outside_stacklevel, check_band_sample_rate, check_min_duration, require_module
+from ..errors import InputWarning, InvalidInputError, option, to_cli_language
 from ..specs import BandSpec, get_band_spec
 from .blocks import (
     NS_PER_S,
@@ -64,6 +65,8 @@ __all__ = [
     "AudioReader",
     "ArchiveSet",
     "ArchiveFailure",
+    "SnapReport",
+    "snap_to_grid",
     "open_archive",
     "open_many",
     "auto_offset",
@@ -206,7 +209,7 @@ def _check_bands(reader: BlockReader, found: int, what: str) -> None:
     if found != reader.band_spec.n_bands:
         raise reader._fail(
             f"{what} has {found} bands but the band spec {reader.band_spec.name!r} has "
-            f"{reader.band_spec.n_bands}; pass spec= (and the column names) that match the data"
+            f"{reader.band_spec.n_bands}; pass the {option('spec')} (and the band columns) that match the data"
         )
 
 
@@ -225,8 +228,8 @@ def _times_to_ns(reader: BlockReader, col: Any, time_unit: str | None, row0: int
         return col.cast(pa.timestamp("ns")).cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64)
     if pa.types.is_integer(t) or pa.types.is_floating(t):
         if time_unit is None:
-            raise reader._fail(f"the time column is numeric ({t}): pass time_unit= one of {sorted(_TIME_UNITS)} "
-                               "(since the Unix epoch, UTC)")
+            raise reader._fail(f"the time column is numeric ({t}): pass {option('time_unit')} one of "
+                               f"{sorted(_TIME_UNITS)} (since the Unix epoch, UTC)")
         v = col.to_numpy(zero_copy_only=False)
         if pa.types.is_integer(t):
             return v.astype(np.int64) * _TIME_UNITS[time_unit]
@@ -269,7 +272,7 @@ class _TabularReader(BlockReader):
             named = [lower[n] for n in _TIME_NAMES if n in lower]
             time_column = ts[0] if ts else (named[0] if named else None)
             if time_column is None:
-                raise self._fail(f"no time column found among {names}; pass time_column=")
+                raise self._fail(f"no time column found among {names}; pass {option('time_column')}")
         elif time_column not in names:
             raise self._fail(f"time column {time_column!r} not found; columns are {names}")
         self.time_column = time_column
@@ -328,6 +331,7 @@ class _TabularReader(BlockReader):
         it = iter(batches)
         while True:
             self._pos = f"rows {row0}.. (reading)"
+            self._row0 = row0  # the first row of the batch being read, for the errors of its parsing
             batch = next(it, None)
             if batch is None:
                 break
@@ -390,31 +394,61 @@ class ParquetReader(_TabularReader):
 
 
 class CsvReader(_TabularReader):
-    """A CSV file with a header, streamed by blocks (pyarrow.csv): a time column plus
-    one numeric column per band (auto: every other numeric column, in order). Empty,
-    ``NaN`` and ``NA`` cells are bad rows (see ``gaps``)."""
+    """A CSV file, streamed by blocks (pyarrow.csv): a time column plus one numeric
+    column per band (auto: every other numeric column, in order). Empty, ``NaN`` and
+    ``NA`` cells are bad rows (see ``gaps``).
+
+    ``header``: whether the first row names the columns. ``None`` (default) decides
+    from the row: when every cell of it is a number (the first may be a time stamp),
+    it is data, and the file is read without a header (with an
+    :class:`~spectral_transcoder.errors.InputWarning`): the columns are then named
+    ``f0``, ``f1``, ..., the time is ``f0`` unless ``time_column`` says otherwise, and
+    the others are the bands.
+    """
 
     format = "csv"
 
     def __init__(self, path: str | os.PathLike, *, spec: str | BandSpec = "cense_fast",
                  time_column: str | None = None, band_columns: Sequence[str] | None = None,
-                 time_unit: str | None = None, delimiter: str = ",",
+                 time_unit: str | None = None, delimiter: str = ",", header: bool | None = None,
                  sensor: str | None = None, source: str | None = None, **options: Any):
         super().__init__(path, spec=spec, sensor=sensor, source=source, options=options)
         if time_unit is not None and time_unit not in _TIME_UNITS:
             raise InvalidInputError(f"time_unit must be one of {sorted(_TIME_UNITS)}, got {time_unit!r}")
+        if header is not None and not isinstance(header, bool):
+            raise InvalidInputError(f"header must be True, False or None (decide from the first row), got {header!r}")
         self.time_unit, self.delimiter = time_unit, delimiter
         require_module("pyarrow", "archives", "reading CSV archives")
         import pyarrow as pa
-        import pyarrow.csv as pcsv
 
-        try:  # a first look at the header and the types of the first block
-            with pcsv.open_csv(self.path, read_options=self._read_options(),
-                               parse_options=pcsv.ParseOptions(delimiter=delimiter)) as r:
-                schema = r.schema
-        except Exception as exc:  # noqa: BLE001
-            raise self._fail(f"not a readable CSV file ({type(exc).__name__}: {exc})", "header") from exc
-        self._resolve_columns(schema, time_column, band_columns, None)
+        self.header = True if header is None else header
+        schema = self._schema()
+        if header is None and _row_is_data(schema.names):
+            # Read with a header, such a file loses its first frame and shifts every window by one.
+            self.header = False
+            schema = self._schema()
+            first = ", ".join(_first_cells(self.path, delimiter, 3))
+            warnings.warn(
+                f"{self.path}: the first row holds numbers, not column names ({first}, ...): it is read as data, "
+                f"the file as one with no header; column f0 is the time, the others the bands "
+                f"(pass {option('header', True)} if the first row is a header)",
+                InputWarning, stacklevel=_outside_stacklevel(),
+            )
+        if not self.header and time_column is None and schema.names:
+            time_column = schema.names[0]
+        self._names = list(schema.names)
+        try:
+            self._resolve_columns(schema, time_column, band_columns, None)
+        except ArchiveError:
+            # "28 bands but the band spec has 29": most often a band column that a typo in a cell
+            # ("4O.5") made a text column; name that cell rather than the count
+            typo = self._typo_in(schema, exclude=time_column)
+            if typo is None:
+                raise
+            raise typo from None
+        typo = self._typo_in(schema, exclude=self.time_column, only=self.band_columns)
+        if typo is not None:
+            raise typo
         # fix the types so that later blocks parse like the first (ints then floats, seconds then ms)
         tt = schema.field(self.time_column).type
         if pa.types.is_timestamp(tt):
@@ -423,22 +457,129 @@ class CsvReader(_TabularReader):
             tt = pa.float64() if pa.types.is_floating(tt) else pa.int64()
         self._types = {self.time_column: tt, **{c: pa.float64() for c in self.band_columns}}
 
+    def _schema(self) -> Any:
+        """The column names and the types of the first block."""
+        import pyarrow.csv as pcsv
+
+        try:
+            with pcsv.open_csv(self.path, read_options=self._read_options(),
+                               parse_options=pcsv.ParseOptions(delimiter=self.delimiter)) as r:
+                return r.schema
+        except Exception as exc:  # noqa: BLE001
+            raise self._fail(f"not a readable CSV file ({type(exc).__name__}: {exc})", "header") from exc
+
     def _read_options(self) -> Any:
         import pyarrow.csv as pcsv
 
-        return pcsv.ReadOptions(block_size=max(1 << 16, self.options.batch_rows * 256))
+        return pcsv.ReadOptions(block_size=max(1 << 16, self.options.batch_rows * 256),
+                                autogenerate_column_names=not self.header)
 
     def _events(self) -> Iterator[tuple]:
+        import pyarrow as pa
         import pyarrow.csv as pcsv
 
         conv = pcsv.ConvertOptions(column_types=self._types, include_columns=[self.time_column] + self.band_columns,
                                    strings_can_be_null=True)
+        try:
+            with pcsv.open_csv(self.path, read_options=self._read_options(),
+                               parse_options=pcsv.ParseOptions(delimiter=self.delimiter), convert_options=conv) as r:
+                yield from self._tabular_events(r)
+        except pa.ArrowInvalid as exc:
+            # pyarrow names the column (by number) and the text, not the row: find the cell
+            m = re.search(r"column #(\d+): CSV conversion error to \w+: invalid value", str(exc))
+            name = self._names[int(m.group(1))] if m and int(m.group(1)) < len(self._names) else None
+            typo = self._bad_cell(name, self._row0) if name in self.band_columns else None
+            if typo is None:
+                raise
+            raise typo from None
+
+    # ------------------------------------------------------------- typos
+    def _typo_in(self, schema: Any, *, exclude: str | None, only: Sequence[str] | None = None) -> ArchiveError | None:
+        """The first non-number cell of a text column that should hold band levels: one of
+        ``only`` (band columns given), else any text column whose cells (in the first block)
+        are mostly numbers."""
+        import pyarrow as pa
+
+        text = [f.name for f in schema if (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
+                and f.name != exclude]
+        if only is not None:
+            candidates = [c for c in text if c in only]
+        else:
+            candidates = [c for c in text if self._mostly_numbers(c)]
+        for c in candidates:
+            typo = self._bad_cell(c)
+            if typo is not None:
+                return typo
+        return None
+
+    def _mostly_numbers(self, column: str) -> bool:
+        import pyarrow.csv as pcsv
+
         with pcsv.open_csv(self.path, read_options=self._read_options(),
-                           parse_options=pcsv.ParseOptions(delimiter=self.delimiter), convert_options=conv) as r:
-            yield from self._tabular_events(r)
+                           parse_options=pcsv.ParseOptions(delimiter=self.delimiter),
+                           convert_options=pcsv.ConvertOptions(include_columns=[column])) as r:
+            cells = [c for c in r.read_next_batch().column(0).to_pylist() if c is not None]
+        return bool(cells) and sum(map(_is_number, cells)) >= len(cells) / 2
+
+    def _bad_cell(self, column: str, start_row: int = 0) -> ArchiveError | None:
+        """An error naming the first cell of ``column`` at data row ``start_row`` or later that
+        is not a number (nor empty, nor a null token such as NaN or NA), or None."""
+        import csv
+
+        import pyarrow.csv as pcsv
+
+        nulls = set(pcsv.ConvertOptions().null_values)
+        j = self._names.index(column)
+        with open(self.path, newline="", encoding="utf-8", errors="replace") as f:
+            rows = csv.reader(f, delimiter=self.delimiter)
+            if self.header:
+                next(rows, None)
+            for row, cells in enumerate(rows):
+                if row >= start_row and j < len(cells):
+                    cell = cells[j]
+                    if cell.strip() not in nulls and not _is_number(cell):
+                        return self._fail(f"{cell!r} is not a number",
+                                          f"row {row} (line {rows.line_num}), column {column!r}")
+        return None
 
     def duration_hint(self) -> float | None:
         return None
+
+    def _extra(self) -> dict[str, Any]:
+        # "header" only when there is none: the description of ordinary files stays as it was
+        return {**super()._extra(), **({} if self.header else {"header": False})}
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_time(text: str) -> bool:
+    try:
+        to_datetime64(text)
+    except InvalidInputError:
+        return False
+    return True
+
+
+def _row_is_data(cells: Sequence[str]) -> bool:
+    """A CSV first row of numbers only (the first cell may be a time stamp) is data, not a header."""
+    cells = [c.strip() for c in cells]
+    if len(cells) < 2 or not all(_is_number(c) for c in cells[1:]):
+        return False
+    return _is_number(cells[0]) or _is_time(cells[0])
+
+
+def _first_cells(path: str, delimiter: str, n: int) -> list[str]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        row = next(csv.reader(f, delimiter=delimiter), [])
+    return row[:n]
 
 
 # ------------------------------------------------------------------------ arrays
@@ -502,7 +643,9 @@ class Hdf5Reader(_ClipReader):
         self.dataset = dataset
         with self._open() as f:
             if dataset not in f:
-                raise self._fail(f"no dataset {dataset!r} (found: {sorted(f.keys())}); pass dataset=")
+                found = sorted(f.keys())
+                hint = option("dataset", found[0]) if len(found) == 1 else f"{option('dataset')} one of them"
+                raise self._fail(f"no dataset {dataset!r} (found: {found}); pass {hint}")
             ds = f[dataset]
             if start is None:
                 for holder in (ds, f):
@@ -594,7 +737,7 @@ class ArrayReader(_ClipReader):
                 pick = names if len(names) == 1 else [n for n in ("levels", "fast_125ms") if n in names]
                 if not pick:
                     self.zf.close()
-                    raise r._fail(f"several arrays {names}: pass key= to choose one")
+                    raise r._fail(f"several arrays {names}: pass {option('key')} to choose one")
                 r.key = pick[0]
             elif r.key not in names:
                 self.zf.close()
@@ -702,6 +845,86 @@ def _parse_properties(text: str) -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True)
+class SnapReport:
+    """What :func:`snap_to_grid` did to a sequence of time stamps."""
+
+    n: int
+    """Stamps looked at."""
+    snapped: int
+    """Stamps moved (by a non-zero shift)."""
+    max_shift_s: float
+    """Largest shift, seconds (absolute)."""
+    period_s: float
+    """The grid's period: the source's own, fitted (a phone's clock may run a little fast)."""
+    phase_s: float
+    """Where the grid lies: seconds after the whole second (UTC) of its first slot."""
+    collisions: int
+    """Stamps that fell in the slot of the previous one, though more than the tolerance
+    after it, and were moved to the next free slot."""
+    left: int
+    """Stamps further than the tolerance from the grid, left as recorded."""
+
+
+def _repair_slots(t: np.ndarray, slot: np.ndarray, tolerance_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Slots ``(n,)`` of stamps ``t`` after the collision repair, and which stamps it moved: a
+    stamp in the previous stamp's slot though more than ``tolerance_ns`` after it is a later
+    measurement whose stamp jittered, not a repeat; it goes to the next slot when that is free."""
+    n = len(t)
+    slot = np.array(slot, dtype=np.int64)
+    moved = np.zeros(n, dtype=bool)
+    for k in range(1, n):
+        if slot[k] == slot[k - 1] and t[k] - t[k - 1] > tolerance_ns and (k + 1 == n or slot[k + 1] > slot[k] + 1):
+            slot[k] += 1
+            moved[k] = True
+    return slot, moved
+
+
+def snap_to_grid(times_ns: np.ndarray, period_ns: int, tolerance_ns: int) -> tuple[np.ndarray, SnapReport]:
+    """Put jittered time stamps ``(n,)`` int64 ns (one per ``period_ns``, in order) on a regular grid.
+
+    1. Each stamp gets a slot from its distance to the previous one (the framer's rule:
+       the nearest whole number of periods), a stamp in the previous one's slot but more
+       than ``tolerance_ns`` after it going to the next (see :func:`_slots`).
+    2. A line ``t = a + b * slot`` is fitted to the stamps (least squares, then again
+       without those further than the tolerance from it): ``a`` is the grid's phase and
+       ``b`` its period, which follows a phone's clock that runs a little fast.
+    3. Slots are taken again from the line (so that one late stamp does not shift the next),
+       repaired as in 1, and a stamp within ``tolerance_ns`` of its grid time (or moved by
+       the repair) is put on it. Stamps within the tolerance of each other in one slot (a
+       true duplicate) are left for the framer to refuse, as are those far from the grid.
+
+    Returns the new stamps (int64 ns) and a :class:`SnapReport`.
+    """
+    t = np.asarray(times_ns, dtype=np.int64)
+    n = len(t)
+    if n < 2:  # no grid to fit
+        return t.copy(), SnapReport(n, 0, 0.0, period_ns / NS_PER_S, 0.0, 0, 0)
+    rel = (t - t[0]).astype(np.float64)  # small numbers for the fit
+    steps = np.concatenate([[0], np.floor(np.diff(rel) / period_ns + 0.5)]).astype(np.int64)
+    first, _ = _repair_slots(t, np.cumsum(steps), tolerance_ns)
+    fit = np.ones(n, dtype=bool)
+    a, b = 0.0, float(period_ns)
+    for _ in range(2):
+        if np.unique(first[fit]).size >= 2:
+            b, a = np.polyfit(first[fit].astype(np.float64), rel[fit], 1)
+        fit = np.abs(rel - (a + b * first)) <= tolerance_ns
+        if not fit.any():
+            break
+    if not (0.9 * period_ns < b < 1.1 * period_ns):  # not one stamp per period: leave them be
+        return t.copy(), SnapReport(n, 0, 0.0, float(b) / NS_PER_S, 0.0, 0, n)
+    slot, moved = _repair_slots(t, np.floor((rel - a) / b + 0.5), tolerance_ns)
+    grid = a + b * slot
+    snap = (np.abs(rel - grid) <= tolerance_ns) | moved
+    out = np.where(snap, t[0] + np.rint(grid).astype(np.int64), t)
+    shift = np.abs(out - t)
+    return out, SnapReport(
+        n=n, snapped=int(np.count_nonzero(shift)), max_shift_s=float(shift.max()) / NS_PER_S, period_s=float(b) / NS_PER_S,
+        phase_s=((int(t[0]) + int(round(a))) % NS_PER_S) / NS_PER_S, collisions=int(moved.sum()),
+        left=int(np.count_nonzero(~snap)),
+    )
+
+
 class NoiseCaptureReader(BlockReader):
     """A NoiseCapture app export (zip): ``meta.properties`` plus ``track.geojson``.
 
@@ -711,6 +934,14 @@ class NoiseCaptureReader(BlockReader):
     spec ``noisecapture``). The track (one recording) is read whole; it is small.
     ``sensor`` defaults to the export's anonymous ``uuid``. ``properties`` holds the
     metadata (device, ``gain_calibration``, ``record_utc``...).
+
+    The phone stamps its 1-s measurements late by a varying few hundred ms, so that two
+    can fall in one 1-s slot. The stamps are therefore put on a 1-s grid first
+    (:func:`snap_to_grid`, those within ``snap_tolerance`` frame periods of it: 0.25 s
+    for the ``noisecapture`` spec; None keeps them as recorded); when that moved a stamp
+    by more than 5 % of a period, an :class:`~spectral_transcoder.errors.InputWarning`
+    says how many moved and by how much (:attr:`snap_report`). A true duplicate (two
+    stamps within the tolerance in one slot) still stops the reading.
     """
 
     format = "noisecapture"
@@ -718,8 +949,16 @@ class NoiseCaptureReader(BlockReader):
     _NON_BANDS = ("leq_mean", "leq_utc", "leq_id")
 
     def __init__(self, path: str | os.PathLike, *, spec: str | BandSpec = "noisecapture",
+                 snap_tolerance: float | None = 0.25,
                  sensor: str | None = None, source: str | None = None, **options: Any):
         super().__init__(path, spec=spec, sensor=sensor, source=source, options=options)
+        if snap_tolerance is not None and not (isinstance(snap_tolerance, (int, float))
+                                               and not isinstance(snap_tolerance, bool) and 0 < snap_tolerance < 0.5):
+            raise InvalidInputError(f"snap_tolerance must be None or a fraction of the frame period in (0, 0.5), "
+                                    f"got {snap_tolerance!r}")
+        self.snap_tolerance = None if snap_tolerance is None else float(snap_tolerance)
+        self.snap_report: SnapReport | None = None
+        self._snapped: np.ndarray | None = None
         self.band_keys = [f"leq_{f:g}" for f in nominal_frequencies(self.band_spec)]
         self.properties, self._features = self._load()
         if sensor is None and self.properties.get("uuid"):
@@ -772,21 +1011,60 @@ class NoiseCaptureReader(BlockReader):
                 raise self._fail(f"{key} is not a number ({v!r})", where)
         return int(round(utc * 1_000_000)), values
 
+    def _snap(self) -> np.ndarray | None:
+        """The snapped stamps of all features (ns; -1 where ``leq_utc`` is unusable, which
+        the feature's own check reports in its turn), computed once per reader."""
+        if self.snap_tolerance is None or self._snapped is not None:
+            return self._snapped
+        raw = np.full(len(self._features), -1, dtype=np.int64)
+        for k, feat in enumerate(self._features):
+            utc = feat.get("properties", {}).get("leq_utc") if isinstance(feat, dict) else None
+            if isinstance(utc, (int, float)) and not isinstance(utc, bool) and math.isfinite(utc):
+                raw[k] = int(round(utc * 1_000_000))
+        ok = raw >= 0
+        period = int(round(self.band_spec.frame_period * NS_PER_S))
+        tolerance_s = self.snap_tolerance * self.band_spec.frame_period
+        snapped, report = snap_to_grid(raw[ok], period, int(round(tolerance_s * NS_PER_S)))
+        self._snapped = raw.copy()
+        self._snapped[ok] = snapped
+        self.snap_report = report
+        # Shifts of a few per cent of a period are the grid itself (rounding, a clock that runs a
+        # little fast); what changed the reading, or could have, is reported.
+        if report.max_shift_s > 0.05 * self.band_spec.frame_period or report.collisions or report.left:
+            extra = ""
+            if report.collisions:
+                extra += (f"; {report.collisions} of them shared a slot with the previous stamp, more than "
+                          f"{tolerance_s:g} s after it, and went to the next free slot")
+            if report.left:
+                extra += f"; {report.left} stamp(s) further than {tolerance_s:g} s from the grid were left as recorded"
+            warnings.warn(
+                f"{self.path}: snapped {report.snapped} of {report.n} time stamps to a grid of "
+                f"{report.period_s:.4g} s ({report.phase_s:.3f} s after the second), largest shift "
+                f"{report.max_shift_s:.3f} s{extra} (the phone's stamps jitter; pass "
+                f"{option('snap_tolerance', None)} to keep them as recorded)",
+                InputWarning, stacklevel=_outside_stacklevel(),
+            )
+        return self._snapped
+
     def _events(self) -> Iterator[tuple]:
         feats = self._features
         step = self.options.batch_rows
+        snapped = self._snap()
         for a in range(0, len(feats), step):
             chunk = feats[a:a + step]
             self._pos = f"{self.TRACK} features {a}..{a + len(chunk) - 1}"
             parsed = [self._feature(a + k, f) for k, f in enumerate(chunk)]
             times = np.array([p[0] for p in parsed], dtype=np.int64)
+            if snapped is not None:  # every feature of the batch passed its check: its stamp is there
+                times = snapped[a:a + len(chunk)].copy()
             levels = np.array([[np.nan if v is None else v for v in p[1]] for p in parsed], dtype=np.float32)
             yield ("rows", levels.reshape(len(chunk), -1), a, times)
 
     def _extra(self) -> dict[str, Any]:
         keep = ("version_name", "version_number", "record_utc", "time_length", "gain_calibration",
                 "device_manufacturer", "device_model")
-        return {"noisecapture": {k: self.properties[k] for k in keep if k in self.properties}}
+        return {"noisecapture": {k: self.properties[k] for k in keep if k in self.properties},
+                "snap_tolerance": self.snap_tolerance}
 
 
 # ------------------------------------------------------------------------ audio
@@ -799,7 +1077,9 @@ class AudioReader(BlockReader):
     with a streaming soxr resampler (the same "HQ" filter as the whole-file path,
     whose output it equals sample for sample), and cut into frames on the spec's grid
     from the first sample; the last frame is zero-padded as in the whole-file
-    analysis. The levels therefore equal ``third_octave`` of the whole file.
+    analysis. The levels therefore equal ``third_octave`` of the whole file, and the same
+    files are refused (a sample rate below 8 kHz, less audio than one analysis frame) or
+    warned about (a rate below twice the top band's upper edge, 28 251 Hz for ``cense_fast``).
     Levels are dB re full scale (plus the spec's ``db_offset``).
     """
 
@@ -818,6 +1098,13 @@ class AudioReader(BlockReader):
         self.sample_rate, self.channels, self.n_samples = int(info.samplerate), int(info.channels), int(info.frames)
         if self.n_samples <= 0:
             raise self._fail("the file holds no samples", "file header")
+        spec = self.band_spec
+        try:  # the same rules as third_octave on the whole file
+            check_band_sample_rate(self.sample_rate, spec, "the file's sample rate")
+            check_min_duration(self.n_samples, self.sample_rate, spec.frame_length, spec.sample_rate,
+                               "the file", f"the band spec {spec.name!r}")
+        except InvalidInputError as exc:
+            raise self._fail(str(exc), "file header") from None
         if channel is not None and not (isinstance(channel, int) and 0 <= channel < self.channels):
             raise InvalidInputError(f"channel must be None (mix to mono) or 0..{self.channels - 1}, got {channel!r}")
         if not (isinstance(read_seconds, (int, float)) and read_seconds > 0):
@@ -922,7 +1209,7 @@ def open_archive(path: str | os.PathLike, *, format: str | None = None, **option
         ext = Path(str(path)).suffix.lower()
         if ext not in _READERS:
             raise ArchiveError(str(path), None, f"unknown archive extension {ext!r}; known: "
-                               f"{sorted(_READERS)} (or pass format=)")
+                               f"{sorted(_READERS)} (or pass {option('format')})")
         cls = _READERS[ext]
     if not os.path.exists(path):
         raise ArchiveError(str(path), None, "no such file")
@@ -1019,7 +1306,9 @@ class ArchiveSet:
                     if reader.source in self._skip:
                         break
             except ArchiveError as exc:
-                self.errors.append(ArchiveFailure(p, exc.position, exc.problem, n))
+                # the framer's messages (blocks.py) spell options in Python: on the command line,
+                # which reports these failures itself, they are given its flags
+                self.errors.append(ArchiveFailure(p, exc.position, to_cli_language(exc.problem), n))
             finally:
                 if reader is not None:  # what was met up to a failure counts too
                     self.stats[reader.source] = reader.stats
