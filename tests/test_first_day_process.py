@@ -452,3 +452,28 @@ def test_gap_rows_under_split_and_omit(tmp_path, tiny):
     r = _process("api", [big], tmp_path / "omit", tiny, gap_rows="omit", block_seconds=10)
     assert not r.failed
     assert "gap" not in set(archives.read_results(tmp_path / "omit").column("window").to_pylist())
+
+
+# ------------------------------------------------------------------ issue 15, item 5, on the archive path
+@pytest.mark.parametrize("mode", MODES)
+def test_spl_read_as_dbfs_fails_that_file_with_the_way_out(tmp_path, tiny, capsys, mode):
+    """A calibrated dB SPL archive read as dBFS (+100 dB) used to classify as loud music with
+    exit 0; now that file fails, naming the level options, and the other files go on."""
+    a = _sensor(tmp_path / "in", "a", lv=_dbfs(8 * 40, seed=1) + 100.0)
+    b = _sensor(tmp_path / "in", "b", seed=2)
+    out = tmp_path / "out"
+    r = _process(mode, [a, b], out, tiny, capsys, windows="1s")
+    t = archives.read_results(out)
+    assert set(t.column("sensor").to_pylist()) == {"b"}
+    if mode == "api":
+        (e,) = r.summary.errors
+        text = f"{e['path']}: {e['message']}"
+    else:
+        text = r.err
+    assert str(a) in text and "far above full scale" in text
+    if mode == "api":
+        assert "reference='auto'" in text
+    else:
+        assert r.rc == 1 and "--reference auto" in text and "--spl-offset" in text
+    ok = _process(mode, [a], tmp_path / "auto", tiny, capsys, windows="1s", reference="auto")  # the way out
+    assert not ok.failed, ok.message

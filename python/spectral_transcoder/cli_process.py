@@ -85,6 +85,8 @@ def _add_read_args(p: argparse.ArgumentParser, *, blocks: bool) -> None:
     g.add_argument("--time-column", default=None, metavar="NAME", help="Parquet/CSV time column (default: found)")
     g.add_argument("--time-unit", default=None, choices=["s", "ms", "us", "ns"],
                    help="Parquet/CSV numeric time column: unit since the Unix epoch (UTC)")
+    g.add_argument("--dataset", default=None, metavar="NAME",
+                   help="HDF5: the dataset of levels, (clips, frames, bands) (default: fast_125ms)")
     if blocks:
         g.add_argument("--block-seconds", type=float, default=60.0, metavar="S",
                        help="seconds per block: one Parquet row group and one manifest entry each "
@@ -97,7 +99,7 @@ def _read_options(args: argparse.Namespace, *, blocks: bool) -> dict[str, Any]:
                             "max_mask_gap_s": args.max_mask_gap}
     if args.spl_offset is not None:
         opts["spl_offset"] = args.spl_offset
-    for name in ("format", "spec", "time_column", "time_unit"):
+    for name in ("format", "spec", "time_column", "time_unit", "dataset"):
         if getattr(args, name) is not None:
             opts[name] = getattr(args, name)
     if blocks:

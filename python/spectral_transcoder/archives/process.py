@@ -91,6 +91,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 
+from .._validation import check_level_range
 from ..errors import InputTypeError, InvalidInputError, ModelError, SpecMismatchError
 from ..specs import BandSpec
 
@@ -342,6 +343,8 @@ def _timed_block(block: Any, task: ProcessTask) -> tuple[Any, dict[str, float]]:
     times = {"pinv": 0.0, "cnn": 0.0, "classifier": 0.0, "rows": 0.0}
     tr, clf = loaded_models(task)
     spec = check_band_spec(tr, block.band_spec, block.source)
+    # SPL read as dBFS would classify as "Music" everywhere: that file fails with the way out
+    check_level_range(block.levels, block.band_spec, where=f"{block.source}: ")
     opts = task.options
     fpc = spec.frames_per_chunk
     n = block.n_frames // fpc  # a block is a whole number of chunks
