@@ -24,6 +24,10 @@ columns need ``time_unit`` (``"s"``, ``"ms"``, ``"us"`` or ``"ns"`` since the Un
 epoch). Sources without time stamps (HDF5, NPY, audio) start at ``start`` (or the
 file's ``start`` attribute for HDF5), else at the Unix epoch, i.e. times are then
 elapsed time; ``describe()["start_known"]`` says which.
+
+The exact schema of every format (column, dataset and attribute names and how they are
+found, time stamps, level units and reference, band order, gaps), with an example file
+for each, and the output of ``process``: ``docs/archive-formats.md`` in the source tree.
 """
 
 from __future__ import annotations
