@@ -321,3 +321,18 @@ def test_open_many_collects_errors_and_goes_on(tmp_path):
     assert "go backwards" in many.errors[0].message
     with pytest.raises(st.InvalidInputError, match="gaps"):
         archives.open_many([good1], gaps="nope")
+
+
+def test_nan_in_a_float_time_column_is_a_missing_stamp(tmp_path):
+    """A NaN epoch read as a jump backwards ("after NaT"); it is a missing stamp at its row."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from spectral_transcoder.archives import ArchiveError, open_archive
+
+    t = 1.7e9 + 0.125 * np.arange(16)
+    t[5] = np.nan
+    cols = {"t": pa.array(t)} | {f"b{i}": pa.array(np.full(16, -50.0)) for i in range(29)}
+    path = tmp_path / "nan-time.parquet"
+    pq.write_table(pa.table(cols), path)
+    with pytest.raises(ArchiveError, match=r"row 5: missing time stamp"):
+        list(open_archive(path, time_unit="s"))

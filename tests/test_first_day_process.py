@@ -287,7 +287,7 @@ def test_a_block_the_models_refuse_fails_its_source_only(tmp_path, tiny, threads
                   blocks_per_part=1)
     (e,) = s.errors
     assert e["path"] == str(a.resolve()) and e["position"].startswith("block 2 (2024-03-01T12:00:40")
-    assert "1000" in e["message"] and e["blocks_read"] == 2
+    assert "far above full scale" in e["message"] and e["blocks_read"] == 2  # the block function's level check
     t = archives.read_results(out)
     per = [(x["sensor"], x["block"]) for x in t.to_pylist()]
     assert sorted({p for p in per if p[0] == "a"}) == [("a", 0), ("a", 1)]

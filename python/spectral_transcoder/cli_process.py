@@ -176,9 +176,9 @@ _PROCESS_DESCRIPTION = textwrap.dedent(
 _PROCESS_EPILOG = textwrap.dedent(
     f"""\
     examples:
-      {PROG} process sensor-*.parquet -o out/ -c yamnet-torchport -t yamnet-cnn-logits
+      {PROG} process sensor-*.parquet -o out/ -c yamnet                # its shipped transcoder
       {PROG} process day.parquet -o out/ -c clf.onnx -t tr.onnx --reference SPL --spl-offset 94
-      {PROG} process day.parquet -o out/ -c yamnet-torchport --workers 4
+      {PROG} process day.parquet -o out/ -c efficientat-mn04 --workers 4
     """
 )
 
@@ -257,8 +257,8 @@ def _setup_plot(p: argparse.ArgumentParser) -> Handler:
     p.epilog = textwrap.dedent(
         f"""\
         examples:
-          {PROG} plot birds.wav -o birds.png -c yamnet-torchport --reference auto
-          {PROG} plot day.parquet -o noon.png -c yamnet-torchport --start 43200 --duration 60
+          {PROG} plot birds.wav -o birds.png -c yamnet --reference auto
+          {PROG} plot day.parquet -o noon.png -c yamnet --start 43200 --duration 60
         """
     )
     p.add_argument("input", type=Path, metavar="INPUT", help="an archive file or an audio file")

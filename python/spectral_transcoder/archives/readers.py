@@ -237,6 +237,10 @@ def _times_to_ns(reader: BlockReader, col: Any, time_unit: str | None, row0: int
         v = col.to_numpy(zero_copy_only=False)
         if pa.types.is_integer(t):
             return v.astype(np.int64) * _TIME_UNITS[time_unit]
+        bad = ~np.isfinite(v)
+        if bad.any():  # a float NaN is a missing stamp too, not a jump backwards
+            k = int(np.flatnonzero(bad)[0])
+            raise reader._fail(f"missing time stamp ({v[k]})", f"row {row0 + k}")
         return np.rint(v.astype(np.float64) * _TIME_UNITS[time_unit]).astype(np.int64)
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         try:
