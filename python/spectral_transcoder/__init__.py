@@ -6,6 +6,7 @@ default), Mels ``(..., frames, n_mels)`` in the classifier's own units.
 - :func:`third_octave` — audio -> third-octave levels (C++).
 - :func:`mel` — audio -> a classifier's Mel front end (C++).
 - :func:`pinv` — levels -> Mel by the folded pseudo-inverse (C++).
+- :func:`griffin_lim` — a Mel (true or transcoded) back to audio, for listening checks.
 - :class:`Transcoder`, :class:`Classifier`, :func:`classify` — ONNX Runtime models.
 - :mod:`spectral_transcoder.archives` — streaming readers and the resumable engine.
 - :func:`process` — archives -> Parquet predictions, resumable, optionally on Dask
@@ -33,6 +34,7 @@ from .errors import (
     UnknownSpecError,
 )
 from .frontends import mel, patches
+from .inverse import griffin_lim
 from .pinv import PartialChunkWarning, pinv
 from .specs import BAND_SPECS, MEL_SPECS, BandSpec, MelSpec, get_band_spec, get_mel_spec, spec_from_json
 
@@ -65,6 +67,7 @@ __all__ = [
     "mel",
     "patches",
     "pinv",
+    "griffin_lim",
     "PartialChunkWarning",
     "Transcoder",
     "Classifier",

@@ -498,3 +498,4 @@ def _run_models_info(args: argparse.Namespace) -> int:
 
 # The archive commands (process/classify, plot, bench) live in their own module; importing it registers them.
 from . import cli_process as _cli_process  # noqa: E402,F401
+from . import cli_griffin_lim as _cli_griffin_lim  # noqa: E402,F401  (griffin-lim)
