@@ -8,9 +8,12 @@ ST_REQUIRE_SHARED=1 (set by CI), where a missing file fails the run.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import pytest
@@ -32,6 +35,26 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     package_parent = str(Path(spectral_transcoder.__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (package_parent, str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def kill_9_after_manifest_lines(args: Sequence[str], manifest: Path, n_lines: int, *, env: dict[str, str],
+                                timeout: float, poll: float = 0.01, **popen: Any) -> None:
+    """Run ``args`` in a child process, wait until its ``manifest`` holds ``n_lines`` committed
+    lines (within ``timeout`` seconds), then ``kill -9`` it: a real crash at an arbitrary point
+    of the commit protocol, not a simulated one. Fails if the child ended on its own first,
+    or did not die of the signal; ``popen`` goes to :class:`subprocess.Popen`."""
+    proc = subprocess.Popen(list(args), env=env, **popen)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if manifest.exists() and manifest.read_bytes().count(b"\n") >= n_lines:
+                break
+            assert proc.poll() is None, "the child ended before it could be killed"
+            time.sleep(poll)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
 
 
 SHARED = Path(os.environ.get("ST_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared"))

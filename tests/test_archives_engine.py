@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +17,7 @@ import spectral_transcoder as st
 from spectral_transcoder import archives
 
 from archives_testutil import NS, T0, grid_times, levels, per_second, write_parquet
+from conftest import kill_9_after_manifest_lines
 
 TESTS = Path(__file__).resolve().parent
 PACKAGE_PARENT = Path(st.__file__).resolve().parent.parent  # the child imports the package this process uses
@@ -240,19 +238,8 @@ def test_kill_9_and_resume(tmp_path):
     script.write_text(_CHILD)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE_PARENT), str(TESTS)])}
     args = [sys.executable, str(script), str(out)] + [str(p) for p in paths]
-    proc = subprocess.Popen(args, env=env)
-    manifest = out / "_manifest.jsonl"
-    deadline = time.monotonic() + 30
-    try:
-        while time.monotonic() < deadline:  # wait until a few parts are committed, then kill -9
-            if manifest.exists() and manifest.read_bytes().count(b"\n") >= 6:
-                break
-            assert proc.poll() is None, "the child ended before it could be killed"
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    # a few parts committed, then kill -9
+    kill_9_after_manifest_lines(args, out / "_manifest.jsonl", 6, env=env, timeout=30)
     partial = archives.read_results(out).num_rows
     assert 0 < partial < ref.num_rows
     s = archives.run_blocks(archives.open_many(paths, block_seconds=5), per_second, out, progress=False,

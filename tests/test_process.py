@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ import pytest
 import spectral_transcoder as st
 from _tiny_models import classifier_metadata, make_classifier, make_transcoder
 from archives_testutil import NS, T0, grid_times, levels, write_noisecapture, write_parquet
+from conftest import kill_9_after_manifest_lines
 from spectral_transcoder import archives, cli
 from spectral_transcoder.archives import process as P
 from spectral_transcoder.errors import InvalidInputError, SpecMismatchError
@@ -289,19 +288,8 @@ def test_kill_9_then_resume_gives_the_same_rows(tmp_path, tiny):
     out = tmp_path / "out"
     args = [sys.executable, "-m", "spectral_transcoder", "process", *map(str, paths), "-o", str(out), *common,
             "--blocks-per-part", "1"]
-    proc = subprocess.Popen(args, env=_cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    manifest = out / "_manifest.jsonl"
-    deadline = time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline:
-            if manifest.exists() and manifest.read_bytes().count(b"\n") >= 20:
-                break
-            assert proc.poll() is None, "the run ended before it could be killed"
-            time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_9_after_manifest_lines(args, out / "_manifest.jsonl", 20, env=_cli_env(), timeout=60, poll=0.005,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     n_ref = archives.read_results(ref).num_rows
     assert 0 < archives.read_results(out).num_rows < n_ref
     r = subprocess.run(args, env=_cli_env(), capture_output=True, text=True, timeout=300)

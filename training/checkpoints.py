@@ -8,7 +8,6 @@ reconstructors and dtypes are allow-listed for them, which keeps the loader safe
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -18,21 +17,13 @@ import torch
 from torch import nn
 
 from spectral_transcoder.errors import ModelError
+from spectral_transcoder.registry import sha256_file  # one checksum for the registry and the cards
 
 __all__ = ["CheckpointError", "sha256_file", "torch_load", "load_state_dict_strict", "check_source_file"]
 
 
 class CheckpointError(ModelError):
     """A checkpoint does not match the network: missing, unexpected or mis-shaped keys."""
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_source_file(path: str | Path, what: str) -> Path:

@@ -19,6 +19,7 @@ import numpy as np
 from spectral_transcoder import frontends
 from spectral_transcoder._validation import resample
 from spectral_transcoder.analysis import third_octave
+from spectral_transcoder.audio import load_audio
 from spectral_transcoder.errors import InvalidInputError
 from spectral_transcoder.specs import BandSpec, MelSpec
 
@@ -27,10 +28,7 @@ __all__ = ["read_audio", "chunk_lengths", "first_patch", "file_chunks"]
 
 def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """Mono float32 samples (channel mean) and the sample rate of an audio file."""
-    import soundfile as sf
-
-    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    return np.ascontiguousarray(data.mean(axis=1), dtype=np.float32), int(sr)
+    return load_audio(path)
 
 
 def chunk_lengths(band: BandSpec, mel: MelSpec) -> tuple[int, int, int]:

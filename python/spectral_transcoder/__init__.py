@@ -3,6 +3,7 @@
 Arrays are time-major: levels ``(..., frames, bands)`` in dB re full scale (by
 default), Mels ``(..., frames, n_mels)`` in the classifier's own units.
 
+- :func:`load_audio` — an audio file -> mono float32 samples (optionally resampled).
 - :func:`third_octave` — audio -> third-octave levels (C++).
 - :func:`mel` — audio -> a classifier's Mel front end (C++).
 - :func:`pinv` — levels -> Mel by the folded pseudo-inverse (C++).
@@ -21,6 +22,7 @@ import importlib
 from typing import Any
 
 from .analysis import third_octave
+from .audio import load_audio
 from .errors import (
     InputTypeError,
     InputWarning,
@@ -63,6 +65,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "load_audio",
     "third_octave",
     "mel",
     "patches",

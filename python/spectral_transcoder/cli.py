@@ -1,7 +1,10 @@
 """The ``spectral-transcoder`` command line (also ``python -m spectral_transcoder``).
 
-Subcommands register themselves in :data:`COMMANDS` with :func:`register_command`,
-so later ones (``process``, ``plot``, ``bench``) plug in without touching the others.
+Subcommands register themselves in :data:`COMMANDS` with :func:`register_command`
+(both from :mod:`._cli_base`, which every subcommand module imports), so later ones
+(``process``, ``plot``, ``bench``, ``griffin-lim``) plug in without touching the others.
+This module defines ``analyze``, ``transcode`` and ``models``, then imports the other
+subcommand modules, which registers them.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ import os
 import sys
 import textwrap
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from ._cli_base import COMMANDS, PROG, Command, Handler, HelpFormatter, npz_str, register_command, save_npz
+from .audio import load_audio
 from .errors import (
     InvalidInputError,
     ModelError,
@@ -31,44 +35,11 @@ from .specs import BAND_SPECS, MEL_SPECS, BandSpec, get_band_spec, spec_from_jso
 
 __all__ = ["main", "build_parser", "register_command", "COMMANDS", "Command"]
 
-PROG = "spectral-transcoder"
-Handler = Callable[[argparse.Namespace], int]
-
-
-@dataclass(frozen=True)
-class Command:
-    """A subcommand: ``setup`` adds its arguments to its parser and returns the handler."""
-
-    name: str
-    help: str
-    description: str
-    setup: Callable[[argparse.ArgumentParser], Handler]
-
-
-#: Subcommands in the order ``--help`` lists them.
-COMMANDS: dict[str, Command] = {}
-
-
-def register_command(name: str, *, help: str, description: str = "") -> Callable:
-    """Decorator: register ``setup(parser) -> handler`` as the subcommand ``name``."""
-
-    def deco(setup: Callable[[argparse.ArgumentParser], Handler]) -> Callable[[argparse.ArgumentParser], Handler]:
-        if name in COMMANDS:
-            raise ValueError(f"subcommand {name!r} is already registered")
-        COMMANDS[name] = Command(name, help, description or help, setup)
-        return setup
-
-    return deco
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        formatter_class=lambda prog: _Formatter(prog, max_help_position=24),
+        formatter_class=lambda prog: HelpFormatter(prog, max_help_position=24),
         description=textwrap.dedent(
             """\
             Transcode third-octave spectra (urban noise sensors: 29 bands, one frame per 125 ms)
@@ -82,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for cmd in COMMANDS.values():
-        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description, formatter_class=_Formatter)
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description, formatter_class=HelpFormatter)
         p.set_defaults(_handler=cmd.setup(p))
     return parser
 
@@ -155,19 +126,6 @@ def _level_unit(db_offset: float) -> str:
     return "dB re full scale" if db_offset == 0 else f"dB re full scale {db_offset:+g} dB"
 
 
-def _read_audio(path: Path) -> tuple[np.ndarray, int]:
-    """Mono float32 samples (averaged over channels) and the file's sample rate."""
-    import soundfile as sf
-
-    if not path.is_file():
-        raise InvalidInputError(f"audio file {str(path)!r} does not exist")
-    try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / TypeError
-        raise InvalidInputError(f"cannot read audio file {str(path)!r}: {exc}") from None
-    return np.ascontiguousarray(data.mean(axis=1, dtype=np.float32)), int(sr)
-
-
 def _offsets(offset_db: np.ndarray) -> str:
     o = np.asarray(offset_db, dtype=np.float64).ravel()
     return f"{o[0]:+.2f}" if o.size == 1 else f"{o.min():+.2f}..{o.max():+.2f}"
@@ -191,17 +149,6 @@ def _outputs_for(inputs: list[Path], out: Path) -> list[Path]:
     return [out / f"{s}.npz" for s in stems]
 
 
-def _save_npz(path: Path, **arrays: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
-
-
-def _str(z: np.lib.npyio.NpzFile, key: str) -> str | None:
-    return str(z[key][()]) if key in z.files else None
-
-
 def _load_levels(path: Path) -> tuple[np.ndarray, str | None, str]:
     """Levels (frames, bands) from an .npz (its `levels` array, `band_spec` JSON and `source`,
     as `analyze` writes them) or an .npy (the array alone): (levels, band_spec JSON or None, source)."""
@@ -219,7 +166,7 @@ def _load_levels(path: Path) -> tuple[np.ndarray, str | None, str]:
     with loaded as z:
         if "levels" not in z.files:
             raise InvalidInputError(f"{str(path)!r} has no `levels` array (keys: {', '.join(z.files)})")
-        return z["levels"], _str(z, "band_spec"), _str(z, "source") or str(path)
+        return z["levels"], npz_str(z, "band_spec"), npz_str(z, "source") or str(path)
 
 
 # ------------------------------------------------------------------ analyze
@@ -262,7 +209,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
     spec = dataclasses.replace(get_band_spec(args.spec), db_offset=args.db_offset)
     outs = _outputs_for(list(args.audio), args.output)
     for src, out in zip(args.audio, outs):
-        audio, sr = _read_audio(src)
+        audio, sr = load_audio(src)
         try:
             levels = third_octave(audio, sr, spec, n_threads=args.threads)
         except InvalidInputError as exc:  # too short, a sample rate below the floor: name the file
@@ -274,7 +221,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
             warnings.simplefilter("ignore", PartialChunkWarning)  # reported in the summary line below
             mel = pinv(levels, args.target, band_spec=spec, layout="stitched", partial="pad", n_threads=args.threads)
         mel_spec = MEL_SPECS[args.target]
-        _save_npz(
+        save_npz(
             out, levels=levels, mel_pinv=mel, band_spec=np.array(spec.to_json()), mel_spec=np.array(mel_spec.to_json()),
             source=np.array(str(src)), sample_rate=np.array(sr), frame_period=np.array(spec.frame_period),
             last_chunk_frames=np.array(left or f),
@@ -334,15 +281,16 @@ def _setup_transcode(p: argparse.ArgumentParser) -> Handler:
 def _run_transcode(args: argparse.Namespace) -> int:
     from ._validation import as_float32_levels, check_level_range
     from .models import Transcoder
-    from .pinv import PartialChunkWarning
+    from .pinv import PartialChunkWarning, pinv_target
     from .reference import apply_reference
 
     levels, spec_json, source = _load_levels(args.levels)
     spec = spec_from_json(spec_json) if spec_json else get_band_spec(args.spec)
     if args.db_offset is not None:
         spec = dataclasses.replace(spec, db_offset=args.db_offset)
-    if args.transcoder.startswith("pinv:"):
-        tr = Transcoder.pinv(args.transcoder[5:], spec)
+    target = pinv_target(args.transcoder)
+    if target is not None:  # into the levels' own band spec, which coerce() would not know
+        tr = Transcoder.pinv(target, spec)
     else:
         tr = Transcoder.coerce(args.transcoder, n_threads=args.threads, batch_size=args.batch_size)
     levels = as_float32_levels(levels, spec.n_bands, "levels", spec.name)
@@ -354,7 +302,7 @@ def _run_transcode(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PartialChunkWarning)  # reported below
         mel = tr(levels, band_spec=spec, layout=args.layout, partial=args.partial)
-    _save_npz(
+    save_npz(
         args.output, mel=mel, mel_spec=np.array(tr.output_spec.to_json()), band_spec=np.array(spec.to_json()),
         transcoder=np.array(tr.model_id), source=np.array(source), layout=np.array(args.layout),
         mel_frame_period=np.array(tr.output_spec.frame_period), last_chunk_frames=np.array(left or f),
@@ -391,14 +339,14 @@ def _run_transcode(args: argparse.Namespace) -> int:
 def _setup_models(p: argparse.ArgumentParser) -> Handler:
     sub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     imp = sub.add_parser("import", help="copy an ONNX model file into the registry (records its sha256)",
-                         formatter_class=_Formatter)
+                         formatter_class=HelpFormatter)
     imp.add_argument("path", type=Path, metavar="PATH", help="ONNX file made by `python -m training convert/export`")
     imp.add_argument("--name", default=None, help="short name to register it under (default: the file's own name)")
     imp.set_defaults(_models_handler=_run_models_import)
-    ls = sub.add_parser("list", help="list known and available models", formatter_class=_Formatter)
+    ls = sub.add_parser("list", help="list known and available models", formatter_class=HelpFormatter)
     ls.set_defaults(_models_handler=_run_models_list)
     info = sub.add_parser("info", help="describe a model: kind, specs, labels, source, sha256, licence, metrics",
-                          formatter_class=_Formatter)
+                          formatter_class=HelpFormatter)
     info.add_argument("model", metavar="NAME|PATH", help="registry name or .onnx file")
     info.add_argument("--kind", choices=["classifier", "transcoder"], default=None,
                       help="namespace to look NAME up in (default: both)")
@@ -496,6 +444,7 @@ def _run_models_info(args: argparse.Namespace) -> int:
     raise ModelError("\n".join(registry.how_to_get(args.model, k) for k in known))
 
 
-# The archive commands (process/classify, plot, bench) live in their own module; importing it registers them.
-from . import cli_process as _cli_process  # noqa: E402,F401
+# The other subcommands live in their own modules; importing them registers them. Imported last so
+# that `--help` lists this module's commands first (they import _cli_base, never this module).
+from . import cli_process as _cli_process  # noqa: E402,F401  (process/classify, plot, bench)
 from . import cli_griffin_lim as _cli_griffin_lim  # noqa: E402,F401  (griffin-lim)

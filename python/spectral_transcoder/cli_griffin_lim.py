@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import PROG, Handler, _read_audio, _str, register_command
+from ._cli_base import PROG, Handler, npz_str, register_command
+from ._io import atomic_path
+from .audio import load_audio
 from .errors import InvalidInputError, SpecMismatchError
 from .specs import MEL_SPECS, MelSpec, get_mel_spec, spec_from_json
 
@@ -75,7 +77,7 @@ def _load_mel(args: argparse.Namespace) -> tuple[np.ndarray, MelSpec, str]:
             if key is None:
                 raise InvalidInputError(f"{str(path)!r} has no `mel` or `mel_pinv` array (keys: {', '.join(z.files)})")
             mel = z[key]
-            spec_json = _str(z, "mel_spec")
+            spec_json = npz_str(z, "mel_spec")
         if spec_json:
             spec = spec_from_json(spec_json)
             if not isinstance(spec, MelSpec):
@@ -91,7 +93,7 @@ def _load_mel(args: argparse.Namespace) -> tuple[np.ndarray, MelSpec, str]:
             mel = stitch_chunks(mel, spec)
         return mel, spec, f"`{key}` {tuple(mel.shape)}"
     # Anything else is read as audio.
-    audio, sr = _read_audio(path)
+    audio, sr = load_audio(path)
     if args.transcoder is None:
         if args.spec is None:
             raise InvalidInputError(f"{str(path)!r}: give --spec (the Mel to invert) or --transcoder")
@@ -133,9 +135,8 @@ def _run(args: argparse.Namespace) -> int:
             audio = audio * np.float32(10 ** (-1 / 20) / peak)
             gain = f", normalised by {20 * np.log10(10 ** (-1 / 20) / peak):+.1f} dB"
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_name(f".{args.output.name}.tmp.wav")
-    sf.write(str(tmp), audio, spec.sample_rate, subtype="FLOAT")
-    tmp.replace(args.output)
+    with atomic_path(args.output, suffix=".wav") as tmp:  # soundfile takes the format from the suffix
+        sf.write(str(tmp), audio, spec.sample_rate, subtype="FLOAT")
     print(f"{args.input}: {what} ({spec.name}) -> Griffin-Lim, {args.iterations} iterations -> "
           f"{audio.shape[0] / spec.sample_rate:.3f} s at {spec.sample_rate} Hz{gain}; re-analysed Mel within "
           f"{err:.2f} dB (mean absolute) -> {args.output}")

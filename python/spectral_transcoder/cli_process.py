@@ -22,7 +22,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .cli import PROG, Handler, register_command
+from ._cli_base import PROG, Handler, register_command
+from .audio import load_audio
 from .errors import InvalidInputError
 from .specs import BAND_SPECS
 
@@ -30,25 +31,6 @@ __all__ = ["make_level_archive", "synthetic_levels", "audio_levels", "RssSampler
 
 
 # ------------------------------------------------------------------ shared arguments
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Shows a default only where it says something (not None/False, not already in the help)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        h = action.help or ""
-        if (not action.option_strings or "default" in h or action.default in (None, False, argparse.SUPPRESS)
-                or isinstance(action.default, list)):
-            return h
-        return h + " (default: %(default)s)"
-
-
-def _formatted(setup: Any) -> Any:
-    def wrapped(p: argparse.ArgumentParser) -> Handler:
-        p.formatter_class = _Formatter
-        return setup(p)
-
-    return wrapped
-
-
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models")
     g.add_argument("-c", "--classifier", required=True, metavar="NAME|PATH",
@@ -248,8 +230,8 @@ def _run_process(args: argparse.Namespace) -> int:
 
 
 register_command("process", help="archives -> class predictions (Parquet), resumable, bounded memory",
-                 description=_PROCESS_DESCRIPTION)(_formatted(_setup_process))
-register_command("classify", help="the same as `process`", description=_PROCESS_DESCRIPTION)(_formatted(_setup_process))
+                 description=_PROCESS_DESCRIPTION)(_setup_process)
+register_command("classify", help="the same as `process`", description=_PROCESS_DESCRIPTION)(_setup_process)
 
 
 # ------------------------------------------------------------------ plot
@@ -297,7 +279,7 @@ register_command(
         the top classes per 1-s chunk (chunks with a gap are not classified: left blank).
         """
     ),
-)(_formatted(_setup_plot))
+)(_setup_plot)
 
 
 # ------------------------------------------------------------------ the benchmark
@@ -325,14 +307,11 @@ def synthetic_levels(seconds: float = 60.0, seed: int = 0) -> list[np.ndarray]:
 def audio_levels(paths: Iterable[str | os.PathLike]) -> list[np.ndarray]:
     """Levels (frames, 29) dBFS of each audio file, peak-normalised first (as the
     transcoders' training audio)."""
-    import soundfile as sf
-
     from .analysis import third_octave
 
     out = []
     for p in paths:
-        x, sr = sf.read(str(p), dtype="float32", always_2d=True)
-        x = x.mean(axis=1)
+        x, sr = load_audio(p)
         peak = float(np.abs(x).max())
         if peak > 0:
             out.append(third_octave(x / peak, sr))
@@ -515,4 +494,4 @@ register_command(
         benchmark is benchmarks/bench_archive.py in the source tree.
         """
     ),
-)(_formatted(_setup_bench))
+)(_setup_bench)

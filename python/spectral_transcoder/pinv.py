@@ -42,6 +42,8 @@ __all__ = [
     "n_valid_mel_frames",
     "PartialChunkWarning",
     "MAX_LEVEL_ABOVE_OFFSET",
+    "PINV_PREFIX",
+    "pinv_target",
 ]
 
 #: Levels more than this many dB above the band spec's ``db_offset`` are rejected:
@@ -55,6 +57,18 @@ _LAYOUTS = ("stitched", "concat", "chunks")
 class PartialChunkWarning(SpectralTranscoderWarning):
     """The levels did not fill a whole number of chunks: the last one was dropped or padded.
     (A ``UserWarning``, through :class:`~spectral_transcoder.errors.SpectralTranscoderWarning`.)"""
+
+
+#: Where a transcoder is named by a string, ``"pinv:TARGET"`` is the PINV alone into the Mel spec TARGET.
+PINV_PREFIX = "pinv:"
+
+
+def pinv_target(transcoder: object) -> str | None:
+    """TARGET of a ``"pinv:TARGET"`` transcoder string; None for anything else (a registry
+    name, a path, a model object). TARGET is not checked here: the caller resolves it."""
+    if isinstance(transcoder, str) and transcoder.startswith(PINV_PREFIX):
+        return transcoder[len(PINV_PREFIX):]
+    return None
 
 
 # ------------------------------------------------------------------ tables

@@ -259,15 +259,10 @@ def _ground_truth(path: str | os.PathLike, spec: MelSpec, offset_s: float, secon
                   n_threads: int | None) -> np.ndarray:
     """The classifier's own Mel ``(frames, n_mels)`` of ``seconds`` of audio from ``offset_s`` s
     (mono mean), the samples as recorded (full scale, no level offset)."""
-    import soundfile as sf
-
+    from .audio import load_audio
     from .frontends import mel
 
-    info = sf.info(str(path))
-    a = int(round(offset_s * info.samplerate))
-    b = a + int(round(seconds * info.samplerate))
-    x, sr = sf.read(str(path), start=a, stop=min(b, info.frames), dtype="float32", always_2d=True)
-    if x.shape[0] == 0:
+    mono, sr = load_audio(path, offset=offset_s, duration=seconds)
+    if mono.shape[0] == 0:
         raise InvalidInputError(f"{path}: no audio in [{offset_s:g}, {offset_s + seconds:g}) s")
-    mono = x.mean(axis=1)
-    return mel(np.ascontiguousarray(mono, dtype=np.float32), sr, spec=spec, n_threads=n_threads or 0)
+    return mel(mono, sr, spec=spec, n_threads=n_threads or 0)

@@ -25,11 +25,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ._io import atomic_path, atomic_write_text, sha256_file
+from ._onnx import read_metadata
 from .errors import InvalidInputError, ModelError
 
 __all__ = [
@@ -208,16 +209,6 @@ def package_dir() -> Path:
     return Path(__file__).resolve().parent / "models_data"
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise InvalidInputError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -249,17 +240,8 @@ def read_index(path: Path) -> dict:
 
 def write_index(path: Path, idx: dict) -> None:
     """Write an index atomically (readers see the old or the new one, never half)."""
-    # Atomic replace: a concurrent reader sees the old or the new index, never half of one.
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".index.", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(idx, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(idx, indent=2, sort_keys=True) + "\n")
 
 
 # ------------------------------------------------------------------ queries
@@ -355,8 +337,6 @@ def import_model(path: str | os.PathLike, *, name: str | None = None) -> Entry:
     (classifier / transcoder) comes from the metadata, and ``name`` defaults to the
     metadata's name. Importing under an existing name replaces that entry.
     """
-    from .models import read_metadata
-
     src = Path(path)
     meta, sha = read_metadata(src)  # raises ModelError for missing / corrupt / unlabelled files
     name = name or meta.name
@@ -365,17 +345,10 @@ def import_model(path: str | os.PathLike, *, name: str | None = None) -> Entry:
     rel = Path(meta.kind) / f"{name}.onnx"
     dest = root / rel
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{name}.", suffix=".onnx")
-    os.close(fd)
-    try:
+    with atomic_path(dest) as tmp:  # a half-copied model never takes the name
         shutil.copyfile(src, tmp)
-        copied = sha256_file(tmp)
-        if copied != sha:
+        if sha256_file(tmp) != sha:
             raise ModelError(f"{str(src)!r} changed while it was being imported; try again")
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     idx_path = root / "index.json"
     idx = read_index(idx_path)
     now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()

@@ -190,14 +190,16 @@ def _model_ref(model: str | os.PathLike, kind: Literal["transcoder", "classifier
     of the file as it is now (the registry's, for a name), which every worker then checks."""
     from .. import registry
     from ..models import _looks_like_path
+    from ..pinv import pinv_target
 
     if not isinstance(model, (str, os.PathLike)):
         raise InputTypeError(f"{kind} must be a registry name, a path or 'pinv:TARGET' (the models are loaded "
                              f"by each worker), got {type(model).__name__}")
-    if kind == "transcoder" and isinstance(model, str) and model.startswith("pinv:"):
+    target = pinv_target(model) if kind == "transcoder" else None
+    if target is not None:
         from ..specs import get_mel_spec
 
-        return ModelRef(kind, pinv_target=get_mel_spec(model[len("pinv:"):]).name)
+        return ModelRef(kind, pinv_target=get_mel_spec(target).name)
     if _looks_like_path(model):
         path = Path(model).resolve()
         sha = registry.sha256_file(path) if path.is_file() else None  # a missing file fails at load, with help

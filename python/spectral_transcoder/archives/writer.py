@@ -55,6 +55,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from .._io import atomic_write_bytes, fsync_dir, replace
 from ..errors import InvalidInputError
 from .blocks import ArchiveError
 
@@ -71,30 +72,9 @@ RUN_FORMAT = 1
 _MISSING = object()
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # platforms without directory fds: rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _tmp_name(run_id: str, name: str) -> str:
     """The temporary name of ``name`` for run ``run_id`` (``.st-RUNID-NAME.tmp``)."""
     return f".st-{run_id}-{name}.tmp"
-
-
-def _atomic_write(path: Path, data: bytes, run_id: str) -> None:
-    tmp = path.with_name(_tmp_name(run_id, path.name))
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def read_manifest(path: str | os.PathLike, *, repair: bool = False) -> list[dict[str, Any]]:
@@ -326,7 +306,7 @@ class ResultWriter:
                         p.unlink()
                     else:
                         foreign.append(p.name)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         if foreign:
             warnings.warn(
                 f"output {str(self.dir)!r} holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, "
@@ -361,8 +341,9 @@ class ResultWriter:
         info["format"] = RUN_FORMAT
         info["run_id"] = self.run_id
         info["schema"] = base64.b64encode(self.schema.serialize().to_pybytes()).decode() if self.schema else None
-        _atomic_write(self.dir / RUN_NAME, json.dumps(info, sort_keys=True, indent=1, default=str).encode(),
-                      self.run_id)
+        # the run's own temporary name: a resume after a kill finds and removes a leftover
+        atomic_write_bytes(self.dir / RUN_NAME, json.dumps(info, sort_keys=True, indent=1, default=str).encode(),
+                           tmp_name=_tmp_name(self.run_id, RUN_NAME), fsync=True)
 
     def _conform(self, table: Any) -> Any:
         """Cast ``table`` to the run's schema (fixing it on first use)."""
@@ -422,11 +403,8 @@ class ResultWriter:
         if self._part is not None:
             writer, fh, tmp, final = self._part
             writer.close()
-            fh.flush()
-            os.fsync(fh.fileno())
             fh.close()
-            os.replace(tmp, final)
-            _fsync_dir(self.dir)
+            replace(tmp, final, fsync=True)  # steps 1-2: the part's bytes on disk, then its name
             entry["part"], entry["bytes"] = final.name, final.stat().st_size
             self._part = None
         entry["committed_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
