@@ -1,5 +1,5 @@
-// Classifier Mel front ends (specs/transcoder.md §2, specs/yamnet.md §a/§d,
-// specs/efficientat-mn04.md §1), one generic kernel:
+// Classifier Mel front ends (PANN, YAMNet official and torch port, EfficientAT:
+// docs/conventions.md §2), one generic kernel:
 //   x (L samples) -> optional zero padding at the end to P samples
 //   -> optional pre-emphasis y[n] = x[n+1] - a x[n] (M = P - 1 samples, else M = P)
 //   -> frames: centred (n_fft // 2 of reflect or zero padding each side, frame t
@@ -376,21 +376,13 @@ py::array_t<float> mel_spectrogram(f32_array audio, f32_array window, f32_array 
     py::array_t<float> out({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(p.n_frames),
                             static_cast<py::ssize_t>(n_mels)});
     p.out = out.mutable_data();
-    const std::size_t items = rows * p.n_frames;
-    if (items == 0) return out;
-    {
-        py::gil_scoped_release release;
-        // The plan cache is mutex-protected and exec() is const with its own
-        // scratch, so one plan serves every thread.
-        auto plan = pf::get_plan<pf::pocketfft_r<float>>(p.n_fft);
-        const std::size_t groups = (items + kLanes - 1) / kLanes;
-        // choose_threads' cost unit is ~0.5 ns; a vectorised frame costs roughly n_fft / 2 ns.
-        const double cost = static_cast<double>(kLanes) * static_cast<double>(p.n_fft);
-        const unsigned threads = choose_threads(groups, cost, n_threads);
-        parallel_for(groups, threads, [&](std::size_t gb, std::size_t ge) {
-            process_range(p, *plan, gb * kLanes, std::min(items, ge * kLanes));
+    // choose_threads' cost unit is ~0.5 ns; a vectorised frame costs roughly n_fft / 2 ns.
+    const double cost = static_cast<double>(kLanes) * static_cast<double>(p.n_fft);
+    run_lane_groups(
+        rows * p.n_frames, kLanes, cost, n_threads, [&] { return pf::get_plan<pf::pocketfft_r<float>>(p.n_fft); },
+        [&](const pf::pocketfft_r<float>& plan, std::size_t first, std::size_t last) {
+            process_range(p, plan, first, last);
         });
-    }
     return out;
 }
 

@@ -1,4 +1,4 @@
-// PINV transcoder in folded form (specs/transcoder.md §3):
+// PINV transcoder in folded form (docs/conventions.md §3):
 //   Y = logop(W_t · (K · 10^((X − db_offset)/10)) · Aᵀ)   per chunk of F frames,
 // then (Y + norm_offset) / norm_scale.
 //

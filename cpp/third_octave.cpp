@@ -1,4 +1,4 @@
-// Third-octave analysis (specs/transcoder.md §1): framing with end zero padding,
+// Third-octave analysis (docs/conventions.md §1): framing with end zero padding,
 // analysis window, real FFT (pocketfft, float32), power per bin, sums over
 // inclusive bin ranges, level = 20 log10(rms) + db_offset.
 //
@@ -199,21 +199,13 @@ py::array_t<float> third_octave_levels(f32_array audio, f32_array window, i64_ar
     py::array_t<float> out({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(p.n_frames),
                             static_cast<py::ssize_t>(p.n_bands)});
     p.out = out.mutable_data();
-    const std::size_t items = rows * p.n_frames;
-    if (items == 0) return out;
-    {
-        py::gil_scoped_release release;
-        // pocketfft's plan cache is mutex-protected; exec() is const and allocates
-        // its own scratch, so one plan serves every thread.
-        auto plan = pf::get_plan<pf::pocketfft_r<float>>(p.frame);
-        const std::size_t groups = (items + kLanes - 1) / kLanes;
-        // Cost units of choose_threads are ~0.5 ns; a frame costs ~0.75 N ns.
-        const double cost = kLanes * 1.5 * static_cast<double>(p.frame);
-        const unsigned threads = choose_threads(groups, cost, n_threads);
-        parallel_for(groups, threads, [&](std::size_t gb, std::size_t ge) {
-            analyse_range(p, *plan, gb * kLanes, std::min(items, ge * kLanes));
+    // Cost units of choose_threads are ~0.5 ns; a frame costs ~0.75 N ns.
+    const double cost = kLanes * 1.5 * static_cast<double>(p.frame);
+    run_lane_groups(
+        rows * p.n_frames, kLanes, cost, n_threads, [&] { return pf::get_plan<pf::pocketfft_r<float>>(p.frame); },
+        [&](const pf::pocketfft_r<float>& plan, std::size_t first, std::size_t last) {
+            analyse_range(p, plan, first, last);
         });
-    }
     return out;
 }
 
