@@ -4,6 +4,7 @@ on its own, and no citation of documents that are not in the repository."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,31 @@ def test_each_module_imports_first_in_a_fresh_interpreter(module):
     r = subprocess.run([sys.executable, "-c", f"import {module}"], env=subprocess_env(), capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+# ------------------------------------------------------------------ citations
+#: A citation of a specification file kept outside the repository (built in two pieces so that
+#: this file does not match itself).
+_OUTSIDE_SPEC = re.compile("specs" r"/[\w.\-]+\.md")
+_SCANNED = ("python", "cpp", "training", "tests", "benchmarks", "docs", "README.md")
+
+
+def _tracked_text_files() -> list[Path]:
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", "--", *_SCANNED], cwd=REPO, capture_output=True, check=True,
+                             timeout=60).stdout
+        files = [REPO / name for name in out.decode().split("\0") if name]
+    except (OSError, subprocess.SubprocessError):  # not a git checkout: every file under the folders
+        files = [p for d in _SCANNED for p in ([REPO / d] if (REPO / d).is_file() else (REPO / d).rglob("*"))
+                 if p.is_file()]
+    return [p for p in files if p.is_file() and b"\0" not in p.read_bytes()[:8192]]  # text only
+
+
+def test_no_citation_of_files_outside_the_repository():
+    """Method facts cite the paper or a doc under docs/ (docs/conventions.md), which a reader has."""
+    files = _tracked_text_files()
+    assert any(p.name == "conventions.md" for p in files)
+    hits = [f"{p.relative_to(REPO)}:{i}: {line.strip()[:120]}"
+            for p in files for i, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+            if _OUTSIDE_SPEC.search(line)]
+    assert hits == []

@@ -136,7 +136,7 @@ def test_constant_input_golden_values():
 
 
 def test_gains_and_compensation():
-    # specs/transcoder.md §3 step 2
+    # docs/conventions.md §3 step 2
     assert band_power_gain(FAST, "pann") == pytest.approx(131456.0936, abs=1e-3)
     assert band_power_gain(FAST, "yamnet_torchport") == pytest.approx(32992.2731, abs=1e-3)
     assert band_power_gain(FAST, "pann") / 8388608 == pytest.approx(0.0156707875, rel=1e-8)

@@ -76,7 +76,7 @@ def test_shipped_yamnet_beats_the_pinv_against_its_teacher(yamnet_teacher, packa
     import soundfile as sf
 
     from training.chunks import file_chunks  # the training set's own chunking, one definition
-    from training.evaluate import kl_divergence  # the paper's KL (specs/transcoder.md §6a)
+    from training.evaluate import kl_divergence  # the paper's KL (docs/conventions.md §6)
 
     clf = Classifier.from_file(yamnet_teacher, n_threads=1)
     tr = Transcoder.load("yamnet", n_threads=1)

@@ -220,7 +220,7 @@ def test_yamnet_torchport_input_spec(converted):
 
 
 def _write_keras_yamnet_h5(path: Path, sd: dict, *, classifier_group: str = "logits", drop=(), extra=()) -> None:
-    """A Keras-2 ``save_weights`` file in the layout of specs/yamnet.md §c, from a BN-form state dict."""
+    """A Keras-2 ``save_weights`` file in the layout of docs/conventions.md §9, from a BN-form state dict."""
 
     def np_(k):
         return sd[k].detach().numpy().astype(np.float32)

@@ -52,7 +52,7 @@ __all__ = [
 
 KINDS = ("yamnet-tflite", "yamnet-h5", "efficientat", "pann-resnet38", "pann-cnn14", "transcoder")
 
-#: Where the official PANN checkpoints are published (specs/transcoder.md §7).
+#: Where the official PANN checkpoints are published (docs/conventions.md §7).
 PANN_DOWNLOAD = "https://zenodo.org/record/3987831 (files ResNet38_mAP=0.434.pth, Cnn14_mAP=0.431.pth)"
 _PANN_OFFICIAL_MD5 = {"pann-resnet38": "bf12f36aaabac4e0855e22d3c3239c1b"}
 _PANN_REPORTED_MAP = {"pann-resnet38": 0.434, "pann-cnn14": 0.431}

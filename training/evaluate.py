@@ -1,4 +1,4 @@
-"""Evaluation of transcoders on a cache's held-out files (specs/transcoder.md §6a).
+"""Evaluation of transcoders on a cache's held-out files (the paper's metrics: docs/conventions.md §6).
 
 ``python -m training evaluate CACHE_DIR --run RUN_DIR... [--published CKPT] [--onnx MODEL.onnx]``
 
@@ -288,7 +288,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "evaluate", help="compare transcoders on a cache's held-out files (Mel MSE, KL, PtoPa-FC)",
         description="Evaluate the PINV and the given transcoders on the regular 1-s chunks of the cache's held-out "
-        "files, against the frozen teacher (specs/transcoder.md §6a).",
+        "files, against the frozen teacher (the paper's metrics: Tailleur et al., DCASE 2023, Table 2).",
     )
     p.add_argument("cache_dir", metavar="CACHE_DIR")
     p.add_argument("--run", action="append", default=[], metavar="RUN_DIR", help="a training run (best.pt); repeatable")

@@ -152,7 +152,7 @@ def loss_fn(config: TrainConfig, teacher: Teacher | None) -> Loss:
     a, b = 1.0 - config.prop_logit / 100.0, config.hybrid_k * config.prop_logit / 100.0
 
     def hybrid(mel: torch.Tensor, t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        # The paper's hybrid loss (specs/transcoder.md §5): the Mel MSE keeps the transcoded
+        # The paper's hybrid loss (docs/conventions.md §5): the Mel MSE keeps the transcoded
         # Mel close to the ground truth while the BCE pulls the classifier's output.
         logits = clf(mel).logits
         return a * F.mse_loss(mel, t["mel"]) + b * F.binary_cross_entropy_with_logits(logits, t["probs"]), logits

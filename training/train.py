@@ -1,4 +1,4 @@
-"""The paper-style trainer of the CNN transcoder (specs/transcoder.md §5): training loop and run folders.
+"""The paper-style trainer of the CNN transcoder (docs/conventions.md §5): training loop and run folders.
 
 ``python -m training train CACHE_DIR -o RUN_DIR --mode logits|mels|hybrid|distill|logit_mse|embed_mse|feature_stats [--calibrate]``
 
@@ -81,7 +81,7 @@ class TrainConfig:
     prop_logit: float = 50.0
     """``hybrid`` only: the paper's p (percent): (1 - p/100) MSE(Mel) + k (p/100) BCE."""
     hybrid_k: float = 10.0
-    """``hybrid`` only: the paper's k (10 for YAMNet, 1500 for PANN; specs/transcoder.md §5)."""
+    """``hybrid`` only: the paper's k (10 for YAMNet, 1500 for PANN; docs/conventions.md §5)."""
     calibrate: bool = False
     """Fit a fixed per-bin affine map from the PINV Mel to the target Mel on the training
     split, applied in front of the CNN (:class:`~training.nets.CNNTranscoder` ``calibrated``)."""

@@ -10,7 +10,7 @@ Two readers, neither needs TensorFlow:
   folded in those files, so the result loads with running_mean 0 and running_var
   1 - eps (identity BN plus bias).
 * :func:`read_h5` reads the official Keras-2 ``yamnet.h5`` weights file with h5py,
-  by the dataset paths of specs/yamnet.md §c (110 datasets; the classifier group is
+  by the dataset paths of docs/conventions.md §9 (110 datasets; the classifier group is
   ``logits`` in the official file and ``dense`` in a Keras-2 rebuild).
 
 Both return a state dict for :class:`~training.nets.YAMNet` plus a description.
@@ -212,7 +212,7 @@ def _read_tflite_layers(tf: _TFLite) -> tuple[dict[str, torch.Tensor], dict[str,
 
 # ------------------------------------------------------------------------ h5
 def h5_dataset_paths(classifier_group: str = "logits") -> dict[str, tuple[int, ...] | None]:
-    """The 110 dataset paths of a Keras-2 ``yamnet.h5`` (specs/yamnet.md §c), with their shapes."""
+    """The 110 dataset paths of a Keras-2 ``yamnet.h5`` (docs/conventions.md §9), with their shapes."""
     paths: dict[str, tuple[int, ...] | None] = {}
 
     def bn(prefix: str, c: int) -> None:

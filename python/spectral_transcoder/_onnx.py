@@ -117,7 +117,7 @@ def _open_model(
     if not p.is_file():
         raise ModelError(
             f"model file {str(p)!r} does not exist. Convert a checkpoint with `python -m training convert KIND "
-            "SOURCE -o MODEL.onnx` (specs/transcoder.md §7 and models/README.md say where the sources come from), "
+            "SOURCE -o MODEL.onnx` (docs/conventions.md §7 says where the sources come from), "
             "then `spectral-transcoder models import MODEL.onnx`; `spectral-transcoder models list` shows the "
             "known names and `spectral-transcoder models info NAME` the exact commands."
         )

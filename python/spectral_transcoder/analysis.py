@@ -1,4 +1,4 @@
-"""Third-octave analysis of audio (specs/transcoder.md §1), computed by the C++ core.
+"""Third-octave analysis of audio (docs/conventions.md §1), computed by the C++ core.
 
 :func:`third_octave` turns audio into the levels a sensor would have stored:
 time-major ``(..., frames, n_bands)`` float32 dB, one frame per ``spec.hop_length``
@@ -104,7 +104,7 @@ def third_octave(
     flat = x.reshape(-1, x.shape[-1])
     n = spec.frame_length
     lo, hi = tables.band_bin_ranges(spec)
-    # rms = sqrt(S/2)/(N/2)·ec with S the band power (specs/transcoder.md §1).
+    # rms = sqrt(S/2)/(N/2)·ec with S the band power (docs/conventions.md §1).
     scale = tables.band_energy_correction(spec) / (n / 2) / math.sqrt(2.0)
     levels = _core.third_octave_levels(
         flat,

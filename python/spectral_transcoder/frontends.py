@@ -4,7 +4,7 @@ One generic C++ kernel (``_core.mel_spectrogram``) runs every :class:`~spectral_
 preset; this module validates the input, resamples it to the spec's rate and hands
 the kernel the spec's tables (:func:`tables.stft_window`, :func:`tables.mel_filterbank`).
 
-Presets (``specs/transcoder.md`` §2, ``specs/yamnet.md`` §a/§d, ``specs/efficientat-mn04.md`` §1):
+Presets (``docs/conventions.md`` §2):
 
 ====================  ==========================================================================================
 ``pann``              32 kHz; centred reflect STFT 1024/320, periodic Hann 1024; power; Slaney mel 64 x 50-14000 Hz

@@ -36,7 +36,7 @@ exists:
 The paper's demo (librosa ``mel_to_audio``) fed the dB values to the inversion as if they
 were power, inverted another band range than the classifier's (0-16 kHz instead of
 50-14 000 Hz), framed with zero instead of reflect padding and started from an unseeded
-random phase (specs/transcoder.md §8). None of that is reproduced here.
+random phase (docs/conventions.md §8). None of that is reproduced here.
 """
 
 from __future__ import annotations

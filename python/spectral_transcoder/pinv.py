@@ -1,4 +1,4 @@
-"""PINV transcoder: third-octave levels -> a classifier's Mel spectrogram (specs/transcoder.md §3).
+"""PINV transcoder: third-octave levels -> a classifier's Mel spectrogram (docs/conventions.md §3).
 
 Per chunk of ``band_spec.frames_per_chunk`` frames (1 s for ``cense_fast``) the
 reference computation -- dB to band power, energy compensation, ReLU'd

@@ -87,7 +87,7 @@ _YAMNET_LABELS = f" --yamnet-class-map {_SHARED_MODELS}/yamnet_class_map.csv --l
 _AUDIOSET_LABELS = f" --labels {_SHARED_MODELS}/class_labels_indices.csv"
 _PANN_SOURCE = (
     "the official PANNs checkpoint {file} from Zenodo record 3987831 (https://zenodo.org/record/3987831; "
-    "specs/transcoder.md §7)"
+    "docs/conventions.md §7)"
 )
 
 #: Every short name the project documents, with how to obtain its file.
@@ -125,14 +125,14 @@ KNOWN: tuple[KnownModel, ...] = (
     KnownModel(
         "pann-cnn-logits", "transcoder", "published CNN transcoder, cense_fast -> pann, trained on PANN logits (ts=1)",
         f"{_SHARED_TRANSCODERS}/{_TRANSCODER_FILE.format(clf='PANN', prop='+prop_logit=100', ts=1)} "
-        "(github modantailleur/paperSpectralTranscoder, reference_models/; specs/transcoder.md §7)",
+        "(github modantailleur/paperSpectralTranscoder, reference_models/; docs/conventions.md §7)",
         _convert("transcoder", f"'{_SHARED_TRANSCODERS}/{_TRANSCODER_FILE.format(clf='PANN', prop='+prop_logit=100', ts=1)}'",
                  "pann-cnn-logits"),
     ),
     KnownModel(
         "pann-cnn-mels", "transcoder", "published CNN transcoder, cense_fast -> pann, trained on PANN Mels (ts=0)",
         f"{_SHARED_TRANSCODERS}/{_TRANSCODER_FILE.format(clf='PANN', prop='', ts=0)} "
-        "(github modantailleur/paperSpectralTranscoder, reference_models/; specs/transcoder.md §7)",
+        "(github modantailleur/paperSpectralTranscoder, reference_models/; docs/conventions.md §7)",
         _convert("transcoder", f"'{_SHARED_TRANSCODERS}/{_TRANSCODER_FILE.format(clf='PANN', prop='', ts=0)}'",
                  "pann-cnn-mels"),
     ),
@@ -140,7 +140,7 @@ KNOWN: tuple[KnownModel, ...] = (
         "yamnet-cnn-logits", "transcoder",
         "published CNN transcoder, cense_fast -> yamnet_torchport, trained on YAMNet logits (ts=1)",
         f"{_SHARED_TRANSCODERS}/{_TRANSCODER_FILE.format(clf='YamNet', prop='+prop_logit=100', ts=1)} "
-        "(github modantailleur/paperSpectralTranscoder, reference_models/; specs/transcoder.md §7)",
+        "(github modantailleur/paperSpectralTranscoder, reference_models/; docs/conventions.md §7)",
         _convert("transcoder", f"'{_SHARED_TRANSCODERS}/{_TRANSCODER_FILE.format(clf='YamNet', prop='+prop_logit=100', ts=1)}'",
                  "yamnet-cnn-logits"),
     ),

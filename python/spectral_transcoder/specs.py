@@ -6,7 +6,7 @@ describes the Mel spectrogram a classifier expects. The C++ kernels, the PINV,
 ``training/`` and the metadata embedded in model files all read these objects;
 no constant of a representation is written anywhere else.
 
-Presets (see ``specs/transcoder.md``, ``specs/yamnet.md``, ``specs/efficientat-mn04.md``):
+Presets (what each constant means: ``docs/conventions.md`` §1-2):
 
 ========================  =============================================================
 ``cense_fast``            32 kHz, 4096-sample Tukey(0.2) frames every 4000 samples (125 ms), 29 bands 20 Hz-12.5 kHz
@@ -48,7 +48,7 @@ __all__ = [
     "CENSE_DB_OFFSET",
 ]
 
-#: The paper's Cense level convention adds this many dB to dBFS (specs/transcoder.md §1,
+#: The paper's Cense level convention adds this many dB to dBFS (docs/conventions.md §1,
 #: described upstream as the "-26 dB sensitivity of Cense microphones").
 CENSE_DB_OFFSET = 26.0
 
@@ -238,7 +238,7 @@ Spec = Union[BandSpec, MelSpec]
 
 BAND_SPECS: dict[str, BandSpec] = {
     "cense_fast": BandSpec(name="cense_fast", sample_rate=32000, frame_length=4096, hop_length=4000),
-    # specs/transcoder.md §1: N = 32758 (not 32768), hop 32000, 10 frames per 10-s chunk.
+    # docs/conventions.md §1: N = 32758 (not 32768), hop 32000, 10 frames per 10-s chunk.
     "cense_slow": BandSpec(
         name="cense_slow", sample_rate=32000, frame_length=32758, hop_length=32000, frames_per_chunk=10
     ),

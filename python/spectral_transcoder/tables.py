@@ -36,7 +36,7 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 def band_window(spec: BandSpec) -> np.ndarray:
     """Analysis window of a :class:`BandSpec`, shape (frame_length,), float64.
 
-    The Tukey window follows the Cense code (specs/transcoder.md §1): it is
+    The Tukey window follows the Cense code (docs/conventions.md §1): it is
     slightly asymmetric (w[0] = 0, w[-1] > 0).
     """
     m = spec.frame_length

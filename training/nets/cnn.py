@@ -1,4 +1,4 @@
-"""The residual CNN transcoder (specs/transcoder.md §4).
+"""The residual CNN transcoder (docs/conventions.md §4).
 
 Input and output are time-major Mels ``(batch, frames, n_mels)``: the input is the
 PINV output in the target MelSpec's units (dB for PANN, ln for YAMNet), the output

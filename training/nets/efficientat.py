@@ -1,4 +1,4 @@
-"""EfficientAT MobileNetV3 ("MN"), width 0.4, AudioSet MLP head (specs/efficientat-mn04.md §2).
+"""EfficientAT MobileNetV3 ("MN"), width 0.4, AudioSet MLP head (docs/conventions.md §10).
 
 Module names reproduce the checkpoint's state-dict keys exactly (312 keys of
 ``mn04_as_mAP_432.pt``, strict load): ``features.0`` stem, ``features.1..15``

@@ -1,6 +1,6 @@
 """PANN ResNet38 and Cnn14 (Kong et al. 2020), cut after the log-Mel extractor.
 
-specs/transcoder.md §7. The networks take the ``pann`` MelSpec output (dB log-Mel,
+docs/conventions.md §7. The networks take the ``pann`` MelSpec output (dB log-Mel,
 64 bins) and keep ``bn0`` (a BatchNorm over the Mel axis) as their first layer.
 Module names reproduce the official checkpoints' keys (``ResNet38_mAP=0.434.pth``,
 ``Cnn14_mAP=0.431.pth``, Zenodo record 3987831) minus the waveform front end

@@ -1,4 +1,4 @@
-"""YAMNet (MobileNet v1 body, 521 AudioSet classes), specs/yamnet.md §b.
+"""YAMNet (MobileNet v1 body, 521 AudioSet classes), docs/conventions.md §9.
 
 One definition, in the BatchNorm form of the torch_audioset port (key names
 ``layer1.fused.{conv,bn}``, ``layerN.{depthwise_conv,pointwise_conv}.{conv,bn}``,
