@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "replace", "fsync_dir", "sha256_file"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "replace_file", "fsync_dir", "sha256_file"]
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -39,7 +39,7 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def replace(tmp: str | os.PathLike, path: str | os.PathLike, *, fsync: bool = False) -> None:
+def replace_file(tmp: str | os.PathLike, path: str | os.PathLike, *, fsync: bool = False) -> None:
     """Move the finished file ``tmp`` over ``path`` in one step. With ``fsync``, the data
     reaches the disk before the rename and the rename before the return (what a
     crash-safe protocol needs: a power cut cannot leave a renamed but empty file)."""
@@ -68,7 +68,7 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None, tmp_name:
     tmp = path.with_name(tmp_name or f".{path.name}.{secrets.token_hex(4)}.tmp{end}")
     try:
         yield tmp
-        replace(tmp, path, fsync=fsync)
+        replace_file(tmp, path, fsync=fsync)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -55,7 +55,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write_bytes, fsync_dir, replace
+from .._io import atomic_write_bytes, fsync_dir, replace_file
 from ..errors import InvalidInputError
 from .blocks import ArchiveError
 
@@ -404,7 +404,7 @@ class ResultWriter:
             writer, fh, tmp, final = self._part
             writer.close()
             fh.close()
-            replace(tmp, final, fsync=True)  # steps 1-2: the part's bytes on disk, then its name
+            replace_file(tmp, final, fsync=True)  # steps 1-2: the part's bytes on disk, then its name
             entry["part"], entry["bytes"] = final.name, final.stat().st_size
             self._part = None
         entry["committed_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
