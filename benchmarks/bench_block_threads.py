@@ -55,8 +55,10 @@ def chunks_per_second(tr, clf, mels: np.ndarray, batch: int, n_streams: int, rou
     bounds[-1] = len(mels)
     best = float("inf")
     for _ in range(rounds):
-        threads = [threading.Thread(target=stream, args=(tr, clf, mels, batch, bounds[i], bounds[i + 1]))
-                   for i in range(n_streams)]
+        threads = [
+            threading.Thread(target=stream, args=(tr, clf, mels, batch, bounds[i], bounds[i + 1]))
+            for i in range(n_streams)
+        ]
         t0 = time.perf_counter()
         for t in threads:
             t.start()
@@ -82,8 +84,10 @@ def main() -> int:
     n = args.threads
 
     def models(intra: int):
-        return (Transcoder.coerce(args.transcoder, n_threads=intra, batch_size=args.batch),
-                Classifier.coerce(args.classifier, n_threads=intra, batch_size=args.batch))
+        return (
+            Transcoder.coerce(args.transcoder, n_threads=intra, batch_size=args.batch),
+            Classifier.coerce(args.classifier, n_threads=intra, batch_size=args.batch),
+        )
 
     tr1, clf1 = models(1)
     trn, clfn = models(n)
@@ -94,8 +98,11 @@ def main() -> int:
     blocks = chunks_per_second(tr1, clf1, mels, args.batch, n, args.rounds)
     print(f"one stream, 1-thread sessions:      {one:7.0f} chunks/s", flush=True)
     print(f"one stream, {n}-thread sessions:      {intra:7.0f} chunks/s  ({intra / one:.2f}x)", flush=True)
-    print(f"{n} streams, shared 1-thread sessions: {blocks:7.0f} chunks/s  ({blocks / one:.2f}x; "
-          f"{blocks / intra:.2f}x the {n}-thread sessions)", flush=True)
+    print(
+        f"{n} streams, shared 1-thread sessions: {blocks:7.0f} chunks/s  ({blocks / one:.2f}x; "
+        f"{blocks / intra:.2f}x the {n}-thread sessions)",
+        flush=True,
+    )
     return 0
 
 

@@ -122,9 +122,7 @@ def bench_pinv(args: argparse.Namespace) -> list[Result]:
         seconds = args.chunks * band.chunk_duration
         pinv_chunks(levels[:1], mel, band_spec=band)  # builds and caches the tables
         settle()
-        t_ours, ours = best_of(
-            lambda: pinv_chunks(levels, mel, band_spec=band, n_threads=args.threads), args.repeats
-        )
+        t_ours, ours = best_of(lambda: pinv_chunks(levels, mel, band_spec=band, n_threads=args.threads), args.repeats)
         t_np, ref = best_of(lambda: numpy_pinv(levels, band, mel, a, w), args.repeats)
         diff = float(np.abs(np.asarray(ours) - np.asarray(ref)).max())
         results += [
@@ -191,16 +189,20 @@ STAGES: dict[str, Callable[[argparse.Namespace], list[Result]]] = {
 
 
 def report(results: list[Result]) -> None:
-    print(f"{'stage':<22} {'implementation':<20} {'audio s':>9} {'wall s':>9} {'x real time':>13} "
-          f"{'ratio':>8}  threads / max |diff|")
+    print(
+        f"{'stage':<22} {'implementation':<20} {'audio s':>9} {'wall s':>9} {'x real time':>13} "
+        f"{'ratio':>8}  threads / max |diff|"
+    )
     ours: dict[str, float] = {}
     for r in results:
         if r.impl == "spectral_transcoder":
             ours[r.stage] = r.realtime
         ratio = ours.get(r.stage, r.realtime) / r.realtime
         extra = r.threads + (f" / {r.max_abs_diff:.2g}" if r.max_abs_diff is not None else "")
-        print(f"{r.stage:<22} {r.impl:<20} {r.audio_seconds:>9.0f} {r.wall_seconds:>9.4f} {r.realtime:>13,.0f} "
-              f"{ratio:>7.1f}x  {extra}")
+        print(
+            f"{r.stage:<22} {r.impl:<20} {r.audio_seconds:>9.0f} {r.wall_seconds:>9.4f} {r.realtime:>13,.0f} "
+            f"{ratio:>7.1f}x  {extra}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,8 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=60.0, help="seconds of audio for the audio stages")
     p.add_argument("--chunks", type=int, default=10000, help="1-s chunks for the PINV stage")
     p.add_argument("--targets", default="pann,yamnet_torchport", help="PINV targets (Mel spec names)")
-    p.add_argument("--mel-specs", default="pann,yamnet_torchport,yamnet,efficientat",
-                   help="Mel front ends for the mel stage (Mel spec names)")
+    p.add_argument(
+        "--mel-specs",
+        default="pann,yamnet_torchport,yamnet,efficientat",
+        help="Mel front ends for the mel stage (Mel spec names)",
+    )
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per implementation (best is kept)")
     p.add_argument("--threads", type=int, default=0, help="kernel threads (0 = automatic)")
     args = p.parse_args(argv)

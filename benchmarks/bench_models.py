@@ -47,9 +47,13 @@ from spectral_transcoder.specs import get_band_spec, get_mel_spec  # noqa: E402
 from training.export import export_onnx  # noqa: E402
 from training.nets import CNNTranscoder, EfficientATMN, ResNet38, YAMNet  # noqa: E402
 
-CNN_CKPT = SHARED / "reference/models" / (
-    "classifier=PANN+dataset=full+dilation=1+epoch=200+kernel_size=5+learning_rate=-3"
-    "+nb_channels=64+nb_layers=5+prop_logit=100+step=train+transcoder=cnn_pinv+ts=1_model"
+CNN_CKPT = (
+    SHARED
+    / "reference/models"
+    / (
+        "classifier=PANN+dataset=full+dilation=1+epoch=200+kernel_size=5+learning_rate=-3"
+        "+nb_channels=64+nb_layers=5+prop_logit=100+step=train+transcoder=cnn_pinv+ts=1_model"
+    )
 )
 
 
@@ -76,10 +80,24 @@ def ort_session(path: Path, threads: int) -> ort.InferenceSession:
 
 def _meta(kind: str, name: str, spec: str) -> ModelMetadata:
     if kind == "transcoder":
-        return ModelMetadata(kind="transcoder", name=name, input_spec=get_band_spec("cense_fast"),
-                             output_spec=get_mel_spec(spec), source="bench", source_sha256="0" * 64, license="-")
-    return ModelMetadata(kind="classifier", name=name, input_spec=get_mel_spec(spec), output_spec=None,
-                         source="bench", source_sha256="0" * 64, license="-")
+        return ModelMetadata(
+            kind="transcoder",
+            name=name,
+            input_spec=get_band_spec("cense_fast"),
+            output_spec=get_mel_spec(spec),
+            source="bench",
+            source_sha256="0" * 64,
+            license="-",
+        )
+    return ModelMetadata(
+        kind="classifier",
+        name=name,
+        input_spec=get_mel_spec(spec),
+        output_spec=None,
+        source="bench",
+        source_sha256="0" * 64,
+        license="-",
+    )
 
 
 def load_models(only: set[str], tmp: Path) -> dict[str, dict]:
@@ -91,8 +109,16 @@ def load_models(only: set[str], tmp: Path) -> dict[str, dict]:
         if CNN_CKPT.exists():
             m.load_state_dict(torch.load(CNN_CKPT, weights_only=True))
             src = "published PANN CNN-logits"
-        models["cnn"] = dict(module=m, kind="transcoder", spec="pann", inputs=[(101, 1.0)], batches=[1, 64],
-                             weights=src, dyn=True, min_frames=1)
+        models["cnn"] = dict(
+            module=m,
+            kind="transcoder",
+            spec="pann",
+            inputs=[(101, 1.0)],
+            batches=[1, 64],
+            weights=src,
+            dyn=True,
+            min_frames=1,
+        )
     if "yamnet" in only:
         m = YAMNet()
         src = "random"
@@ -101,27 +127,56 @@ def load_models(only: set[str], tmp: Path) -> dict[str, dict]:
 
             m.load_state_dict(read_tflite(SHARED / "models/yamnet_int8.tflite")[0])
             src = "yamnet_int8.tflite"
-        models["yamnet"] = dict(module=m, kind="classifier", spec="yamnet", inputs=[(96, 1.0)], batches=[1, 16, 64],
-                                weights=src, dyn=False, min_frames=96)
+        models["yamnet"] = dict(
+            module=m,
+            kind="classifier",
+            spec="yamnet",
+            inputs=[(96, 1.0)],
+            batches=[1, 16, 64],
+            weights=src,
+            dyn=False,
+            min_frames=96,
+        )
     if "efficientat" in only:
         m = EfficientATMN()
         src = "random"
         if (SHARED / "models/mn04_as_mAP_432.pt").exists():
             m.load_state_dict(torch.load(SHARED / "models/mn04_as_mAP_432.pt", weights_only=True))
             src = "mn04_as_mAP_432.pt"
-        models["efficientat"] = dict(module=m, kind="classifier", spec="efficientat", inputs=[(100, 1.0), (1000, 10.0)],
-                                     batches=[1, 16], weights=src, dyn=True, min_frames=1)
+        models["efficientat"] = dict(
+            module=m,
+            kind="classifier",
+            spec="efficientat",
+            inputs=[(100, 1.0), (1000, 10.0)],
+            batches=[1, 16],
+            weights=src,
+            dyn=True,
+            min_frames=1,
+        )
     if "resnet38" in only:
-        models["resnet38"] = dict(module=ResNet38(), kind="classifier", spec="pann", inputs=[(101, 1.0)],
-                                  batches=[1, 8], weights="random", dyn=True, min_frames=32)
+        models["resnet38"] = dict(
+            module=ResNet38(),
+            kind="classifier",
+            spec="pann",
+            inputs=[(101, 1.0)],
+            batches=[1, 8],
+            weights="random",
+            dyn=True,
+            min_frames=32,
+        )
     for name, d in models.items():
         d["module"].eval()
         n_mels = get_mel_spec(d["spec"]).n_mels
         d["n_mels"] = n_mels
         frames = d["inputs"][0][0]
-        d["onnx"] = export_onnx(d["module"], _meta(d["kind"], name, d["spec"]), tmp / f"{name}.onnx",
-                                example=torch.randn(2, frames, n_mels), dynamic_frames=d["dyn"],
-                                min_frames=d["min_frames"])
+        d["onnx"] = export_onnx(
+            d["module"],
+            _meta(d["kind"], name, d["spec"]),
+            tmp / f"{name}.onnx",
+            example=torch.randn(2, frames, n_mels),
+            dynamic_frames=d["dyn"],
+            min_frames=d["min_frames"],
+        )
     return models
 
 
@@ -143,8 +198,11 @@ def bench(models: dict[str, dict], threads: list[int], min_time: float) -> None:
 
                     t_torch = best_time(run_torch, min_time)
                     t_ort = best_time(lambda: sess.run(None, {"mel": x}), min_time)
-                    print(f"{name:<12} {frames:>5}x{d['n_mels']:<3} s {batch:>5} {th:>3} {audio / t_torch:>12.0f} "
-                          f"{audio / t_ort:>12.0f} {t_torch / t_ort:>9.2f}", flush=True)
+                    print(
+                        f"{name:<12} {frames:>5}x{d['n_mels']:<3} s {batch:>5} {th:>3} {audio / t_torch:>12.0f} "
+                        f"{audio / t_ort:>12.0f} {t_torch / t_ort:>9.2f}",
+                        flush=True,
+                    )
 
 
 # ----------------------------------------------------------------- quantisation
@@ -152,8 +210,9 @@ def _golden_inputs(name: str) -> np.ndarray | None:
     """Evaluation inputs: the goldens' real chunks (PINV Mels for the CNN, official patches for YAMNet)."""
     g = SHARED / "reference/golden"
     if name == "cnn" and (g / "birds.npz").exists():
-        return np.concatenate([np.load(g / f)["mel_pann_pinv_chunks"] for f in
-                               ("birds.npz", "street_pedestrian-paris-152-4607-a.npz")]).astype(np.float32)
+        return np.concatenate(
+            [np.load(g / f)["mel_pann_pinv_chunks"] for f in ("birds.npz", "street_pedestrian-paris-152-4607-a.npz")]
+        ).astype(np.float32)
     if name == "yamnet" and (g / "yamnet_int8_dequant.npz").exists():
         return np.load(g / "yamnet_int8_dequant.npz")["patches"].astype(np.float32)
     return None
@@ -204,11 +263,15 @@ def bench_quant(models: dict[str, dict], threads: list[int], min_time: float, tm
         def get_next(self):
             return next(self.items, None)
 
-    print("\nint8 static QDQ (ONNX Runtime, per-channel weights, uint8 activations, MinMax calibration) and bf16 "
-          "(torch CPU autocast) vs fp32 ORT, batch 64.\nErrors on the goldens' real chunks: dB for the CNN "
-          "(PANN CNN-logits), probabilities for YAMNet (plus top-1 agreement).")
-    print(f"{'model':<8} {'variant':<12} {'thr':>3} {'x RT':>10} {'vs fp32 ORT':>11} "
-          f"{'max |err|':>10} {'p99 |err|':>10} {'mean |err|':>10} {'top-1':>6}")
+    print(
+        "\nint8 static QDQ (ONNX Runtime, per-channel weights, uint8 activations, MinMax calibration) and bf16 "
+        "(torch CPU autocast) vs fp32 ORT, batch 64.\nErrors on the goldens' real chunks: dB for the CNN "
+        "(PANN CNN-logits), probabilities for YAMNet (plus top-1 agreement)."
+    )
+    print(
+        f"{'model':<8} {'variant':<12} {'thr':>3} {'x RT':>10} {'vs fp32 ORT':>11} "
+        f"{'max |err|':>10} {'p99 |err|':>10} {'mean |err|':>10} {'top-1':>6}"
+    )
     for name in ("cnn", "yamnet"):
         if name not in models:
             continue
@@ -222,8 +285,16 @@ def bench_quant(models: dict[str, dict], threads: list[int], min_time: float, tm
         # YAMNet's classifier head stays float (it maps straight to the logits).
         exclude = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Gemm"]
         q8 = tmp / f"{name}.int8.onnx"
-        quantize_static(str(pre), str(q8), Reader(cal), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+        quantize_static(
+            str(pre),
+            str(q8),
+            Reader(cal),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude,
+        )
         ref = ort_session(d["onnx"], 2).run(None, {"mel": data})[0]
         got_q = ort_session(q8, 2).run(None, {"mel": data})[0]
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -232,7 +303,7 @@ def bench_quant(models: dict[str, dict], threads: list[int], min_time: float, tm
 
         def errs(got: np.ndarray) -> str:
             e = np.abs(got - ref)
-            top1 = (f"{np.mean(got.argmax(-1) == ref.argmax(-1)):>6.2f}" if name == "yamnet" else f"{'-':>6}")
+            top1 = f"{np.mean(got.argmax(-1) == ref.argmax(-1)):>6.2f}" if name == "yamnet" else f"{'-':>6}"
             return f"{e.max():>10.3g} {np.percentile(e, 99):>10.3g} {e.mean():>10.3g} {top1}"
 
         print(f"  ({name}: calibrated on {len(cal)} inputs from {cal_from}; errors on {len(data)} inputs)")
@@ -250,11 +321,14 @@ def bench_quant(models: dict[str, dict], threads: list[int], min_time: float, tm
                     d["module"](xt)
 
             tb = best_time(run_bf16, min_time)
-            print(f"{name:<8} {'fp32 ORT':<12} {th:>3} {batch / t32:>10.0f} {1.0:>11.2f} {'-':>10} {'-':>10} "
-                  f"{'-':>10} {'-':>6}")
+            print(
+                f"{name:<8} {'fp32 ORT':<12} {th:>3} {batch / t32:>10.0f} {1.0:>11.2f} {'-':>10} {'-':>10} "
+                f"{'-':>10} {'-':>6}"
+            )
             print(f"{name:<8} {'int8 QDQ ORT':<12} {th:>3} {batch / t8:>10.0f} {t32 / t8:>11.2f} {errs(got_q)}")
-            print(f"{name:<8} {'bf16 torch':<12} {th:>3} {batch / tb:>10.0f} {t32 / tb:>11.2f} {errs(got_b)}",
-                  flush=True)
+            print(
+                f"{name:<8} {'bf16 torch':<12} {th:>3} {batch / tb:>10.0f} {t32 / tb:>11.2f} {errs(got_b)}", flush=True
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,8 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     threads = [int(t) for t in args.threads.split(",")]
     min_time = 0.2 if args.quick else args.min_time
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, {os.cpu_count()} CPUs; "
-          f"unit: seconds of audio per wall second (x real time)")
+    print(
+        f"torch {torch.__version__}, onnxruntime {ort.__version__}, {os.cpu_count()} CPUs; "
+        f"unit: seconds of audio per wall second (x real time)"
+    )
     with tempfile.TemporaryDirectory(prefix="bench_models_") as td:
         tmp = Path(td)
         models = load_models(only, tmp)

@@ -24,8 +24,11 @@ from spectral_transcoder.inverse import _undo_log, db_per_unit
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "audio"
 SPECS = ["pann", "yamnet_torchport", "yamnet", "efficientat"]
-TRANSCODED = {"pann": ["pinv:pann"], "yamnet": ["pinv:yamnet", "yamnet"],
-              "efficientat": ["pinv:efficientat", "efficientat-mn04"]}
+TRANSCODED = {
+    "pann": ["pinv:pann"],
+    "yamnet": ["pinv:yamnet", "yamnet"],
+    "efficientat": ["pinv:efficientat", "efficientat-mn04"],
+}
 
 
 def errors(m_in: np.ndarray, audio: np.ndarray, spec: st.MelSpec) -> tuple[float, float, float]:
@@ -41,7 +44,9 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=64)
     ap.add_argument("--audio", type=Path, default=SHARED)
     args = ap.parse_args()
-    print(f"| clip | spec | Mel | frames | 0 it: mean dB | 0 it: SC | {args.iterations} it: mean dB | p95 dB | SC | s |")
+    print(
+        f"| clip | spec | Mel | frames | 0 it: mean dB | 0 it: SC | {args.iterations} it: mean dB | p95 dB | SC | s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for wav in sorted(args.audio.glob("*.wav")):
         x, sr = sf.read(str(wav), dtype="float32", always_2d=True)
@@ -59,8 +64,11 @@ def main() -> None:
                 out = st.griffin_lim(m, spec=spec, n_iter=args.iterations)
                 dt = time.perf_counter() - t
                 e = errors(m, out, spec)
-                print(f"| {wav.stem[:12]} | {name} | {label} | {m.shape[0]} | {e0[0]:.2f} | {e0[2]:.3f} | "
-                      f"{e[0]:.2f} | {e[1]:.2f} | {e[2]:.3f} | {dt:.1f} |", flush=True)
+                print(
+                    f"| {wav.stem[:12]} | {name} | {label} | {m.shape[0]} | {e0[0]:.2f} | {e0[2]:.3f} | "
+                    f"{e[0]:.2f} | {e[1]:.2f} | {e[2]:.3f} | {dt:.1f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -22,8 +22,13 @@ from spectral_transcoder.metadata import Label, ModelMetadata  # noqa: E402
 from spectral_transcoder.specs import BandSpec, MelSpec, get_band_spec, get_mel_spec  # noqa: E402
 
 OPSET = 17
-LABELS = [Label(0, "/m/09x0r", "Speech"), Label(137, "/m/04rlf", "Music"), Label(300, "/m/07yv9", "Vehicle"),
-          Label(111, "/m/015p6", "Bird"), Label(74, "/m/0bt9lr", "Dog")]
+LABELS = [
+    Label(0, "/m/09x0r", "Speech"),
+    Label(137, "/m/04rlf", "Music"),
+    Label(300, "/m/07yv9", "Vehicle"),
+    Label(111, "/m/015p6", "Bird"),
+    Label(74, "/m/0bt9lr", "Dog"),
+]
 
 
 def _rng(seed: int) -> np.random.Generator:
@@ -68,21 +73,40 @@ def transcoder_metadata(
     name: str = "tiny-cnn", band: str | BandSpec = "cense_fast", mel: str | MelSpec = "pann", matrix=None
 ) -> ModelMetadata:
     return ModelMetadata(
-        kind="transcoder", name=name, input_spec=get_band_spec(band), output_spec=get_mel_spec(mel),
-        source="tests/_tiny_models.py", source_sha256="0" * 64, license="MIT", training_data="none",
-        metrics={"mse": 1.5}, pinv=None if matrix is None else {"matrix": np.asarray(matrix).tolist()},
+        kind="transcoder",
+        name=name,
+        input_spec=get_band_spec(band),
+        output_spec=get_mel_spec(mel),
+        source="tests/_tiny_models.py",
+        source_sha256="0" * 64,
+        license="MIT",
+        training_data="none",
+        metrics={"mse": 1.5},
+        pinv=None if matrix is None else {"matrix": np.asarray(matrix).tolist()},
     )
 
 
 def classifier_metadata(name: str = "tiny-clf", mel: str | MelSpec = "pann", labels=LABELS) -> ModelMetadata:
     return ModelMetadata(
-        kind="classifier", name=name, input_spec=get_mel_spec(mel), output_spec=None,
-        source="tests/_tiny_models.py", source_sha256="1" * 64, license="Apache-2.0", labels=list(labels),
+        kind="classifier",
+        name=name,
+        input_spec=get_mel_spec(mel),
+        output_spec=None,
+        source="tests/_tiny_models.py",
+        source_sha256="1" * 64,
+        license="Apache-2.0",
+        labels=list(labels),
     )
 
 
-def make_transcoder(path: Path, *, kernel: np.ndarray | None = None, meta: ModelMetadata | None = None,
-                    with_meta: bool = True, batch: int | str = "batch") -> Path:
+def make_transcoder(
+    path: Path,
+    *,
+    kernel: np.ndarray | None = None,
+    meta: ModelMetadata | None = None,
+    with_meta: bool = True,
+    batch: int | str = "batch",
+) -> Path:
     """Write a CNN transcoder: y = x - conv3x3(x); T dynamic."""
     meta = meta or transcoder_metadata()
     n_mels = meta.output_spec.n_mels if meta.output_spec is not None else 64
@@ -93,10 +117,13 @@ def make_transcoder(path: Path, *, kernel: np.ndarray | None = None, meta: Model
         helper.make_node("Squeeze", ["c4", "axes1"], ["c3"]),
         helper.make_node("Sub", ["mel", "c3"], ["mel_out"]),
     ]
-    inits = [numpy_helper.from_array(np.array([1], np.int64), "axes1"),
-             numpy_helper.from_array(k.reshape(1, 1, 3, 3).astype(np.float32), "w")]
+    inits = [
+        numpy_helper.from_array(np.array([1], np.int64), "axes1"),
+        numpy_helper.from_array(k.reshape(1, 1, 3, 3).astype(np.float32), "w"),
+    ]
     graph = helper.make_graph(
-        nodes, "tiny_cnn",
+        nodes,
+        "tiny_cnn",
         [helper.make_tensor_value_info("mel", TensorProto.FLOAT, [batch, "frames", n_mels])],
         [helper.make_tensor_value_info("mel_out", TensorProto.FLOAT, [batch, "frames", n_mels])],
         inits,
@@ -105,8 +132,15 @@ def make_transcoder(path: Path, *, kernel: np.ndarray | None = None, meta: Model
     return path
 
 
-def make_classifier(path: Path, *, meta: ModelMetadata | None = None, frames: int | str = "frames",
-                    batch: int | str = "batch", logits_first: bool = False, seed: int = 1) -> Path:
+def make_classifier(
+    path: Path,
+    *,
+    meta: ModelMetadata | None = None,
+    frames: int | str = "frames",
+    batch: int | str = "batch",
+    logits_first: bool = False,
+    seed: int = 1,
+) -> Path:
     """Write a classifier: probs = sigmoid(mean over time @ W + b)."""
     meta = meta or classifier_metadata()
     spec = meta.input_spec
@@ -118,12 +152,15 @@ def make_classifier(path: Path, *, meta: ModelMetadata | None = None, frames: in
         helper.make_node("Add", ["mm", "B"], ["logits"]),
         helper.make_node("Sigmoid", ["logits"], ["probs"]),
     ]
-    outs = [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [batch, c]),
-            helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, c])]
+    outs = [
+        helper.make_tensor_value_info("probs", TensorProto.FLOAT, [batch, c]),
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, c]),
+    ]
     if logits_first:
         outs.reverse()
     graph = helper.make_graph(
-        nodes, "tiny_classifier",
+        nodes,
+        "tiny_classifier",
         [helper.make_tensor_value_info("mel", TensorProto.FLOAT, [batch, frames, spec.n_mels])],
         outs,
         [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],

@@ -13,8 +13,31 @@ import numpy as np
 
 NS = 1_000_000_000
 T0 = np.datetime64("2024-03-01T12:00:00", "ns")
-NC_FREQS = (100, 125, 160, 200, 250, 315, 400, 500, 630, 800, 1000, 1250, 1600, 2000, 2500, 3150,
-            4000, 5000, 6300, 8000, 10000, 12500, 16000)
+NC_FREQS = (
+    100,
+    125,
+    160,
+    200,
+    250,
+    315,
+    400,
+    500,
+    630,
+    800,
+    1000,
+    1250,
+    1600,
+    2000,
+    2500,
+    3150,
+    4000,
+    5000,
+    6300,
+    8000,
+    10000,
+    12500,
+    16000,
+)
 
 
 def levels(n: int, n_bands: int = 29, seed: int = 0) -> np.ndarray:
@@ -27,9 +50,17 @@ def grid_times(n: int, period: float = 0.125, start: np.datetime64 = T0) -> np.n
     return int(start.astype(np.int64)) + np.rint(np.arange(n) * period * NS).astype(np.int64)
 
 
-def write_parquet(path: Path, times_ns: np.ndarray, lv: np.ndarray, *, layout: str = "wide",
-                  time_type: str = "ts_utc", names: list[str] | None = None, row_group_size: int | None = None,
-                  extra: dict | None = None) -> Path:
+def write_parquet(
+    path: Path,
+    times_ns: np.ndarray,
+    lv: np.ndarray,
+    *,
+    layout: str = "wide",
+    time_type: str = "ts_utc",
+    names: list[str] | None = None,
+    row_group_size: int | None = None,
+    extra: dict | None = None,
+) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -52,8 +83,7 @@ def write_parquet(path: Path, times_ns: np.ndarray, lv: np.ndarray, *, layout: s
         for j, name in enumerate(names):
             cols[name] = pa.array(lv[:, j], pa.float32(), mask=np.isnan(lv[:, j]))
     else:
-        cols["levels"] = pa.array([None if np.isnan(r).all() else r.tolist() for r in lv],
-                                  pa.list_(pa.float32()))
+        cols["levels"] = pa.array([None if np.isnan(r).all() else r.tolist() for r in lv], pa.list_(pa.float32()))
     pq.write_table(pa.table(cols), path, row_group_size=row_group_size)
     return path
 
@@ -67,9 +97,16 @@ def write_csv(path: Path, times_ns: np.ndarray, lv: np.ndarray) -> Path:
     return path
 
 
-def write_noisecapture(path: Path, times_ms: np.ndarray, lv: np.ndarray, *, uuid: str = "3f1c2a9e-user",
-                       drop_band: str | None = None, extra_band: str | None = None,
-                       members: tuple[str, ...] = ("meta.properties", "track.geojson")) -> Path:
+def write_noisecapture(
+    path: Path,
+    times_ms: np.ndarray,
+    lv: np.ndarray,
+    *,
+    uuid: str = "3f1c2a9e-user",
+    drop_band: str | None = None,
+    extra_band: str | None = None,
+    members: tuple[str, ...] = ("meta.properties", "track.geojson"),
+) -> Path:
     """A NoiseCapture-style export: meta.properties + track.geojson (one Point per second)."""
     rng = np.random.default_rng(7)
     feats = []

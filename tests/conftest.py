@@ -37,8 +37,16 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, **extra}
 
 
-def kill_9_after_manifest_lines(args: Sequence[str], manifest: Path, n_lines: int, *, env: dict[str, str],
-                                timeout: float, poll: float = 0.01, **popen: Any) -> None:
+def kill_9_after_manifest_lines(
+    args: Sequence[str],
+    manifest: Path,
+    n_lines: int,
+    *,
+    env: dict[str, str],
+    timeout: float,
+    poll: float = 0.01,
+    **popen: Any,
+) -> None:
     """Run ``args`` in a child process, wait until its ``manifest`` holds ``n_lines`` committed
     lines (within ``timeout`` seconds), then ``kill -9`` it: a real crash at an arbitrary point
     of the commit protocol, not a simulated one. Fails if the child ended on its own first,
@@ -115,8 +123,13 @@ def home(tmp_path, monkeypatch) -> Path:
 
 def convert_model(*args: object) -> None:
     """``python -m training convert ARGS...`` in a child process (the CLI users run); fails on error."""
-    r = subprocess.run([sys.executable, "-m", "training", "convert", *map(str, args)], env=subprocess_env(),
-                       cwd=REPO, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "training", "convert", *map(str, args)],
+        env=subprocess_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
 
 
@@ -127,14 +140,28 @@ def real_yamnet(tmp_path_factory, shared):
     if not (REPO / "training" / "__main__.py").exists():
         pytest.skip("training/ has no converter command yet")
     d = tmp_path_factory.mktemp("real")
-    tr_src = shared / "reference" / "models" / (
-        "classifier=YamNet+dataset=full+dilation=1+epoch=200+kernel_size=5+learning_rate=-3+nb_channels=64+"
-        "nb_layers=5+prop_logit=100+step=train+transcoder=cnn_pinv+ts=1_model"
+    tr_src = (
+        shared
+        / "reference"
+        / "models"
+        / (
+            "classifier=YamNet+dataset=full+dilation=1+epoch=200+kernel_size=5+learning_rate=-3+nb_channels=64+"
+            "nb_layers=5+prop_logit=100+step=train+transcoder=cnn_pinv+ts=1_model"
+        )
     )
     convert_model("transcoder", tr_src, "-o", d / "tr.onnx")
-    convert_model("yamnet-tflite", shared / "models" / "yamnet_int8.tflite", "-o", d / "clf.onnx",
-                  "--input-spec", "yamnet_torchport", "--yamnet-class-map", shared / "models" / "yamnet_class_map.csv",
-                  "--labels", shared / "models" / "class_labels_indices.csv")
+    convert_model(
+        "yamnet-tflite",
+        shared / "models" / "yamnet_int8.tflite",
+        "-o",
+        d / "clf.onnx",
+        "--input-spec",
+        "yamnet_torchport",
+        "--yamnet-class-map",
+        shared / "models" / "yamnet_class_map.csv",
+        "--labels",
+        shared / "models" / "class_labels_indices.csv",
+    )
     return d / "tr.onnx", d / "clf.onnx"
 
 
@@ -145,8 +172,16 @@ def yamnet_teacher(tmp_path_factory, shared):
     pytest.importorskip("torch")
     out = tmp_path_factory.mktemp("teacher") / "yamnet.onnx"
     m = shared / "models"
-    convert_model("yamnet-tflite", m / "yamnet_int8_perchannel.tflite", "-o", out,
-                  "--yamnet-class-map", m / "yamnet_class_map.csv", "--labels", m / "class_labels_indices.csv")
+    convert_model(
+        "yamnet-tflite",
+        m / "yamnet_int8_perchannel.tflite",
+        "-o",
+        out,
+        "--yamnet-class-map",
+        m / "yamnet_class_map.csv",
+        "--labels",
+        m / "class_labels_indices.csv",
+    )
     return out
 
 

@@ -64,8 +64,11 @@ def _imports(module: str, path: Path, *, top_level: bool) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
             continue
-        base = ".".join(here[: len(here) - node.level + 1] + ([node.module] if node.module else [])) \
-            if node.level else (node.module or "")
+        base = (
+            ".".join(here[: len(here) - node.level + 1] + ([node.module] if node.module else []))
+            if node.level
+            else (node.module or "")
+        )
         for alias in node.names:
             sub = f"{base}.{alias.name}"
             if sub in MODULES:
@@ -125,8 +128,9 @@ def test_no_import_cycle(top_level):
 
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if not m.endswith("__main__")))
 def test_each_module_imports_first_in_a_fresh_interpreter(module):
-    r = subprocess.run([sys.executable, "-c", f"import {module}"], env=subprocess_env(), capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", f"import {module}"], env=subprocess_env(), capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr[-2000:]
 
 
@@ -139,12 +143,14 @@ _SCANNED = ("python", "cpp", "training", "tests", "benchmarks", "docs", "README.
 
 def _tracked_text_files() -> list[Path]:
     try:
-        out = subprocess.run(["git", "ls-files", "-z", "--", *_SCANNED], cwd=REPO, capture_output=True, check=True,
-                             timeout=60).stdout
+        out = subprocess.run(
+            ["git", "ls-files", "-z", "--", *_SCANNED], cwd=REPO, capture_output=True, check=True, timeout=60
+        ).stdout
         files = [REPO / name for name in out.decode().split("\0") if name]
     except (OSError, subprocess.SubprocessError):  # not a git checkout: every file under the folders
-        files = [p for d in _SCANNED for p in ([REPO / d] if (REPO / d).is_file() else (REPO / d).rglob("*"))
-                 if p.is_file()]
+        files = [
+            p for d in _SCANNED for p in ([REPO / d] if (REPO / d).is_file() else (REPO / d).rglob("*")) if p.is_file()
+        ]
     return [p for p in files if p.is_file() and b"\0" not in p.read_bytes()[:8192]]  # text only
 
 
@@ -152,7 +158,10 @@ def test_no_citation_of_files_outside_the_repository():
     """Method facts cite the paper or a doc under docs/ (docs/conventions.md), which a reader has."""
     files = _tracked_text_files()
     assert any(p.name == "conventions.md" for p in files)
-    hits = [f"{p.relative_to(REPO)}:{i}: {line.strip()[:120]}"
-            for p in files for i, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
-            if _OUTSIDE_SPEC.search(line)]
+    hits = [
+        f"{p.relative_to(REPO)}:{i}: {line.strip()[:120]}"
+        for p in files
+        for i, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+        if _OUTSIDE_SPEC.search(line)
+    ]
     assert hits == []

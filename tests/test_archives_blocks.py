@@ -55,8 +55,7 @@ def test_frames_land_on_their_slots(tmp_path_factory, steps, jitter, bad, batch_
     lv[bad_rows, 3] = np.nan
     spec = st.get_band_spec("cense_fast")
     # 3 s blocks; a 40-frame jump (5 s) exceeds max_mask_gap_s=4 and starts a new segment
-    reader, blocks = _blocks(tmp_path, times, lv, block_seconds=3, max_mask_gap_s=4.0,
-                             batch_rows=batch_rows, gaps=gaps)
+    reader, blocks = _blocks(tmp_path, times, lv, block_seconds=3, max_mask_gap_s=4.0, batch_rows=batch_rows, gaps=gaps)
     _check_shapes(blocks, spec, 24)
     good = np.ones(n, bool)
     good[bad_rows] = False
@@ -80,8 +79,9 @@ def test_frames_land_on_their_slots(tmp_path_factory, steps, jitter, bad, batch_
             k = b.position.frame_stop - b.position.frame_start
             assert b.valid[:k].all() and not b.valid[k:].any()
     # the read batch size never changes the blocks
-    _, again = _blocks(tmp_path, times, lv, name="b.parquet", block_seconds=3, max_mask_gap_s=4.0,
-                       batch_rows=1000, gaps=gaps)
+    _, again = _blocks(
+        tmp_path, times, lv, name="b.parquet", block_seconds=3, max_mask_gap_s=4.0, batch_rows=1000, gaps=gaps
+    )
     assert _signature(again) == _signature(blocks)
 
 
@@ -141,8 +141,10 @@ def test_split_on_bad_rows(tmp_path):
     lv[10:12] = np.nan
     lv[39] = np.inf
     reader, blocks = _blocks(tmp_path, grid_times(40), lv, gaps="split", block_seconds=60)
-    assert [(b.position.segment, b.position.row_start, b.position.row_stop) for b in blocks] == [(0, 0, 10),
-                                                                                                  (1, 12, 39)]
+    assert [(b.position.segment, b.position.row_start, b.position.row_stop) for b in blocks] == [
+        (0, 0, 10),
+        (1, 12, 39),
+    ]
     assert blocks[1].start == np.datetime64(int(grid_times(40)[12]), "ns")
     assert reader.stats.bad_rows == 3 and reader.stats.segments == 2
 
@@ -201,8 +203,9 @@ def test_untimed_clips_are_segments():
     assert blocks[2].start == blocks[0].start + np.timedelta64(int(50 * P * NS), "ns")  # contiguous clips
     assert blocks[1].valid.tolist() == [True] * 18 + [False] * 6
     np.testing.assert_array_equal(blocks[3].levels[:18], lv[1, 32:])
-    clips = archives.ArrayReader(lv, clip_starts=["2024-01-01T00:00:00", "2024-02-01T00:00:00",
-                                                  "2024-03-01T00:00:00"], block_seconds=4)
+    clips = archives.ArrayReader(
+        lv, clip_starts=["2024-01-01T00:00:00", "2024-02-01T00:00:00", "2024-03-01T00:00:00"], block_seconds=4
+    )
     assert [str(b.start)[:10] for b in clips][::2] == ["2024-01-01", "2024-02-01", "2024-03-01"]
 
 

@@ -29,7 +29,7 @@ def _archive(tmp_path: Path, n_files: int = 3, frames: int = 2000) -> list[Path]
         lv = levels(frames, seed=i)
         lv[100 + i] = np.nan
         times = grid_times(frames, start=T0 + np.timedelta64(i, "D"))
-        times[frames // 2:] += 5 * int(0.125 * NS)  # a gap of 5 frames
+        times[frames // 2 :] += 5 * int(0.125 * NS)  # a gap of 5 frames
         paths.append(write_parquet(tmp_path / f"sensor{i}.parquet", times, lv))
     return paths
 
@@ -42,8 +42,9 @@ def test_run_writes_rows_and_metadata(tmp_path):
     paths = _archive(tmp_path, n_files=2, frames=500)
     blocks = archives.open_many(paths, block_seconds=10, reference="SPL", spl_offset=90.0)
     out = tmp_path / "out"
-    summary = archives.run_blocks(blocks, per_second, out, progress=False, blocks_per_part=3,
-                                  metadata={"models": ["test-fn"]})
+    summary = archives.run_blocks(
+        blocks, per_second, out, progress=False, blocks_per_part=3, metadata={"models": ["test-fn"]}
+    )
     # 500 frames + 5 masked = 505 -> blocks of 80 frames: 6 full + 1 of 25 padded to 32, per file
     assert summary.blocks_done == 14 and summary.blocks_skipped == 0 and summary.errors == []
     assert summary.audio_seconds == pytest.approx(2 * 499 * 0.125) and summary.real_time_factor > 0
@@ -72,8 +73,14 @@ def test_run_writes_rows_and_metadata(tmp_path):
 
     assert ds.dataset(out).to_table().num_rows == table.num_rows
     # running again does nothing: every block is in the manifest
-    again = archives.run_blocks(archives.open_many(paths, block_seconds=10, reference="SPL", spl_offset=90.0),
-                                per_second, out, progress=False, blocks_per_part=3, metadata={"models": ["test-fn"]})
+    again = archives.run_blocks(
+        archives.open_many(paths, block_seconds=10, reference="SPL", spl_offset=90.0),
+        per_second,
+        out,
+        progress=False,
+        blocks_per_part=3,
+        metadata={"models": ["test-fn"]},
+    )
     assert again.blocks_done == 0 and again.blocks_skipped == 14
     assert archives.read_results(out).equals(table)
 
@@ -85,11 +92,11 @@ def test_resume_refuses_other_options_and_existing_output(tmp_path):
     with pytest.raises(st.InvalidInputError, match="other options"):
         archives.run_blocks(archives.open_many(paths, block_seconds=20), per_second, out, progress=False)
     with pytest.raises(st.InvalidInputError, match="other options"):
-        archives.run_blocks(archives.open_many(paths, block_seconds=10), per_second, out, progress=False,
-                            metadata={"model": "other"})
+        archives.run_blocks(
+            archives.open_many(paths, block_seconds=10), per_second, out, progress=False, metadata={"model": "other"}
+        )
     with pytest.raises(st.InvalidInputError, match="already holds results"):
-        archives.run_blocks(archives.open_many(paths, block_seconds=10), per_second, out, progress=False,
-                            resume=False)
+        archives.run_blocks(archives.open_many(paths, block_seconds=10), per_second, out, progress=False, resume=False)
     (tmp_path / "file").write_text("x")
     with pytest.raises(st.InvalidInputError, match="not a directory"):
         archives.run_blocks([], per_second, tmp_path / "file", progress=False)
@@ -121,8 +128,13 @@ def test_block_function_contract(tmp_path):
     def probs(b):
         if b.position.index == 1:
             return {"offset_s": [], "window_s": [], "p": np.zeros((0, 3))}
-        return pa.table({"window_start": pa.array([b.start]).cast(pa.timestamp("ns")),
-                         "window_s": [4.0], "p": pa.array([[0.1, 0.2, 0.7]], pa.list_(pa.float32(), 3))})
+        return pa.table(
+            {
+                "window_start": pa.array([b.start]).cast(pa.timestamp("ns")),
+                "window_s": [4.0],
+                "p": pa.array([[0.1, 0.2, 0.7]], pa.list_(pa.float32(), 3)),
+            }
+        )
 
     s = run(probs, "e")
     t = archives.read_results(tmp_path / "e")
@@ -141,12 +153,12 @@ def test_fn_error_keeps_finished_blocks_and_rerun_completes(tmp_path):
         return per_second(b)
 
     with pytest.raises(RuntimeError, match="model crashed"):
-        archives.run_blocks(archives.open_many(paths, block_seconds=10), flaky, out, progress=False,
-                            blocks_per_part=4)
+        archives.run_blocks(archives.open_many(paths, block_seconds=10), flaky, out, progress=False, blocks_per_part=4)
     done = archives.read_results(out)
     assert done.num_rows == 51 + 20  # sensor0's 6 blocks (5 x 10 s + 1 s) and sensor1's first 2: committed
-    s = archives.run_blocks(archives.open_many(paths, block_seconds=10), per_second, out, progress=False,
-                            blocks_per_part=4)
+    s = archives.run_blocks(
+        archives.open_many(paths, block_seconds=10), per_second, out, progress=False, blocks_per_part=4
+    )
     assert s.blocks_skipped == 8 and s.blocks_done == 4
     archives.run_blocks(archives.open_many(paths, block_seconds=10), per_second, tmp_path / "ref", progress=False)
     assert _sorted(archives.read_results(out)).equals(_sorted(archives.read_results(tmp_path / "ref")))
@@ -161,9 +173,11 @@ def test_every_crash_point_resumes_exactly(tmp_path, crash):
 
     # a run stopped after 5 blocks in parts of 2: two parts committed, the 5th block pending
     part_blocks = list(archives.open_many(paths, block_seconds=10))[:5]
-    with archives.ResultWriter(out, run_info={"options": {"input": archives.open_many(paths, block_seconds=10)
-                                                          .describe(), "user": {}}},
-                               blocks_per_part=2) as w:
+    with archives.ResultWriter(
+        out,
+        run_info={"options": {"input": archives.open_many(paths, block_seconds=10).describe(), "user": {}}},
+        blocks_per_part=2,
+    ) as w:
         from spectral_transcoder.archives.engine import _block_info, _result_table
 
         for b in part_blocks[:4]:
@@ -179,8 +193,7 @@ def test_every_crash_point_resumes_exactly(tmp_path, crash):
         pq.write_table(committed, out / "part-000002.parquet")
     else:  # killed while appending the manifest line of part 1: its line is torn
         manifest.write_bytes(lines[0] + lines[1][:37])
-    archives.run_blocks(archives.open_many(paths, block_seconds=10), per_second, out, progress=False,
-                        blocks_per_part=2)
+    archives.run_blocks(archives.open_many(paths, block_seconds=10), per_second, out, progress=False, blocks_per_part=2)
     got = _sorted(archives.read_results(out))
     assert got.equals(ref)
     assert not list(out.glob(".*.tmp"))
@@ -209,8 +222,9 @@ def test_progress_bar_shows_real_time_factor(tmp_path, capsys):
 def test_summary_reports_failed_files(tmp_path):
     good = _archive(tmp_path, n_files=1, frames=200)[0]
     (tmp_path / "bad.csv").write_text("time,a\n")
-    s = archives.run_blocks(archives.open_many([good, tmp_path / "bad.csv"], block_seconds=10), per_second,
-                            tmp_path / "out", progress=False)
+    s = archives.run_blocks(
+        archives.open_many([good, tmp_path / "bad.csv"], block_seconds=10), per_second, tmp_path / "out", progress=False
+    )
     assert s.blocks_done == 3 and len(s.errors) == 1 and s.errors[0]["path"].endswith("bad.csv")
 
 
@@ -242,8 +256,9 @@ def test_kill_9_and_resume(tmp_path):
     kill_9_after_manifest_lines(args, out / "_manifest.jsonl", 6, env=env, timeout=30)
     partial = archives.read_results(out).num_rows
     assert 0 < partial < ref.num_rows
-    s = archives.run_blocks(archives.open_many(paths, block_seconds=5), per_second, out, progress=False,
-                            blocks_per_part=2)
+    s = archives.run_blocks(
+        archives.open_many(paths, block_seconds=5), per_second, out, progress=False, blocks_per_part=2
+    )
     assert s.blocks_skipped >= 12 and s.blocks_skipped + s.blocks_done == 93
     got = _sorted(archives.read_results(out))
     assert got.equals(ref)

@@ -11,8 +11,17 @@ import pytest
 import spectral_transcoder as st
 from spectral_transcoder import archives
 
-from archives_testutil import NC_FREQS, NS, T0, grid_times, levels, valid_frames, write_csv, write_noisecapture, \
-    write_parquet
+from archives_testutil import (
+    NC_FREQS,
+    NS,
+    T0,
+    grid_times,
+    levels,
+    valid_frames,
+    write_csv,
+    write_noisecapture,
+    write_parquet,
+)
 
 
 def _frames(reader):
@@ -27,8 +36,15 @@ def test_parquet_layouts_and_time_types(tmp_path, layout, time_type):
     times = grid_times(n)
     lv = levels(n)
     lv[17] = np.nan  # a null row
-    path = write_parquet(tmp_path / "x.parquet", times, lv, layout=layout, time_type=time_type, row_group_size=64,
-                         extra={"sensor_name": ["s1"] * n})  # a string column is not a band
+    path = write_parquet(
+        tmp_path / "x.parquet",
+        times,
+        lv,
+        layout=layout,
+        time_type=time_type,
+        row_group_size=64,
+        extra={"sensor_name": ["s1"] * n},
+    )  # a string column is not a band
     opts = {"time_unit": "ms"} if time_type == "int_ms" else {}
     reader = archives.open_archive(path, batch_rows=50, sensor="s1", **opts)
     assert isinstance(reader, archives.ParquetReader) and reader.duration_hint() == n * 0.125
@@ -43,8 +59,7 @@ def test_parquet_layouts_and_time_types(tmp_path, layout, time_type):
 def test_parquet_named_columns_and_errors(tmp_path):
     n = 40
     names = [f"leq_{i}" for i in range(29)]
-    path = write_parquet(tmp_path / "x.parquet", grid_times(n), levels(n), names=names,
-                         extra={"LAeq": np.zeros(n)})
+    path = write_parquet(tmp_path / "x.parquet", grid_times(n), levels(n), names=names, extra={"LAeq": np.zeros(n)})
     with pytest.raises(archives.ArchiveError, match=r"x\.parquet: columns \['LAeq', 'leq_0'.* 30 bands .* 29"):
         archives.open_archive(path)  # the extra numeric column makes 30 bands: a clear error
     reader = archives.open_archive(path, band_columns=names)
@@ -52,8 +67,7 @@ def test_parquet_named_columns_and_errors(tmp_path):
     with pytest.raises(archives.ArchiveError, match="band columns .*'nope'.* not found"):
         archives.open_archive(path, band_columns=names[:-1] + ["nope"])
     with pytest.raises(archives.ArchiveError, match="time_unit"):
-        list(archives.open_archive(write_parquet(tmp_path / "i.parquet", grid_times(n), levels(n),
-                                                 time_type="int_ms")))
+        list(archives.open_archive(write_parquet(tmp_path / "i.parquet", grid_times(n), levels(n), time_type="int_ms")))
     # a list column with a wrong length names the row
     lv = levels(n)
     path = write_parquet(tmp_path / "l.parquet", grid_times(n), lv, layout="list")
@@ -171,10 +185,11 @@ def test_memory_is_bounded(tmp_path):
     n = 160_000
     big = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.float32, shape=(1, n, 29))
     for a in range(0, n, 20_000):
-        big[0, a:a + 20_000] = levels(20_000, seed=a)
+        big[0, a : a + 20_000] = levels(20_000, seed=a)
     del big
-    write_parquet(tmp_path / "big.parquet", grid_times(n), np.load(tmp_path / "big.npy", mmap_mode="r")[0],
-                  row_group_size=8192)
+    write_parquet(
+        tmp_path / "big.parquet", grid_times(n), np.load(tmp_path / "big.npy", mmap_mode="r")[0], row_group_size=8192
+    )
     import pyarrow as pa
 
     for name in ("big.npy", "big.parquet"):
@@ -228,8 +243,11 @@ def test_noisecapture_validation(tmp_path):
         list(archives.open_archive(write_noisecapture(tmp_path / "a.zip", t_ms, lv, drop_band="leq_1250")))
     with pytest.raises(archives.ArchiveError, match=r"24 band levels .*unexpected \['leq_20000'\]"):
         list(archives.open_archive(write_noisecapture(tmp_path / "b.zip", t_ms, lv, extra_band="leq_20000")))
-    with pytest.raises(archives.ArchiveError, match=r"c\.zip, zip directory: not a NoiseCapture export: "
-                                                    r"\['track\.geojson'\] missing"):
+    with pytest.raises(
+        archives.ArchiveError,
+        match=r"c\.zip, zip directory: not a NoiseCapture export: "
+        r"\['track\.geojson'\] missing",
+    ):
         archives.open_archive(write_noisecapture(tmp_path / "c.zip", t_ms, lv, members=("meta.properties",)))
     data = write_noisecapture(tmp_path / "d.zip", t_ms, lv).read_bytes()
     (tmp_path / "cut.zip").write_bytes(data[: len(data) // 2])
@@ -273,8 +291,11 @@ def test_audio_truncated_and_bad(tmp_path):
     data = (tmp_path / "a.wav").read_bytes()
     (tmp_path / "cut.wav").write_bytes(data[: len(data) // 2])
     got = []
-    with pytest.raises(archives.ArchiveError, match=r"cut\.wav, sample 47989: the file is truncated: its header "
-                                                    r"announces 192000 bytes of data, it holds 95978"):
+    with pytest.raises(
+        archives.ArchiveError,
+        match=r"cut\.wav, sample 47989: the file is truncated: its header "
+        r"announces 192000 bytes of data, it holds 95978",
+    ):
         for block in archives.open_archive(tmp_path / "cut.wav", block_seconds=1):
             got.append(block)
     assert sum(b.n_valid for b in got) == 12  # 1.5 s readable: its 12 frames come first, then the error
@@ -311,13 +332,22 @@ def test_open_many_collects_errors_and_goes_on(tmp_path):
     blocks = list(many)
     # s2's rows before its error at row 61 all come out, whatever the read batch size: its first
     # block (rows 0-39), then a last short block with rows 40-60; nothing read is lost
-    assert [(b.sensor, b.position.index) for b in blocks] == [("s1", 0), ("s1", 1), ("s1", 2), ("s2", 0),
-                                                              ("s2", 1), ("s4", 0), ("s4", 1)]
+    assert [(b.sensor, b.position.index) for b in blocks] == [
+        ("s1", 0),
+        ("s1", 1),
+        ("s1", 2),
+        ("s2", 0),
+        ("s2", 1),
+        ("s4", 0),
+        ("s4", 1),
+    ]
     short = blocks[4]
     assert (short.position.row_start, short.position.row_stop) == (40, 61)
     assert short.valid.sum() == 21
     assert [(e.path.split("/")[-1], e.position, e.blocks_read) for e in many.errors] == [
-        ("s2.parquet", "row 61 (2024-03-01T12:00:07.500000000Z)", 2), ("s3.parquet", "file footer", 0)]
+        ("s2.parquet", "row 61 (2024-03-01T12:00:07.500000000Z)", 2),
+        ("s3.parquet", "file footer", 0),
+    ]
     assert "go backwards" in many.errors[0].message
     with pytest.raises(st.InvalidInputError, match="gaps"):
         archives.open_many([good1], gaps="nope")

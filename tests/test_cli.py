@@ -28,15 +28,29 @@ def birds() -> tuple[np.ndarray, int]:
 
 def test_help_subprocess():
     env = subprocess_env()
-    r = subprocess.run([sys.executable, "-m", "spectral_transcoder", "--help"], capture_output=True, text=True,
-                       env=env, cwd=REPO, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "spectral_transcoder", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     for word in ("analyze", "transcode", "models", "third-octave"):
         assert word in r.stdout
 
 
-@pytest.mark.parametrize("argv", [["analyze", "--help"], ["transcode", "--help"], ["models", "--help"],
-                                  ["models", "import", "--help"], ["models", "info", "--help"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["analyze", "--help"],
+        ["transcode", "--help"],
+        ["models", "--help"],
+        ["models", "import", "--help"],
+        ["models", "info", "--help"],
+    ],
+)
 def test_subcommand_help(argv, capsys):
     with pytest.raises(SystemExit) as ei:
         cli.main(argv)
@@ -99,10 +113,14 @@ def test_analyze_partial_and_several_files(tmp_path, birds, capsys):
     short = tmp_path / "short.flac"
     sf.write(short, data[: int(2.5 * sr)], sr)  # 2.5 s -> 20 frames: 2 chunks + 4 frames
     mono = tmp_path / "mono.wav"
-    sf.write(mono, data[: sr, 0], sr, subtype="FLOAT")
+    sf.write(mono, data[:sr, 0], sr, subtype="FLOAT")
     out = tmp_path / "out"
-    assert cli.main(["analyze", str(short), str(mono), "-o", str(out), "--target", "yamnet_torchport",
-                     "--db-offset", "26"]) == 0
+    assert (
+        cli.main(
+            ["analyze", str(short), str(mono), "-o", str(out), "--target", "yamnet_torchport", "--db-offset", "26"]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2
     assert "partial (4/8 frames = 0.5 s), padded" in lines[0] and "partial (" not in lines[1]
@@ -114,7 +132,9 @@ def test_analyze_partial_and_several_files(tmp_path, birds, capsys):
         assert spec.db_offset == 26.0
         assert z["mel_pinv"].shape == (3 * 95 + 1, 64)  # padded to 3 chunks, yamnet_torchport stitching
         with pytest.warns(Warning):
-            np.testing.assert_array_equal(z["mel_pinv"], pinv(levels, "yamnet_torchport", band_spec=spec, partial="pad"))
+            np.testing.assert_array_equal(
+                z["mel_pinv"], pinv(levels, "yamnet_torchport", band_spec=spec, partial="pad")
+            )
     with np.load(out / "mono.npz") as z:
         assert z["levels"].shape == (8, 29)
 
@@ -148,16 +168,32 @@ def test_transcode(tmp_path, home, capsys):
         assert int(z["last_chunk_frames"]) == 3
     # by registry name, PINV alone, and the chunks layout
     registry.import_model(cnn, name="pann-cnn-logits")
-    assert cli.main(["transcode", str(src), "-o", str(out), "--transcoder", "pann-cnn-logits", "--partial", "drop",
-                     "--layout", "chunks"]) == 0
+    assert (
+        cli.main(
+            [
+                "transcode",
+                str(src),
+                "-o",
+                str(out),
+                "--transcoder",
+                "pann-cnn-logits",
+                "--partial",
+                "drop",
+                "--layout",
+                "chunks",
+            ]
+        )
+        == 0
+    )
     with np.load(out) as z:
         assert z["mel"].shape == (2, 101, 64)
     assert cli.main(["transcode", str(src), "-o", str(out), "--transcoder", "pinv:yamnet_torchport"]) == 0
     with np.load(out) as z:
         assert z["mel"].shape == (3 * 95 + 1, 64)
     capsys.readouterr()
-    assert cli.main(["transcode", str(src), "-o", str(out), "--transcoder", "pann-cnn-logits",
-                     "--partial", "error"]) == 1
+    assert (
+        cli.main(["transcode", str(src), "-o", str(out), "--transcoder", "pann-cnn-logits", "--partial", "error"]) == 1
+    )
     assert "left over" in capsys.readouterr().err
     np.savez(tmp_path / "nolevels.npz", x=levels)
     assert cli.main(["transcode", str(tmp_path / "nolevels.npz"), "-o", str(out), "--transcoder", "pinv:pann"]) == 1
@@ -165,8 +201,9 @@ def test_transcode(tmp_path, home, capsys):
 
 
 def test_models_import_list_info(tmp_path, home, capsys):
-    clf = make_classifier(tmp_path / "c.onnx", meta=classifier_metadata("yamnet-torchport", mel="yamnet_torchport"),
-                          frames=96)
+    clf = make_classifier(
+        tmp_path / "c.onnx", meta=classifier_metadata("yamnet-torchport", mel="yamnet_torchport"), frames=96
+    )
     cnn = make_transcoder(tmp_path / "t.onnx", meta=transcoder_metadata("my-cnn", mel="yamnet_torchport"))
     assert cli.main(["models", "import", str(clf)]) == 0
     assert cli.main(["models", "import", str(cnn), "--name", "yamnet-cnn-logits"]) == 0
@@ -180,8 +217,16 @@ def test_models_import_list_info(tmp_path, home, capsys):
     assert ("classifier", "pann-resnet38", "missing") in rows
     assert cli.main(["models", "info", "yamnet-cnn-logits"]) == 0
     out = capsys.readouterr().out
-    for word in ("kind:          transcoder", "name:          my-cnn", "matches the registry", "input spec:    cense_fast",
-                 "output spec:   yamnet_torchport", "licence:       MIT", '"mse": 1.5', "sha256:"):
+    for word in (
+        "kind:          transcoder",
+        "name:          my-cnn",
+        "matches the registry",
+        "input spec:    cense_fast",
+        "output spec:   yamnet_torchport",
+        "licence:       MIT",
+        '"mse": 1.5',
+        "sha256:",
+    ):
         assert word in out
     assert cli.main(["models", "info", str(clf)]) == 0
     out = capsys.readouterr().out

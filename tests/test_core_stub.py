@@ -217,11 +217,17 @@ def _mutated(old: str, new: str) -> str:
         ("    hop: int,\n    scale", "    hop_length: int,\n    scale", "stub parameters"),  # renamed
         ("bin_lo: NDArray[np.int64]", "bin_lo: NDArray[np.int32]", "array[int32]"),  # dtype
         ("    hop: int,\n    scale", "    hop: float,\n    scale", "stub type"),  # scalar kind
-        ("    n_threads: int = 0,\n) -> NDArray[np.float32]:\n    \"\"\"levels", "    n_threads: int = 1,\n"
-         ") -> NDArray[np.float32]:\n    \"\"\"levels", "stub default"),  # default value
-        ("    n_threads: int = 0,\n) -> NDArray[np.float32]:\n    \"\"\"levels", "    n_threads: int,\n"
-         ") -> NDArray[np.float32]:\n    \"\"\"levels", "stub default"),  # default dropped
-        ("-> NDArray[np.float32]:\n    \"\"\"levels", "-> NDArray[np.float64]:\n    \"\"\"levels", "returns"),
+        (
+            '    n_threads: int = 0,\n) -> NDArray[np.float32]:\n    """levels',
+            '    n_threads: int = 1,\n) -> NDArray[np.float32]:\n    """levels',
+            "stub default",
+        ),  # default value
+        (
+            '    n_threads: int = 0,\n) -> NDArray[np.float32]:\n    """levels',
+            '    n_threads: int,\n) -> NDArray[np.float32]:\n    """levels',
+            "stub default",
+        ),  # default dropped
+        ('-> NDArray[np.float32]:\n    """levels', '-> NDArray[np.float64]:\n    """levels', "returns"),
         ("mel_lanes: int\n", "", "constant 'mel_lanes' is in the module"),
         ("mel_lanes: int\n", "mel_lanes: str\n", "constant 'mel_lanes': stub says str"),
     ],
@@ -232,7 +238,7 @@ def test_drift_is_detected(old, new, expected):
 
 
 def test_missing_and_extra_functions_are_detected():
-    extra = STUB.read_text(encoding="utf-8") + "\ndef gone(x: int) -> int:\n    \"\"\"x () -> y ().\"\"\"\n"
+    extra = STUB.read_text(encoding="utf-8") + '\ndef gone(x: int) -> int:\n    """x () -> y ()."""\n'
     assert "function 'gone' is in the stub but not in the module" in drift(extra, _core)
     tree = ast.parse(STUB.read_text(encoding="utf-8"))
     tree.body = [n for n in tree.body if not (isinstance(n, ast.FunctionDef) and n.name == "_ln_approx")]

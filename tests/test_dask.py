@@ -30,8 +30,9 @@ def client():
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join([PACKAGE_PARENT] + ([old] if old else []))
     try:
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                               silence_logs=logging.ERROR)
+        cluster = LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
+        )
         c = Client(cluster)
         yield c
         c.close()
@@ -52,14 +53,22 @@ def data(tmp_path_factory) -> dict:
         lv = levels(n, seed=i) - 100.0
         lv[30 + i] = np.nan
         t = grid_times(n, start=T0 + np.timedelta64(i, "h"))
-        t[n // 2:] += 3 * int(0.125 * NS)
+        t[n // 2 :] += 3 * int(0.125 * NS)
         paths.append(write_parquet(d / f"sensor{i}.parquet", t, lv))
     return {"dir": d, "paths": paths, "tr": make_transcoder(d / "tr.onnx"), "clf": make_classifier(d / "clf.onnx")}
 
 
 def _process(data, out, **kw):
-    return P.process(data["paths"] if "paths" not in kw else kw.pop("paths"), out, classifier=data["clf"],
-                     transcoder=data["tr"], progress=False, block_seconds=20, probabilities=True, **kw)
+    return P.process(
+        data["paths"] if "paths" not in kw else kw.pop("paths"),
+        out,
+        classifier=data["clf"],
+        transcoder=data["tr"],
+        progress=False,
+        block_seconds=20,
+        probabilities=True,
+        **kw,
+    )
 
 
 def test_dask_rows_equal_single_process_and_models_load_once(tmp_path, client, data):
@@ -68,8 +77,9 @@ def test_dask_rows_equal_single_process_and_models_load_once(tmp_path, client, d
     assert dist.workers == 2 and dist.blocks_done == single.blocks_done == 12
     a, b = archives.read_results(tmp_path / "single"), archives.read_results(tmp_path / "dask")
     assert a.num_rows > 0 and b.equals(a)  # row for row, in the same order
-    assert archives.read_run_info(tmp_path / "dask")["options"] == archives.read_run_info(tmp_path / "single")[
-        "options"]
+    assert (
+        archives.read_run_info(tmp_path / "dask")["options"] == archives.read_run_info(tmp_path / "single")["options"]
+    )
     assert dist.stages["cnn"] > 0 and dist.stages["wait"] > 0
     # each worker loaded the models once (lazily: at its first block), however many blocks it ran
     counts = client.run(P.load_counts)
@@ -116,11 +126,22 @@ def test_errors_in_files_and_in_workers(tmp_path, client, data):
                 b = dataclasses.replace(b, levels=bad)
             yield b
 
-    s = P.process(blocks(), tmp_path / "refused", classifier=data["clf"], transcoder=data["tr"], progress=False,
-                  scheduler=client, probabilities=True)
+    s = P.process(
+        blocks(),
+        tmp_path / "refused",
+        classifier=data["clf"],
+        transcoder=data["tr"],
+        progress=False,
+        scheduler=client,
+        probabilities=True,
+    )
     (e,) = s.errors
     assert Path(e["path"]).name == "loud.parquet" and e["position"].startswith("block 1 (")
     assert "far above full scale" in e["message"]  # refused by the block function's level check
     t = archives.read_results(tmp_path / "refused")
     assert sorted(set(zip(t.column("sensor").to_pylist(), t.column("block").to_pylist()))) == [
-        ("loud", 0), ("sensor0", 0), ("sensor0", 1), ("sensor0", 2)]
+        ("loud", 0),
+        ("sensor0", 0),
+        ("sensor0", 1),
+        ("sensor0", 2),
+    ]

@@ -131,8 +131,7 @@ def _cli_read_options() -> dict[str, str]:
             value = "7.5" if action.type is float else "x"
         extra = ["--spl-offset", "94"] if opt == "--reference" and value == "SPL" else []
         got = cli_process._read_options(parser.parse_args(base + [opt, value] + extra), blocks=True)
-        changed = [k for k in got if k != "spl_offset" or opt == "--spl-offset"
-                   if got.get(k) != default.get(k)]
+        changed = [k for k in got if k != "spl_offset" or opt == "--spl-offset" if got.get(k) != default.get(k)]
         assert len(changed) == 1, (opt, changed)
         out[opt] = changed[0]
     return out
@@ -158,13 +157,20 @@ def tiny_run(tmp_path_factory) -> tuple[Path, pa.Table, int, int]:
     lv = levels(8 * 40, seed=3) - 100.0
     lv[12] = np.nan
     t = grid_times(8 * 40)
-    t[8 * 20:] += 90 * NS  # an outage longer than max_mask_gap_s: a "gap" row
+    t[8 * 20 :] += 90 * NS  # an outage longer than max_mask_gap_s: a "gap" row
     path = write_parquet(d / "s.parquet", t, lv)
     out = d / "out"
     top_k = 2
-    s = P.process([str(path)], out, classifier=make_classifier(d / "clf.onnx"),
-                  transcoder=make_transcoder(d / "tr.onnx"), probabilities=True, top_k=top_k,
-                  block_seconds=10, progress=False)
+    s = P.process(
+        [str(path)],
+        out,
+        classifier=make_classifier(d / "clf.onnx"),
+        transcoder=make_transcoder(d / "tr.onnx"),
+        probabilities=True,
+        top_k=top_k,
+        block_seconds=10,
+        progress=False,
+    )
     assert s.errors == []
     return out, archives.read_results(out), top_k, len(classifier_metadata().labels)
 
@@ -178,7 +184,7 @@ def test_the_output_columns_and_types_are_the_documented_ones(tiny_run):
         name, documented = _code(r[0])[0], _code(r[1])[0]
         want = documented.replace("[k]", f"[{k}]").replace("[C]", f"[{n_classes}]")
         assert want == str(table.schema.field(name).type), f"{name}: documented as {documented}"
-    assert list(archives.LEADING_COLUMNS) == names[:len(archives.LEADING_COLUMNS)]
+    assert list(archives.LEADING_COLUMNS) == names[: len(archives.LEADING_COLUMNS)]
 
 
 def test_the_window_kinds_and_the_output_files_are_documented(tiny_run):
@@ -219,8 +225,9 @@ def test_the_examples_run_and_print_what_the_page_shows(tmp_path, monkeypatch):
             files += 1
         elif marker == "output":
             assert last is not None, "an output block with no Python block before it"
-            assert last[1].rstrip("\n").splitlines() == body.rstrip("\n").splitlines(), \
+            assert last[1].rstrip("\n").splitlines() == body.rstrip("\n").splitlines(), (
                 f"this example prints something else than the page shows:\n{last[0]}"
+            )
             checked += 1
             last = None
         elif lang == "python" and not marker.startswith("skip"):

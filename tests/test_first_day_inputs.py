@@ -37,8 +37,11 @@ VIA = ["api", "cli"]
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("tiny")
-    return {"tr": make_transcoder(d / "tr.onnx"), "clf": make_classifier(d / "clf.onnx"),
-            "tr_nc": make_transcoder(d / "tr_nc.onnx", meta=transcoder_metadata("tiny-nc", band="noisecapture"))}
+    return {
+        "tr": make_transcoder(d / "tr.onnx"),
+        "clf": make_classifier(d / "clf.onnx"),
+        "tr_nc": make_transcoder(d / "tr_nc.onnx", meta=transcoder_metadata("tiny-nc", band="noisecapture")),
+    }
 
 
 def _dbfs(n: int, seed: int = 0) -> np.ndarray:
@@ -63,8 +66,21 @@ def _run(capsys, *argv: object) -> tuple[int, str, str]:
 
 
 def _classify_cli(tiny, capsys, inputs, out: Path, *extra: object) -> tuple[int, str, str]:
-    return _run(capsys, "classify", *inputs, "-o", out, "-c", tiny["clf"], "-t", tiny["tr"], "--no-progress",
-                "--block-seconds", "20", *extra)
+    return _run(
+        capsys,
+        "classify",
+        *inputs,
+        "-o",
+        out,
+        "-c",
+        tiny["clf"],
+        "-t",
+        tiny["tr"],
+        "--no-progress",
+        "--block-seconds",
+        "20",
+        *extra,
+    )
 
 
 # ------------------------------------------------------------------ 4. stereo / time-major audio
@@ -114,8 +130,9 @@ def test_levels_far_above_full_scale(via, shift, tiny, tmp_path, capsys):
         code, out, err = _run(capsys, "transcode", src, "-o", tmp_path / "m.npz", "--transcoder", tiny["tr"])
         assert code == 1 and "spl.npz" in err
         assert "--reference SPL --spl-offset" in err and "--reference auto" in err and "reference=" not in err
-        code, out, err = _run(capsys, "transcode", src, "-o", tmp_path / "m.npz", "--transcoder", tiny["tr"],
-                              "--reference", "auto")
+        code, out, err = _run(
+            capsys, "transcode", src, "-o", tmp_path / "m.npz", "--transcoder", tiny["tr"], "--reference", "auto"
+        )
         assert code == 0, err
 
 
@@ -127,8 +144,9 @@ def test_levels_slightly_above_full_scale_warn(via, tiny, tmp_path, capsys):
         with pytest.warns(LevelWarning, match=r"\+4 dB.*frame 3.*1000 Hz"):
             st.classify(lv, classifier=tiny["clf"], transcoder=tiny["tr"])
     else:
-        code, out, err = _run(capsys, "transcode", _npz(tmp_path / "l.npz", lv), "-o", tmp_path / "m.npz",
-                              "--transcoder", tiny["tr"])
+        code, out, err = _run(
+            capsys, "transcode", _npz(tmp_path / "l.npz", lv), "-o", tmp_path / "m.npz", "--transcoder", tiny["tr"]
+        )
         assert code == 0 and "warning:" in err and "+4 dB" in err
 
 
@@ -157,7 +175,9 @@ def test_sample_rate_slip_is_refused(via, rate, tiny, tmp_path, capsys):
 def test_band_limited_audio_is_warned_about(via, tmp_path, capsys):
     x = _noise(1.0, 22050)  # UrbanSound8K's rate: real audio, but nothing above 11 025 Hz
     if via == "api":
-        with pytest.warns(InputWarning, match=r"22050 Hz.*nothing above 11025 Hz.*28251 Hz.*2 top band.*from 10000 Hz up"):
+        with pytest.warns(
+            InputWarning, match=r"22050 Hz.*nothing above 11025 Hz.*28251 Hz.*2 top band.*from 10000 Hz up"
+        ):
             lv = st.third_octave(x, 22050)
         assert lv.shape == (8, 29)
     else:
@@ -219,8 +239,9 @@ def test_input_shorter_than_one_chunk_is_reported(via, tiny, tmp_path, capsys):
         code, out, err = _run(capsys, "analyze", wav, "-o", tmp_path / "h.npz")
         assert code == 0 and "shorter than one 1-s chunk" in out and "padded" in out
         src = _npz(tmp_path / "l.npz", lv)
-        code, out, err = _run(capsys, "transcode", src, "-o", tmp_path / "m.npz", "--transcoder", tiny["tr"],
-                              "--partial", "drop")
+        code, out, err = _run(
+            capsys, "transcode", src, "-o", tmp_path / "m.npz", "--transcoder", tiny["tr"], "--partial", "drop"
+        )
         assert code == 0 and "shorter than one 1-s chunk" in out and "dropped" in out and "empty" in out
 
 
@@ -233,16 +254,19 @@ def test_levels_npy_file(via, tiny, tmp_path, capsys):
         with pytest.raises(st.InputTypeError, match=r"x\.npy.*np\.load"):
             st.classify(str(tmp_path / "x.npy"), classifier=tiny["clf"], transcoder=tiny["tr"])
     else:
-        code, out, err = _run(capsys, "transcode", tmp_path / "x.npy", "-o", tmp_path / "a.npz", "--transcoder",
-                              tiny["tr"])
+        code, out, err = _run(
+            capsys, "transcode", tmp_path / "x.npy", "-o", tmp_path / "a.npz", "--transcoder", tiny["tr"]
+        )
         assert code == 0, err
-        code, out, err = _run(capsys, "transcode", _npz(tmp_path / "x.npz", lv), "-o", tmp_path / "b.npz",
-                              "--transcoder", tiny["tr"])
+        code, out, err = _run(
+            capsys, "transcode", _npz(tmp_path / "x.npz", lv), "-o", tmp_path / "b.npz", "--transcoder", tiny["tr"]
+        )
         with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
             np.testing.assert_array_equal(a["mel"], b["mel"])
         (tmp_path / "x.txt").write_text("1,2,3\n")
-        code, out, err = _run(capsys, "transcode", tmp_path / "x.txt", "-o", tmp_path / "c.npz", "--transcoder",
-                              tiny["tr"])
+        code, out, err = _run(
+            capsys, "transcode", tmp_path / "x.txt", "-o", tmp_path / "c.npz", "--transcoder", tiny["tr"]
+        )
         assert code == 1 and "x.txt" in err and ".npy" in err and "Traceback" not in err
 
 
@@ -270,9 +294,13 @@ def test_output_into_a_closed_pipe(via, home, monkeypatch, capsys):
         assert capsys.readouterr().err == ""  # quietly: no traceback, no message
         return
     # `spectral-transcoder models list | head -0`: the reader is gone before the first line
-    p = subprocess.Popen([sys.executable, "-m", "spectral_transcoder", "models", "list"], cwd=REPO,
-                         env=subprocess_env(SPECTRAL_TRANSCODER_HOME=str(home)), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "spectral_transcoder", "models", "list"],
+        cwd=REPO,
+        env=subprocess_env(SPECTRAL_TRANSCODER_HOME=str(home)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     p.stdout.close()
     err = p.stderr.read().decode()
     p.wait(timeout=120)
@@ -320,8 +348,9 @@ def test_errors_speak_the_callers_language(via, tiny, tmp_path, capsys):
             archives.open_archive(h5)
     else:
         src = _npz(tmp_path / "l.npz", lv)
-        code, out, err = _run(capsys, "transcode", src, "-o", tmp_path / "m.npz", "--transcoder", tiny["tr"],
-                              "--partial", "error")
+        code, out, err = _run(
+            capsys, "transcode", src, "-o", tmp_path / "m.npz", "--transcoder", tiny["tr"], "--partial", "error"
+        )
         assert code == 1 and "--partial drop" in err and "--partial pad" in err and "partial='" not in err
         code, out, err = _classify_cli(tiny, capsys, [h5], tmp_path / "out")
         assert code == 1 and "no dataset 'fast_125ms'" in err
@@ -357,24 +386,55 @@ def test_level_reference_options(via, tiny, tmp_path, capsys):
             st.classify(lv, reference="dbfs", **kw)
     else:
         tr = tiny["tr"]
-        code, _, err = _run(capsys, "transcode", _npz(tmp_path / "a.npz", lv), "-o", tmp_path / "ma.npz",
-                            "--transcoder", tr, "--reference", "auto")
+        code, _, err = _run(
+            capsys,
+            "transcode",
+            _npz(tmp_path / "a.npz", lv),
+            "-o",
+            tmp_path / "ma.npz",
+            "--transcoder",
+            tr,
+            "--reference",
+            "auto",
+        )
         assert code == 0, err
-        code, out, err = _run(capsys, "transcode", _npz(tmp_path / "b.npz", lv + 23.0), "-o", tmp_path / "mb.npz",
-                              "--transcoder", tr, "--reference", "auto")
+        code, out, err = _run(
+            capsys,
+            "transcode",
+            _npz(tmp_path / "b.npz", lv + 23.0),
+            "-o",
+            tmp_path / "mb.npz",
+            "--transcoder",
+            tr,
+            "--reference",
+            "auto",
+        )
         assert code == 0 and "auto" in out
-        code, _, err = _run(capsys, "transcode", _npz(tmp_path / "c.npz", lv + 94.0), "-o", tmp_path / "mc.npz",
-                            "--transcoder", tr, "--reference", "SPL", "--spl-offset", "94")
+        code, _, err = _run(
+            capsys,
+            "transcode",
+            _npz(tmp_path / "c.npz", lv + 94.0),
+            "-o",
+            tmp_path / "mc.npz",
+            "--transcoder",
+            tr,
+            "--reference",
+            "SPL",
+            "--spl-offset",
+            "94",
+        )
         assert code == 0, err
-        code, _, err = _run(capsys, "transcode", _npz(tmp_path / "d.npz", lv), "-o", tmp_path / "md.npz",
-                            "--transcoder", tr)
+        code, _, err = _run(
+            capsys, "transcode", _npz(tmp_path / "d.npz", lv), "-o", tmp_path / "md.npz", "--transcoder", tr
+        )
         with np.load(tmp_path / "ma.npz") as a, np.load(tmp_path / "mb.npz") as b:
             np.testing.assert_allclose(b["mel"], a["mel"], atol=0.02)
             assert float(b["level_offset_db"]) == pytest.approx(float(a["level_offset_db"]) - 23.0, abs=0.011)
         with np.load(tmp_path / "mc.npz") as c, np.load(tmp_path / "md.npz") as d:
             np.testing.assert_allclose(c["mel"], d["mel"], atol=1e-3)
-        code, _, err = _run(capsys, "transcode", tmp_path / "a.npz", "-o", tmp_path / "x.npz", "--transcoder", tr,
-                            "--reference", "SPL")
+        code, _, err = _run(
+            capsys, "transcode", tmp_path / "a.npz", "-o", tmp_path / "x.npz", "--transcoder", tr, "--reference", "SPL"
+        )
         assert code == 1 and "--spl-offset" in err
 
 
@@ -398,12 +458,31 @@ def test_plot_audio_panel_is_the_audio_as_recorded(via, tiny, tmp_path, capsys, 
 
     monkeypatch.setattr(plot, "pipeline_figure", spy)
     if via == "api":
-        r = plot.plot_file(tmp_path / "rec.npy", tmp_path / "p.png", classifier=tiny["clf"], transcoder=tiny["tr"],
-                           audio=wav, reference="auto")
+        r = plot.plot_file(
+            tmp_path / "rec.npy",
+            tmp_path / "p.png",
+            classifier=tiny["clf"],
+            transcoder=tiny["tr"],
+            audio=wav,
+            reference="auto",
+        )
         assert r["ground_truth"]
     else:
-        code, out, err = _run(capsys, "plot", tmp_path / "rec.npy", "-o", tmp_path / "p.png", "-c", tiny["clf"],
-                              "-t", tiny["tr"], "--audio", wav, "--reference", "auto")
+        code, out, err = _run(
+            capsys,
+            "plot",
+            tmp_path / "rec.npy",
+            "-o",
+            tmp_path / "p.png",
+            "-c",
+            tiny["clf"],
+            "-t",
+            tiny["tr"],
+            "--audio",
+            wav,
+            "--reference",
+            "auto",
+        )
         assert code == 0, err
     want = st.mel(x, 32000, "pann")
     np.testing.assert_allclose(seen["gt"], want[: seen["gt"].shape[0]], atol=1e-4)
@@ -449,8 +528,22 @@ def test_noisecapture_jittered_stamps_are_snapped(via, tiny, tmp_path, capsys):
         with pytest.raises(archives.ArchiveError, match=r"dup\.zip, row 30 .*duplicated frame"):
             list(archives.open_archive(path))
     else:
-        code, out, err = _run(capsys, "classify", real, "-o", tmp_path / "out", "-c", tiny["clf"], "-t",
-                              tiny["tr_nc"], "--no-progress", "--reference", "auto", "--windows", "1s")
+        code, out, err = _run(
+            capsys,
+            "classify",
+            real,
+            "-o",
+            tmp_path / "out",
+            "-c",
+            tiny["clf"],
+            "-t",
+            tiny["tr_nc"],
+            "--no-progress",
+            "--reference",
+            "auto",
+            "--windows",
+            "1s",
+        )
         assert code == 0, err
         assert "warning:" in err and "snapped" in err and "largest shift" in err
         t = archives.read_results(tmp_path / "out")

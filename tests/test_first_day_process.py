@@ -44,8 +44,14 @@ def _dbfs(n: int, seed: int = 0) -> np.ndarray:
     return levels(n, seed=seed) - 100.0  # -70..-30 dBFS
 
 
-def _sensor(folder: Path, name: str, n: int = 8 * 40, seed: int = 0, lv: np.ndarray | None = None,
-            times: np.ndarray | None = None) -> Path:
+def _sensor(
+    folder: Path,
+    name: str,
+    n: int = 8 * 40,
+    seed: int = 0,
+    lv: np.ndarray | None = None,
+    times: np.ndarray | None = None,
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     lv = _dbfs(n, seed) if lv is None else lv
     return write_parquet(folder / f"{name}.parquet", grid_times(len(lv)) if times is None else times, lv)
@@ -54,8 +60,9 @@ def _sensor(folder: Path, name: str, n: int = 8 * 40, seed: int = 0, lv: np.ndar
 class Result:
     """What one `process` call gave, through the API or the CLI."""
 
-    def __init__(self, summary=None, error: Exception | None = None, rc: int | None = None, out: str = "",
-                 err: str = ""):
+    def __init__(
+        self, summary=None, error: Exception | None = None, rc: int | None = None, out: str = "", err: str = ""
+    ):
         self.summary, self.error, self.rc, self.out, self.err = summary, error, rc, out, err
 
     @property
@@ -67,14 +74,23 @@ class Result:
         return str(self.error) if self.error is not None else self.err
 
 
-def _process(mode: str, paths, out, tiny, capsys=None, *, classifier: str = "clf", progress: bool = False,
-             **kw) -> Result:
+def _process(
+    mode: str, paths, out, tiny, capsys=None, *, classifier: str = "clf", progress: bool = False, **kw
+) -> Result:
     """Run `process` through the API (errors caught) or `cli.main` (output captured)."""
     kw.setdefault("block_seconds", 20)
     if mode == "api":
         try:
-            return Result(summary=P.process([str(p) for p in paths], out, classifier=tiny[classifier],
-                                            transcoder=tiny["tr"], progress=progress, **kw))
+            return Result(
+                summary=P.process(
+                    [str(p) for p in paths],
+                    out,
+                    classifier=tiny[classifier],
+                    transcoder=tiny["tr"],
+                    progress=progress,
+                    **kw,
+                )
+            )
         except SpectralTranscoderError as exc:
             return Result(error=exc)
     argv = ["process", *map(str, paths), "-o", str(out), "-c", str(tiny[classifier]), "-t", str(tiny["tr"])]
@@ -105,8 +121,12 @@ def test_resume_cleanup_touches_only_this_runs_files(tmp_path, tiny, capsys, mod
     ref = archives.read_results(out)
     run_id = json.loads((out / "_run.json").read_text())["run_id"]
     # the user's own files, dropped into the folder between the two runs
-    mine = {"notes.tmp": b"my notes", ".draft.tmp": b"draft", "part-000042.parquet": b"the user's own part",
-            ".part-000007.parquet.tmp": b"not this run's"}
+    mine = {
+        "notes.tmp": b"my notes",
+        ".draft.tmp": b"draft",
+        "part-000042.parquet": b"the user's own part",
+        ".part-000007.parquet.tmp": b"not this run's",
+    }
     for name, data in mine.items():
         (out / name).write_bytes(data)
     # this run's leftovers from a kill: a half-written part and a part renamed but not recorded
@@ -180,7 +200,7 @@ def test_resume_after_an_input_changed_names_the_file(tmp_path, tiny, capsys, mo
         os.utime(b, ns=(st_b.st_atime_ns, st_b.st_mtime_ns + 5 * NS))
     else:
         lv = _dbfs(8 * 40, seed=2)
-        lv[8 * 3:8 * 5] += 12.0  # the sensor's file was re-exported with corrected levels
+        lv[8 * 3 : 8 * 5] += 12.0  # the sensor's file was re-exported with corrected levels
         _sensor(tmp_path / "in", "b", lv=lv)
         if change == "content_same_mtime":
             os.utime(b, ns=(st_b.st_atime_ns, st_b.st_mtime_ns))
@@ -257,9 +277,25 @@ def test_gaps_error_fails_only_that_file_with_its_position(tmp_path, tiny, capsy
 def test_python_m_cli_exit_status_and_summary(tmp_path, tiny):
     a = _with_sentinel(tmp_path / "in", "a", row=30)
     b = _sensor(tmp_path / "in", "b", seed=4)
-    args = [sys.executable, "-m", "spectral_transcoder", "process", str(a), str(b), "-o", str(tmp_path / "out"),
-            "-c", str(tiny["clf"]), "-t", str(tiny["tr"]), "--block-seconds", "20", "--no-progress",
-            "--gaps", "error"]
+    args = [
+        sys.executable,
+        "-m",
+        "spectral_transcoder",
+        "process",
+        str(a),
+        str(b),
+        "-o",
+        str(tmp_path / "out"),
+        "-c",
+        str(tiny["clf"]),
+        "-t",
+        str(tiny["tr"]),
+        "--block-seconds",
+        "20",
+        "--no-progress",
+        "--gaps",
+        "error",
+    ]
     r = subprocess.run(args, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert f"{a}, row 30" in r.stderr and "1 of 2 files failed" in r.stderr
@@ -283,8 +319,15 @@ def test_a_block_the_models_refuse_fails_its_source_only(tmp_path, tiny, threads
             yield blk
 
     out = tmp_path / f"out{threads}"
-    s = P.process(blocks(), out, classifier=tiny["clf"], transcoder=tiny["tr"], progress=False, n_threads=threads,
-                  blocks_per_part=1)
+    s = P.process(
+        blocks(),
+        out,
+        classifier=tiny["clf"],
+        transcoder=tiny["tr"],
+        progress=False,
+        n_threads=threads,
+        blocks_per_part=1,
+    )
     (e,) = s.errors
     assert e["path"] == str(a.resolve()) and e["position"].startswith("block 2 (2024-03-01T12:00:40")
     assert "far above full scale" in e["message"] and e["blocks_read"] == 2  # the block function's level check

@@ -40,8 +40,13 @@ def _tree(root: Path) -> Path:
     stand-in .venv whose python imports anything."""
     (root / "tools").mkdir(parents=True)
     shutil.copy(REPO / "tools" / "setup.sh", root / "tools" / "setup.sh")
-    for f, text in [("pyproject.toml", "[project]\n"), ("CMakeLists.txt", "project(x)\n"),
-                    ("cpp/k.cpp", "int k;\n"), ("python/spectral_transcoder/__init__.py", ""), ("training/cli.py", "")]:
+    for f, text in [
+        ("pyproject.toml", "[project]\n"),
+        ("CMakeLists.txt", "project(x)\n"),
+        ("cpp/k.cpp", "int k;\n"),
+        ("python/spectral_transcoder/__init__.py", ""),
+        ("training/cli.py", ""),
+    ]:
         (root / f).parent.mkdir(parents=True, exist_ok=True)
         (root / f).write_text(text)
     py = root / ".venv" / "bin" / "python"
@@ -90,7 +95,16 @@ def test_training_tools_run_from_any_folder(tmp_path):
     assert r.returncode == 0, r.stderr
     for command in ("convert", "engine", "fit", "fidelity", "export-fit", "direct"):
         assert command in r.stdout
-    r = subprocess.run([sys.executable, "-c", "import importlib.resources as r, spectral_transcoder_training.paths as p; "
-                        "print(p.repo_root(), (r.files('spectral_transcoder_training') / 'MODEL_CARD.md.in').is_file())"],
-                       cwd=tmp_path, capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import importlib.resources as r, spectral_transcoder_training.paths as p; "
+            "print(p.repo_root(), (r.files('spectral_transcoder_training') / 'MODEL_CARD.md.in').is_file())",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.stdout.split() == ["None", "True"], r.stderr  # defaults never point into site-packages

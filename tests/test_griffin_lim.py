@@ -241,8 +241,12 @@ def test_cli_npy_to_wav(tmp_path, capsys):
     m = st.mel(_chirp_noise(spec, 1.0), spec.sample_rate, spec)
     np.save(tmp_path / "m.npy", m)
     out = tmp_path / "sub" / "m.wav"
-    assert cli.main(["griffin-lim", str(tmp_path / "m.npy"), "-o", str(out), "--spec", "efficientat",
-                     "--iterations", "16"]) == 0
+    assert (
+        cli.main(
+            ["griffin-lim", str(tmp_path / "m.npy"), "-o", str(out), "--spec", "efficientat", "--iterations", "16"]
+        )
+        == 0
+    )
     line = capsys.readouterr().out
     assert "efficientat" in line and "16 iterations" in line and "dB" in line and str(out) in line
     audio, sr = sf.read(str(out), dtype="float32")
@@ -257,8 +261,12 @@ def test_cli_audio_and_npz(tmp_path, capsys):
     wav = tmp_path / "in.wav"
     sf.write(str(wav), _chirp_noise(spec, 1.0), spec.sample_rate)
     out = tmp_path / "true.wav"
-    assert cli.main(["griffin-lim", str(wav), "-o", str(out), "--spec", "yamnet_torchport", "--iterations", "8",
-                     "--normalize"]) == 0
+    assert (
+        cli.main(
+            ["griffin-lim", str(wav), "-o", str(out), "--spec", "yamnet_torchport", "--iterations", "8", "--normalize"]
+        )
+        == 0
+    )
     audio, sr = sf.read(str(out), dtype="float32")
     assert sr == 16000 and abs(np.abs(audio).max() - 10 ** (-1 / 20)) < 1e-4
     # an .npz as `transcode` writes it: the Mel and its spec's JSON; chunks are stitched
@@ -275,8 +283,12 @@ def test_cli_transcoder_pinv(tmp_path, capsys):
 
     wav = tmp_path / "in.wav"
     sf.write(str(wav), _chirp_noise(st.get_mel_spec("pann"), 2.0), 32000)
-    assert cli.main(["griffin-lim", str(wav), "-o", str(tmp_path / "o.wav"), "--transcoder", "pinv:pann",
-                     "--iterations", "4"]) == 0
+    assert (
+        cli.main(
+            ["griffin-lim", str(wav), "-o", str(tmp_path / "o.wav"), "--transcoder", "pinv:pann", "--iterations", "4"]
+        )
+        == 0
+    )
     assert "pinv-pann" in capsys.readouterr().out
     audio, sr = sf.read(str(tmp_path / "o.wav"))
     assert sr == 32000 and audio.shape == (output_length(201, "pann"),)
@@ -302,6 +314,8 @@ def test_cli_errors(tmp_path, capsys, argv_tail, words):
 
 def test_cli_spec_mismatch(tmp_path, capsys):
     """An .npz carries its Mel spec; a different --spec is refused, not silently used."""
-    np.savez(tmp_path / "t.npz", mel=np.zeros((20, 64), np.float32), mel_spec=np.array(st.get_mel_spec("pann").to_json()))
+    np.savez(
+        tmp_path / "t.npz", mel=np.zeros((20, 64), np.float32), mel_spec=np.array(st.get_mel_spec("pann").to_json())
+    )
     assert cli.main(["griffin-lim", str(tmp_path / "t.npz"), "-o", str(tmp_path / "o.wav"), "--spec", "yamnet"]) == 1
     assert "does not match the Mel spec 'pann'" in capsys.readouterr().err

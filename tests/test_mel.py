@@ -211,10 +211,23 @@ def test_frame_counts_around_minimum(name, data):
 
 @pytest.mark.parametrize(
     "name,n,frames",
-    [("pann", 32000, 101), ("pann", 320000, 1001), ("pann", 513, 2), ("yamnet_torchport", 16000, 101),
-     ("yamnet_torchport", 257, 2), ("yamnet", 1, 96), ("yamnet", 15600, 96), ("yamnet", 15601, 144),
-     ("yamnet", 16000, 144), ("yamnet", 23280, 144), ("yamnet", 23281, 192), ("yamnet", 160000, 1008),
-     ("efficientat", 32000, 100), ("efficientat", 320000, 1000), ("efficientat", 514, 2)],
+    [
+        ("pann", 32000, 101),
+        ("pann", 320000, 1001),
+        ("pann", 513, 2),
+        ("yamnet_torchport", 16000, 101),
+        ("yamnet_torchport", 257, 2),
+        ("yamnet", 1, 96),
+        ("yamnet", 15600, 96),
+        ("yamnet", 15601, 144),
+        ("yamnet", 16000, 144),
+        ("yamnet", 23280, 144),
+        ("yamnet", 23281, 192),
+        ("yamnet", 160000, 1008),
+        ("efficientat", 32000, 100),
+        ("efficientat", 320000, 1000),
+        ("efficientat", 514, 2),
+    ],
 )
 def test_known_frame_counts(name, n, frames):
     spec = SPECS[name]
@@ -237,8 +250,19 @@ def test_reflect_padding_needs_more_than_half_a_frame():
     # the real constraint behind min_samples, straight at the kernel
     window = tables.stft_window(SPECS["pann"]).astype(np.float32)
     fb = tables.mel_filterbank(SPECS["pann"]).astype(np.float32)
-    args = dict(hop=320, center=True, win_length=1024, pad_mode="reflect", padded_length=0, preemphasis=0.0,
-                magnitude=False, log_kind="db", log_floor=1e-10, norm_offset=0.0, norm_scale=1.0)
+    args = dict(
+        hop=320,
+        center=True,
+        win_length=1024,
+        pad_mode="reflect",
+        padded_length=0,
+        preemphasis=0.0,
+        magnitude=False,
+        log_kind="db",
+        log_floor=1e-10,
+        norm_offset=0.0,
+        norm_scale=1.0,
+    )
     _core.mel_spectrogram(np.zeros((1, 513), np.float32), window, fb, **args)
     with pytest.raises(ValueError, match="reflect padding"):
         _core.mel_spectrogram(np.zeros((1, 512), np.float32), window, fb, **args)

@@ -118,8 +118,7 @@ def test_level_convention_via_band_spec(tiny):
 
 def test_pinv_matrix_from_metadata(tmp_path):
     a = pinv_matrix("cense_fast", "pann") * 2.0  # a different A must be used, not recomputed
-    path = make_transcoder(tmp_path / "m.onnx", kernel=np.zeros((3, 3), np.float32),
-                           meta=transcoder_metadata(matrix=a))
+    path = make_transcoder(tmp_path / "m.onnx", kernel=np.zeros((3, 3), np.float32), meta=transcoder_metadata(matrix=a))
     tr = Transcoder.from_file(path)
     x = _levels(16)
     np.testing.assert_allclose(tr(x), pinv(x, "pann", matrix=a), atol=1e-5)
@@ -279,8 +278,7 @@ def test_classify_spec_mismatch_and_paths(tiny):
     # paths, and a PINV-only transcoder for a yamnet_torchport classifier (96 frames per chunk)
     res = classify(_levels(16), classifier=str(tiny["clf_yamnet"]), transcoder=Transcoder.pinv("yamnet_torchport"))
     assert res.probs.shape == (2, 5) and res.transcoder_id == "pinv-yamnet_torchport"
-    res2 = classify(_levels(16) + 26, classifier=tiny["clf_yamnet"], transcoder=tiny["cnn_yamnet"],
-                    band_spec=cense26())
+    res2 = classify(_levels(16) + 26, classifier=tiny["clf_yamnet"], transcoder=tiny["cnn_yamnet"], band_spec=cense26())
     assert res2.probs.shape == (2, 5)
     with pytest.raises(InputTypeError):
         classify(_levels(8), classifier=3, transcoder=tiny["cnn"])

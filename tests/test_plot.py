@@ -81,8 +81,16 @@ def test_plot_audio_with_ground_truth(tmp_path, tiny, wav):
 
 def test_plot_archive_with_gaps(tmp_path, tiny, archive):
     path, _ = archive
-    r = plot_file(path, tmp_path / "s.png", classifier=tiny["clf"], transcoder=tiny["tr"], start=5, duration=30,
-                  reference="SPL", spl_offset=-10.0)
+    r = plot_file(
+        path,
+        tmp_path / "s.png",
+        classifier=tiny["clf"],
+        transcoder=tiny["tr"],
+        start=5,
+        duration=30,
+        reference="SPL",
+        spl_offset=-10.0,
+    )
     assert not r["ground_truth"] and r["chunks"] == 30 and r["classified"] == 28  # the NaN row, the 4-frame gap
     assert _png_size(tmp_path / "s.png")[0] > 800
     with pytest.raises(SpecMismatchError, match="cense_slow"):
@@ -94,8 +102,16 @@ def test_pipeline_figure_panels():
     lv = levels(24) - 100.0
     mels = np.random.default_rng(0).normal(size=(3, 96, 64)).astype(np.float32)
     probs = np.array([[0.1, 0.9], [np.nan, np.nan], [0.3, 0.2]], np.float32)
-    fig = pipeline_figure(lv, band_spec=spec, mels=mels, mel_spec=mspec, probs=probs, labels=["a", "b"],
-                          ground_truth=np.zeros((301, 64), np.float32), title="t")
+    fig = pipeline_figure(
+        lv,
+        band_spec=spec,
+        mels=mels,
+        mel_spec=mspec,
+        probs=probs,
+        labels=["a", "b"],
+        ground_truth=np.zeros((301, 64), np.float32),
+        title="t",
+    )
     main = [a for a in fig.axes if a.get_label() != "<colorbar>"]
     assert len(main) == 4 and fig.axes[-1].get_label() == "<colorbar>"
     ticks = [t.get_text() for t in main[-1].get_yticklabels()]
@@ -108,11 +124,32 @@ def test_pipeline_figure_panels():
 def test_cli_plot(tmp_path, tiny, archive, capsys):
     path, _ = archive
     out = tmp_path / "p.png"
-    assert cli.main(["plot", str(path), "-o", str(out), "-c", str(tiny["clf"]), "-t", str(tiny["tr"]),
-                     "--duration", "12", "--start", "2"]) == 0
+    assert (
+        cli.main(
+            [
+                "plot",
+                str(path),
+                "-o",
+                str(out),
+                "-c",
+                str(tiny["clf"]),
+                "-t",
+                str(tiny["tr"]),
+                "--duration",
+                "12",
+                "--start",
+                "2",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "2-14 s, 11/12 chunks classified" in text and "mean probabilities:" in text
     assert _png_size(out)[0] > 800
-    assert cli.main(["plot", str(tmp_path / "nope.parquet"), "-o", str(out), "-c", str(tiny["clf"]),
-                     "-t", str(tiny["tr"])]) == 1
+    assert (
+        cli.main(
+            ["plot", str(tmp_path / "nope.parquet"), "-o", str(out), "-c", str(tiny["clf"]), "-t", str(tiny["tr"])]
+        )
+        == 1
+    )
     assert "no such file" in capsys.readouterr().err

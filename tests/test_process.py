@@ -33,17 +33,28 @@ OWN = ["window", "chunks", "top_labels", "top_scores", "top_indices"]
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("tiny")
-    return {"tr": make_transcoder(d / "tr.onnx"), "clf": make_classifier(d / "clf.onnx"),
-            "clf_yamnet": make_classifier(d / "clf_y.onnx", meta=classifier_metadata("tiny-y", mel="yamnet_torchport"),
-                                          frames=96)}
+    return {
+        "tr": make_transcoder(d / "tr.onnx"),
+        "clf": make_classifier(d / "clf.onnx"),
+        "clf_yamnet": make_classifier(
+            d / "clf_y.onnx", meta=classifier_metadata("tiny-y", mel="yamnet_torchport"), frames=96
+        ),
+    }
 
 
 def _dbfs(n: int, seed: int = 0) -> np.ndarray:
     return levels(n, seed=seed) - 100.0  # -70..-30 dBFS
 
 
-def _sensor(tmp_path: Path, name: str = "s0", n: int = 8 * 45, seed: int = 0, gap_at: int | None = 150,
-            nan_row: int | None = 20, start=T0) -> tuple[Path, np.ndarray]:
+def _sensor(
+    tmp_path: Path,
+    name: str = "s0",
+    n: int = 8 * 45,
+    seed: int = 0,
+    gap_at: int | None = 150,
+    nan_row: int | None = 20,
+    start=T0,
+) -> tuple[Path, np.ndarray]:
     lv = _dbfs(n, seed)
     if nan_row is not None:
         lv[nan_row] = np.nan
@@ -86,8 +97,7 @@ def test_rows_match_classify_and_gaps_are_not_classified(tmp_path, tiny):
     keep = np.r_[np.arange(150), np.arange(155, 365)]
     grid[keep] = lv
     ok = [i for i in range(46) if i not in skipped]
-    res = classify(grid[:360].reshape(45, 8, 29)[ok].reshape(-1, 29), classifier=tiny["clf"],
-                   transcoder=tiny["tr"])
+    res = classify(grid[:360].reshape(45, 8, 29)[ok].reshape(-1, 29), classifier=tiny["clf"], transcoder=tiny["tr"])
     got = np.array([ones[i]["probs"] for i in ok], np.float32)
     np.testing.assert_allclose(got, res.probs, rtol=0, atol=1e-6)
     for i, row in zip(ok, got):
@@ -192,8 +202,9 @@ def test_process_block_is_pure_and_models_load_once(tmp_path, tiny):
 
 def test_pinv_transcoder_and_registry_default(tmp_path, tiny):
     path, _ = _sensor(tmp_path, gap_at=None, nan_row=None, n=8 * 20)
-    s = P.process([path], tmp_path / "p", classifier=tiny["clf"], transcoder="pinv:pann", progress=False,
-                  block_seconds=20)
+    s = P.process(
+        [path], tmp_path / "p", classifier=tiny["clf"], transcoder="pinv:pann", progress=False, block_seconds=20
+    )
     assert s.transcoder == "pinv-pann" and s.rows == 22
     with pytest.raises(st.ModelError, match="no default transcoder"):
         P.process([path], tmp_path / "q", classifier=tiny["clf"], progress=False)
@@ -233,13 +244,17 @@ def test_damaged_files_are_reported_and_the_rest_processed(tmp_path, tiny):
     s = _run(paths, tmp_path / "out", tiny)
     errs = {Path(e["path"]).name: e for e in s.errors}
     assert set(errs) == {"backwards.parquet", "cut.parquet", "dups.parquet", "wrong.parquet"}
-    assert errs["backwards.parquet"]["position"].startswith("row 201") and "backwards" in errs[
-        "backwards.parquet"]["message"]
+    assert (
+        errs["backwards.parquet"]["position"].startswith("row 201")
+        and "backwards" in errs["backwards.parquet"]["message"]
+    )
     # rows 0..159 (one whole block), then rows 160..200 read before the bad row: a short last block
     assert errs["backwards.parquet"]["blocks_read"] == 2
     assert errs["cut.parquet"]["position"] == "file footer"
-    assert errs["dups.parquet"]["position"].startswith("row 300") and "duplicates=\"drop\"" in errs[
-        "dups.parquet"]["message"]
+    assert (
+        errs["dups.parquet"]["position"].startswith("row 300")
+        and 'duplicates="drop"' in errs["dups.parquet"]["message"]
+    )
     assert "28 bands" in errs["wrong.parquet"]["message"] or "has 28" in errs["wrong.parquet"]["message"]
     t = archives.read_results(tmp_path / "out")
     by_sensor = {k: t.column("sensor").to_pylist().count(k) for k in set(t.column("sensor").to_pylist())}
@@ -260,9 +275,27 @@ def test_cli_process_and_alias(tmp_path, tiny, capsys):
     path, _ = _sensor(tmp_path)
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"garbage")
-    argv = [str(path), str(bad), "-o", str(tmp_path / "out"), "-c", str(tiny["clf"]), "-t", str(tiny["tr"]),
-            "--block-seconds", "20", "--no-progress", "--top-k", "2", "--reference", "SPL", "--spl-offset", "94",
-            "--threads", "2"]
+    argv = [
+        str(path),
+        str(bad),
+        "-o",
+        str(tmp_path / "out"),
+        "-c",
+        str(tiny["clf"]),
+        "-t",
+        str(tiny["tr"]),
+        "--block-seconds",
+        "20",
+        "--no-progress",
+        "--top-k",
+        "2",
+        "--reference",
+        "SPL",
+        "--spl-offset",
+        "94",
+        "--threads",
+        "2",
+    ]
     assert cli.main(["process", *argv]) == 1  # a file failed; the other was processed
     out, err = capsys.readouterr()
     assert "3 blocks" in out and "x real time" in out and "tiny-cnn@" in out and "cnn" in out
@@ -281,15 +314,43 @@ def test_kill_9_then_resume_gives_the_same_rows(tmp_path, tiny):
         lv = _dbfs(8 * 1800, seed=i)
         lv[100 * (i + 1)] = np.nan
         paths.append(write_parquet(tmp_path / f"sensor{i}.parquet", grid_times(8 * 1800, start=T0), lv))
-    common = ["-c", str(tiny["clf"]), "-t", str(tiny["tr"]), "--block-seconds", "10", "--no-progress",
-              "--probabilities", "--threads", "1"]
+    common = [
+        "-c",
+        str(tiny["clf"]),
+        "-t",
+        str(tiny["tr"]),
+        "--block-seconds",
+        "10",
+        "--no-progress",
+        "--probabilities",
+        "--threads",
+        "1",
+    ]
     ref = tmp_path / "ref"
     assert cli.main(["process", *map(str, paths), "-o", str(ref), *common]) == 0
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "spectral_transcoder", "process", *map(str, paths), "-o", str(out), *common,
-            "--blocks-per-part", "1"]
-    kill_9_after_manifest_lines(args, out / "_manifest.jsonl", 20, env=_cli_env(), timeout=60, poll=0.005,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        sys.executable,
+        "-m",
+        "spectral_transcoder",
+        "process",
+        *map(str, paths),
+        "-o",
+        str(out),
+        *common,
+        "--blocks-per-part",
+        "1",
+    ]
+    kill_9_after_manifest_lines(
+        args,
+        out / "_manifest.jsonl",
+        20,
+        env=_cli_env(),
+        timeout=60,
+        poll=0.005,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     n_ref = archives.read_results(ref).num_rows
     assert 0 < archives.read_results(out).num_rows < n_ref
     r = subprocess.run(args, env=_cli_env(), capture_output=True, text=True, timeout=300)
@@ -313,8 +374,17 @@ def test_real_yamnet_archive_equals_classify(tmp_path, real_yamnet, golden_clip)
     lv = np.concatenate([tho, tho - 6.0, tho + 3.0])  # 30 s
     lv[100] = np.nan
     path = write_parquet(tmp_path / "clip.parquet", grid_times(len(lv)), lv)
-    s = P.process([path], tmp_path / "out", classifier=clf_path, transcoder=tr_path, progress=False,
-                  block_seconds=10, probabilities=True, reference="SPL", spl_offset=26.0)
+    s = P.process(
+        [path],
+        tmp_path / "out",
+        classifier=clf_path,
+        transcoder=tr_path,
+        progress=False,
+        block_seconds=10,
+        probabilities=True,
+        reference="SPL",
+        spl_offset=26.0,
+    )
     assert s.blocks_done == 3 and s.errors == []
     t = archives.read_results(tmp_path / "out")
     ones = _rows(t, "1s")
@@ -323,8 +393,12 @@ def test_real_yamnet_archive_equals_classify(tmp_path, real_yamnet, golden_clip)
     res = classify((lv - 26.0).reshape(30, 8, 29)[ok].reshape(-1, 29), classifier=clf_path, transcoder=tr_path)
     np.testing.assert_allclose([ones[i]["probs"] for i in ok], res.probs, rtol=0, atol=1e-6)
     assert len(ones[0]["probs"]) == 521
-    assert json.loads(json.dumps(archives.read_run_info(tmp_path / "out")))["options"]["input"]["block_options"][
-        "spl_offset"] == 26.0
+    assert (
+        json.loads(json.dumps(archives.read_run_info(tmp_path / "out")))["options"]["input"]["block_options"][
+            "spl_offset"
+        ]
+        == 26.0
+    )
 
 
 # ------------------------------------------------------------------ bench
@@ -342,9 +416,13 @@ def test_level_archive_and_cli_bench(tmp_path, tiny, capsys):
     assert (np.diff(ns) == 125_000_000).all()
     lv = np.stack([t.column(i + 1).to_numpy() for i in range(29)], axis=1)
     # loops of the clips with a gain offset per repetition and small noise
-    first = min((lv[:len(c)] - c for c in clips), key=np.std)  # whichever clip the shuffle put first
+    first = min((lv[: len(c)] - c for c in clips), key=np.std)  # whichever clip the shuffle put first
     assert np.std(first) < 1.0 and abs(np.mean(first)) < 12.5
-    assert cli.main(["bench", "-c", str(tiny["clf"]), "-t", str(tiny["tr"]), "--minutes", "0.5",
-                     "--dir", str(tmp_path / "b")]) == 0
+    assert (
+        cli.main(
+            ["bench", "-c", str(tiny["clf"]), "-t", str(tiny["tr"]), "--minutes", "0.5", "--dir", str(tmp_path / "b")]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "single process:" in out and "x real time (30 s in" in out and "RSS peak" in out and "cnn" in out

@@ -18,8 +18,9 @@ from spectral_transcoder.models import Classifier, Transcoder, classify
 def files(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("reg")
     return {
-        "clf": make_classifier(d / "clf.onnx", meta=classifier_metadata("yamnet-torchport", mel="yamnet_torchport"),
-                               frames=96),
+        "clf": make_classifier(
+            d / "clf.onnx", meta=classifier_metadata("yamnet-torchport", mel="yamnet_torchport"), frames=96
+        ),
         "cnn": make_transcoder(d / "cnn.onnx", meta=transcoder_metadata("yamnet-cnn-logits", mel="yamnet_torchport")),
         "cnn_pann": make_transcoder(d / "cnn_pann.onnx", meta=transcoder_metadata("pann-cnn-logits")),
         "plain": make_transcoder(d / "plain.onnx", with_meta=False),
@@ -141,8 +142,9 @@ def test_packaged_transcoders(home, files, tmp_path, monkeypatch):
     with pytest.raises(ModelError):
         registry.resolve("yamnet", "classifier")  # packaged files are transcoders
     # a checksum recorded beside the packaged files is verified
-    (pkg / "index.json").write_text(json.dumps({"format": 1, "models": {"transcoder": {"yamnet": {
-        "file": "yamnet.onnx", "sha256": "f" * 64}}}}))
+    (pkg / "index.json").write_text(
+        json.dumps({"format": 1, "models": {"transcoder": {"yamnet": {"file": "yamnet.onnx", "sha256": "f" * 64}}}})
+    )
     with pytest.raises(ModelError, match="checksum"):
         Transcoder.load("yamnet")
     # the user cache wins over the package

@@ -137,8 +137,11 @@ def test_shipped_int8_transcoder_is_its_float_model_quantised(name, package_only
     assert f"`{name}`" in card and f"`{INT8[name]}.md`" in card and "best class unchanged" in card
 
 
-@pytest.mark.parametrize("path", sorted(registry.package_dir().glob("*.onnx")) + sorted(registry.package_dir().glob("*.md")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    sorted(registry.package_dir().glob("*.onnx")) + sorted(registry.package_dir().glob("*.md")),
+    ids=lambda p: p.name,
+)
 def test_shipped_files_name_no_machine_paths(path):
     """Shipped model files and cards carried the trainer's folders (issue 15, item 18)."""
     import re as _re
@@ -152,13 +155,19 @@ def test_scrub_machine_paths_keeps_the_model_and_its_provenance_readable():
     pytest.importorskip("torch")
     from training.export import scrub_machine_paths
 
-    m = onnx.helper.make_model(onnx.helper.make_graph(
-        [onnx.helper.make_node("Identity", ["x"], ["y"], doc_string="File /home/me/src/net.py, line 3")],
-        "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]))
+    m = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", ["x"], ["y"], doc_string="File /home/me/src/net.py, line 3")],
+            "g",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+        )
+    )
     m.graph.node[0].metadata_props.add(key="pkg.torch.onnx.stack_trace", value="/root/venv/lib/x.py")
-    m.metadata_props.add(key="st.metrics", value='{"run": "/work/runs/full/run-a, best epoch 4", "ratio": "1/3 octave", '
-                         '"top": "/m/09x0r"}')
+    m.metadata_props.add(
+        key="st.metrics",
+        value='{"run": "/work/runs/full/run-a, best epoch 4", "ratio": "1/3 octave", "top": "/m/09x0r"}',
+    )
     scrub_machine_paths(m)
     onnx.checker.check_model(m)
     assert m.graph.node[0].doc_string == "" and len(m.graph.node[0].metadata_props) == 0

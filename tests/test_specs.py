@@ -41,7 +41,37 @@ def test_cense_fast_bands():
     spec = st.get_band_spec("cense_fast")
     lo, hi = tables.band_bin_ranges(spec)
     widths = (hi - lo + 1).tolist()
-    assert widths == [1, 2, 2, 2, 3, 3, 3, 4, 5, 5, 7, 9, 10, 13, 15, 20, 25, 30, 38, 48, 60, 75, 95, 118, 149, 188, 235, 297, 373]
+    assert widths == [
+        1,
+        2,
+        2,
+        2,
+        3,
+        3,
+        3,
+        4,
+        5,
+        5,
+        7,
+        9,
+        10,
+        13,
+        15,
+        20,
+        25,
+        30,
+        38,
+        48,
+        60,
+        75,
+        95,
+        118,
+        149,
+        188,
+        235,
+        297,
+        373,
+    ]
     assert (lo[1:] == hi[:-1]).all()  # neighbours share exactly one bin
     assert spec.center_frequencies[17] == 1000.0
     assert abs(tables.band_energy_correction(spec) - 1.0690449661) < 1e-9
@@ -49,8 +79,14 @@ def test_cense_fast_bands():
 
 @pytest.mark.parametrize(
     "name,n_samples,frames",
-    [("pann", 32000, 101), ("yamnet_torchport", 16000, 101), ("efficientat", 32000, 100),
-     ("yamnet", 16000, 144), ("yamnet", 160000, 1008), ("efficientat", 320000, 1000)],
+    [
+        ("pann", 32000, 101),
+        ("yamnet_torchport", 16000, 101),
+        ("efficientat", 32000, 100),
+        ("yamnet", 16000, 144),
+        ("yamnet", 160000, 1008),
+        ("efficientat", 320000, 1000),
+    ],
 )
 def test_mel_frame_counts(name, n_samples, frames):
     assert st.get_mel_spec(name).n_frames(n_samples) == frames

@@ -194,9 +194,7 @@ def test_resampled_input_44k1():
 def test_int16_is_scaled_to_full_scale():
     x = _sine(1000.0, SR, amp=0.5)
     pcm = np.round(x * 32767).astype(np.int16)
-    np.testing.assert_allclose(
-        third_octave(pcm, SR), third_octave(pcm.astype(np.float32) / 32768, SR), atol=1e-4
-    )
+    np.testing.assert_allclose(third_octave(pcm, SR), third_octave(pcm.astype(np.float32) / 32768, SR), atol=1e-4)
     np.testing.assert_allclose(third_octave(pcm, SR)[:7, 17], SINE_DB + 20 * np.log10(0.5), atol=2e-3)
 
 
@@ -235,8 +233,15 @@ def test_bad_audio(audio, error):
         third_octave(audio, SR)
 
 
-@pytest.mark.parametrize("sr,error", [(0, st.InvalidInputError), (-8000, st.InvalidInputError),
-                                      (float("nan"), st.InvalidInputError), ("32k", st.InputTypeError)])
+@pytest.mark.parametrize(
+    "sr,error",
+    [
+        (0, st.InvalidInputError),
+        (-8000, st.InvalidInputError),
+        (float("nan"), st.InvalidInputError),
+        ("32k", st.InputTypeError),
+    ],
+)
 def test_bad_sample_rate(sr, error):
     with pytest.raises(error, match="sample_rate"):
         third_octave(np.zeros(100, np.float32), sr)

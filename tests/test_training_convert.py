@@ -94,8 +94,9 @@ class _Converted:
             out = self.root / f"{name}.onnx"
             from training.export import export_onnx
 
-            export_onnx(c.module, c.metadata, out, example=c.example, dynamic_frames=c.dynamic_frames,
-                        min_frames=c.min_frames)
+            export_onnx(
+                c.module, c.metadata, out, example=c.example, dynamic_frames=c.dynamic_frames, min_frames=c.min_frames
+            )
             self.cache[key] = (out, c)
         return self.cache[key]
 
@@ -162,8 +163,13 @@ def yamnet_golden() -> dict:
 @pytest.fixture(scope="session")
 def yamnet_tflite(converted):
     m = _models_dir()
-    return converted("yamnet-tflite", m / "yamnet_int8.tflite", "yamnet",
-                     yamnet_class_map=m / "yamnet_class_map.csv", labels=m / "class_labels_indices.csv")
+    return converted(
+        "yamnet-tflite",
+        m / "yamnet_int8.tflite",
+        "yamnet",
+        yamnet_class_map=m / "yamnet_class_map.csv",
+        labels=m / "class_labels_indices.csv",
+    )
 
 
 def test_yamnet_tflite_matches_golden(yamnet_tflite, yamnet_golden):
@@ -173,9 +179,11 @@ def test_yamnet_tflite_matches_golden(yamnet_tflite, yamnet_golden):
     _assert_ort_matches_torch(sess, c.module, x)
     probs, logits, emb = sess.run(None, {"mel": x})
     err = float(np.max(np.abs(probs - yamnet_golden["probs"])))
-    print(f"yamnet_int8.tflite: probs max |err| vs golden = {err:.3g}; "
-          f"logits {np.max(np.abs(logits - yamnet_golden['logits'])):.3g}; "
-          f"embeddings {np.max(np.abs(emb - yamnet_golden['embeddings'])):.3g}")
+    print(
+        f"yamnet_int8.tflite: probs max |err| vs golden = {err:.3g}; "
+        f"logits {np.max(np.abs(logits - yamnet_golden['logits'])):.3g}; "
+        f"embeddings {np.max(np.abs(emb - yamnet_golden['embeddings'])):.3g}"
+    )
     assert err <= 1e-4
     # the torch-port patches through the same body (cross-check array of the golden)
     p2 = sess.run(["probs"], {"mel": yamnet_golden["patches_torchport"]})[0]
@@ -199,13 +207,19 @@ def test_yamnet_metadata_and_labels(yamnet_tflite):
 
 def test_yamnet_perchannel_tflite(converted, yamnet_golden):
     m = _models_dir()
-    path, c = converted("yamnet-tflite", m / "yamnet_int8_perchannel.tflite", "yamnet-perchannel",
-                        yamnet_class_map=m / "yamnet_class_map.csv")
+    path, c = converted(
+        "yamnet-tflite",
+        m / "yamnet_int8_perchannel.tflite",
+        "yamnet-perchannel",
+        yamnet_class_map=m / "yamnet_class_map.csv",
+    )
     assert c.metadata.extra["weights"]["quantization"].get("per-channel", 0) > 0
     probs = _session(path).run(["probs"], {"mel": yamnet_golden["patches"]})[0]
     err = float(np.max(np.abs(probs - yamnet_golden["probs_perchannel_tfhub"])))
-    print(f"yamnet_int8_perchannel.tflite: probs max |err| vs probs_perchannel_tfhub = {err:.3g}; "
-          f"vs the per-tensor golden probs {np.max(np.abs(probs - yamnet_golden['probs'])):.3g}")
+    print(
+        f"yamnet_int8_perchannel.tflite: probs max |err| vs probs_perchannel_tfhub = {err:.3g}; "
+        f"vs the per-tensor golden probs {np.max(np.abs(probs - yamnet_golden['probs'])):.3g}"
+    )
     assert err <= 1e-4
     # without --labels the indices stay YAMNet's own, and the metadata says so
     assert [lb.index for lb in c.metadata.labels] == list(range(521))
@@ -214,8 +228,13 @@ def test_yamnet_perchannel_tflite(converted, yamnet_golden):
 
 def test_yamnet_torchport_input_spec(converted):
     m = _models_dir()
-    _, c = converted("yamnet-tflite", m / "yamnet_int8.tflite", "yamnet-torchport",
-                     yamnet_class_map=m / "yamnet_class_map.csv", input_spec="yamnet_torchport")
+    _, c = converted(
+        "yamnet-tflite",
+        m / "yamnet_int8.tflite",
+        "yamnet-torchport",
+        yamnet_class_map=m / "yamnet_class_map.csv",
+        input_spec="yamnet_torchport",
+    )
     assert c.metadata.input_spec.name == "yamnet_torchport" and c.metadata.name == "yamnet-torchport"
 
 
@@ -228,11 +247,16 @@ def _write_keras_yamnet_h5(path: Path, sd: dict, *, classifier_group: str = "log
     layers: list[tuple[str, list[tuple[str, np.ndarray]]]] = []
 
     def bn(keras: str, torch_prefix: str) -> None:
-        layers.append((f"{keras}/bn", [
-            (f"{keras}/bn/beta:0", np_(f"{torch_prefix}.bn.bias")),
-            (f"{keras}/bn/moving_mean:0", np_(f"{torch_prefix}.bn.running_mean")),
-            (f"{keras}/bn/moving_variance:0", np_(f"{torch_prefix}.bn.running_var")),
-        ]))
+        layers.append(
+            (
+                f"{keras}/bn",
+                [
+                    (f"{keras}/bn/beta:0", np_(f"{torch_prefix}.bn.bias")),
+                    (f"{keras}/bn/moving_mean:0", np_(f"{torch_prefix}.bn.running_mean")),
+                    (f"{keras}/bn/moving_variance:0", np_(f"{torch_prefix}.bn.running_var")),
+                ],
+            )
+        )
 
     layers.append(("input_1", []))
     layers.append(("layer1/conv", [("layer1/conv/kernel:0", np_("layer1.fused.conv.weight").transpose(2, 3, 1, 0))]))
@@ -300,8 +324,12 @@ def test_yamnet_h5_key_errors(tmp_path):
     torch.manual_seed(0)
     sd = YAMNet().state_dict()
     h5 = tmp_path / "bad.h5"
-    _write_keras_yamnet_h5(h5, sd, drop=("layer7/pointwise_conv/bn/layer7/pointwise_conv/bn/moving_mean:0",),
-                           extra=(("layer15/conv/kernel:0", (3,)),))
+    _write_keras_yamnet_h5(
+        h5,
+        sd,
+        drop=("layer7/pointwise_conv/bn/layer7/pointwise_conv/bn/moving_mean:0",),
+        extra=(("layer15/conv/kernel:0", (3,)),),
+    )
     with pytest.raises(CheckpointError) as exc:
         build("yamnet-h5", h5, yamnet_class_map=_models_dir() / "yamnet_class_map.csv")
     msg = str(exc.value)
@@ -313,8 +341,9 @@ def test_yamnet_h5_key_errors(tmp_path):
 @pytest.mark.slow
 def test_efficientat_matches_golden(converted):
     m = _models_dir()
-    path, c = converted("efficientat", m / "mn04_as_mAP_432.pt", "efficientat-mn04",
-                        labels=m / "class_labels_indices.csv")
+    path, c = converted(
+        "efficientat", m / "mn04_as_mAP_432.pt", "efficientat-mn04", labels=m / "class_labels_indices.csv"
+    )
     with np.load(shared_file("reference", "golden", "efficientat_mn04.npz")) as z:
         g = dict(z)
     sess = _session(path)
@@ -437,11 +466,14 @@ def test_transcoder_without_settings(tmp_path):
         build("transcoder", src)
 
 
-@pytest.mark.parametrize("kind,file,opts", [
-    ("efficientat", "mn04_as_mAP_432.pt", {"labels": "class_labels_indices.csv"}),
-    ("yamnet-tflite", "yamnet_int8.tflite", {"yamnet_class_map": "yamnet_class_map.csv"}),
-    ("pann-resnet38", "mn04_as_mAP_432.pt", {"labels": "class_labels_indices.csv"}),
-])
+@pytest.mark.parametrize(
+    "kind,file,opts",
+    [
+        ("efficientat", "mn04_as_mAP_432.pt", {"labels": "class_labels_indices.csv"}),
+        ("yamnet-tflite", "yamnet_int8.tflite", {"yamnet_class_map": "yamnet_class_map.csv"}),
+        ("pann-resnet38", "mn04_as_mAP_432.pt", {"labels": "class_labels_indices.csv"}),
+    ],
+)
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
 def test_truncated_or_corrupt_files(tmp_path, kind, file, opts, damage):
     m = _models_dir()
@@ -492,8 +524,14 @@ def test_cli_errors(tmp_path, capsys):
 
 
 def test_cli_help_subprocess():
-    r = subprocess.run([sys.executable, "-m", "training", "convert", "--help"], capture_output=True, text=True,
-                       cwd=REPO, env=subprocess_env(PATH="/usr/bin:/bin"), timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "training", "convert", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=subprocess_env(PATH="/usr/bin:/bin"),
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     for word in ("yamnet-tflite", "pann-resnet38", "--yamnet-class-map", "--input-spec", "zenodo.org/record/3987831"):
         assert word in r.stdout

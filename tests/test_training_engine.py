@@ -93,8 +93,18 @@ def test_build_resume_and_read(tmp_path, pool_records, shared):
     from training.engine import HeldoutConfig, HeldoutStore, SceneStore, build_heldout, build_scenes
 
     models = str(shared / "models")
-    held = [dict(_write(tmp_path / "held" / "us.wav", 3.5, 9), domain="urban", source="us8k", group="us8k:1",
-                 licence="CC-BY-NC-3.0", sample_rate=RATE, channels=1, fold=2)]
+    held = [
+        dict(
+            _write(tmp_path / "held" / "us.wav", 3.5, 9),
+            domain="urban",
+            source="us8k",
+            group="us8k:1",
+            licence="CC-BY-NC-3.0",
+            sample_rate=RATE,
+            channels=1,
+            fold=2,
+        )
+    ]
     index = str(_index(tmp_path, pool_records, held))
     out = tmp_path / "engine"
     cfg = HeldoutConfig(heldout_fraction=0.0, valid_fraction=0.0)
@@ -127,8 +137,18 @@ def test_fidelity_cli_on_a_tiny_engine(tmp_path, pool_records, shared, capsys):
     from training.fidelity import evaluate_fidelity, format_report, merge_results
 
     models = str(shared / "models")
-    held = [dict(_write(tmp_path / "held" / f"h{i}.wav", 2.5, 20 + i), domain=d, source="x", group=f"g{i}",
-                 licence="CC0", sample_rate=RATE, channels=1) for i, d in enumerate(["urban", "speech", "urban"])]
+    held = [
+        dict(
+            _write(tmp_path / "held" / f"h{i}.wav", 2.5, 20 + i),
+            domain=d,
+            source="x",
+            group=f"g{i}",
+            licence="CC0",
+            sample_rate=RATE,
+            channels=1,
+        )
+        for i, d in enumerate(["urban", "speech", "urban"])
+    ]
     index = str(_index(tmp_path, [], held))
     cfg = HeldoutConfig(heldout_fraction=1.0, valid_fraction=0.0)
     build_heldout(index, tmp_path / "e", teachers=["yamnet"], heldout=cfg, models_dir=models, log=lambda m: None)
@@ -196,18 +216,44 @@ def test_fit_runs_resumes_and_selects_by_fidelity(tmp_path, pool_records, shared
     from training.loop import FitConfig, fit, load_fit
 
     models = str(shared / "models")
-    held = [dict(_write(tmp_path / "held" / f"h{i}.wav", 2.5, 30 + i), domain="urban", source="x", group=f"g{i}",
-                 licence="CC0", sample_rate=RATE, channels=1, fold=None) for i in range(2)]
+    held = [
+        dict(
+            _write(tmp_path / "held" / f"h{i}.wav", 2.5, 30 + i),
+            domain="urban",
+            source="x",
+            group=f"g{i}",
+            licence="CC0",
+            sample_rate=RATE,
+            channels=1,
+            fold=None,
+        )
+        for i in range(2)
+    ]
     index = str(_index(tmp_path, pool_records, held))
     out = tmp_path / "engine"
     cfg = HeldoutConfig(heldout_fraction=0.0, valid_fraction=0.0)
     # Scenes come from the pool; the valid split from a second index holding only the two held-out files.
-    build_scenes(index, out, n_scenes=4, teachers=["yamnet"], heldout=cfg, shard_scenes=2, workers=1,
-                 models_dir=models, log=lambda m: None)
+    build_scenes(
+        index,
+        out,
+        n_scenes=4,
+        teachers=["yamnet"],
+        heldout=cfg,
+        shard_scenes=2,
+        workers=1,
+        models_dir=models,
+        log=lambda m: None,
+    )
     (tmp_path / "i2").mkdir()
     index2 = str(_index(tmp_path / "i2", [], held))
-    build_heldout(index2, out, teachers=["yamnet"], heldout=HeldoutConfig(heldout_fraction=1.0, valid_fraction=1.0),
-                  models_dir=models, log=lambda m: None)
+    build_heldout(
+        index2,
+        out,
+        teachers=["yamnet"],
+        heldout=HeldoutConfig(heldout_fraction=1.0, valid_fraction=1.0),
+        models_dir=models,
+        log=lambda m: None,
+    )
     fc = FitConfig(teacher="yamnet", steps=2, eval_every=1, scenes_per_batch=2, channels=8, warmup=1)
     logs: list[str] = []
     r = fit(out, tmp_path / "run", fc, models_dir=models, log=logs.append)
@@ -228,11 +274,22 @@ def test_fit_runs_resumes_and_selects_by_fidelity(tmp_path, pool_records, shared
     # scored beside the transcoder from its own probabilities (no Mel, so no Mel MSE).
     from training.direct import DirectConfig, fit_direct
 
-    d = fit_direct(out, tmp_path / "direct", DirectConfig(teacher="yamnet", steps=2, eval_every=1, batch=4,
-                                                          channels=8, warmup=1), log=lambda m: None)
+    d = fit_direct(
+        out,
+        tmp_path / "direct",
+        DirectConfig(teacher="yamnet", steps=2, eval_every=1, batch=4, channels=8, warmup=1),
+        log=lambda m: None,
+    )
     assert d["step"] == 2 and len(d["history"]) == 2 and (tmp_path / "direct" / "best.pt").is_file()
-    res = evaluate_fidelity(out, "yamnet", [f"fit:{tmp_path / 'run'}", f"direct:{tmp_path / 'direct'}"],
-                            split="valid", n_boot=10, models_dir=models, log=lambda m: None)
+    res = evaluate_fidelity(
+        out,
+        "yamnet",
+        [f"fit:{tmp_path / 'run'}", f"direct:{tmp_path / 'direct'}"],
+        split="valid",
+        n_boot=10,
+        models_dir=models,
+        log=lambda m: None,
+    )
     (fit_rep, direct_rep) = res["reports"].values()
     assert fit_rep["all"]["mel_mse"] is not None and direct_rep["all"]["mel_mse"] is None
     assert direct_rep["all"]["n_clips"] == 2
@@ -256,11 +313,28 @@ def test_exported_context_transcoder_runs_in_the_package_as_in_torch(tmp_path, t
             p.normal_(0, 0.05)
     run = tmp_path / "run"
     run.mkdir()
-    meta = {"config": {"steps": 1, "kd_temperature": 2.0}, "mel_spec": "yamnet", "band_spec": "cense_fast",
-            "teacher": {"name": "yamnet", "kind": "yamnet-tflite", "source": "t.tflite", "sha256": "0" * 64,
-                        "n_classes": 521}}
-    torch.save({"model": model.state_dict(), "model_config": model.config, "step": 1,
-                "report": {"all": {"clip_ptopafc": 0.5}}, "meta": meta}, run / "best.pt")
+    meta = {
+        "config": {"steps": 1, "kd_temperature": 2.0},
+        "mel_spec": "yamnet",
+        "band_spec": "cense_fast",
+        "teacher": {
+            "name": "yamnet",
+            "kind": "yamnet-tflite",
+            "source": "t.tflite",
+            "sha256": "0" * 64,
+            "n_classes": 521,
+        },
+    }
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "model_config": model.config,
+            "step": 1,
+            "report": {"all": {"clip_ptopafc": 0.5}},
+            "meta": meta,
+        },
+        run / "best.pt",
+    )
     out = tmp_path / "ctx.onnx"
     export_fit(run, out, name="ctx-test")
     card = out.with_suffix(".md").read_text()

@@ -205,8 +205,16 @@ def test_invariant_to_chunk_order():
     kw = dict(n_boot=200, seed=3)
     r = fidelity_report(teacher, model, clip, dom, groups=groups, teacher_mel=mel_t, model_mel=mel_m, **kw)
     perm = np.random.default_rng(9).permutation(clip.size)
-    rp = fidelity_report(teacher[perm], model[perm], clip[perm], dom[perm], groups=groups[perm],
-                         teacher_mel=mel_t[perm], model_mel=mel_m[perm], **kw)
+    rp = fidelity_report(
+        teacher[perm],
+        model[perm],
+        clip[perm],
+        dom[perm],
+        groups=groups[perm],
+        teacher_mel=mel_t[perm],
+        model_mel=mel_m[perm],
+        **kw,
+    )
     assert_reports_close(r, rp)
 
 
@@ -227,8 +235,9 @@ def test_bounds_and_baseline_properties(n_clips, chunks_per_clip, seed):
 def test_tables_and_commonest_method():
     teacher, model, clip, groups, dom = random_case(6, n_clips=90)
     ours = fidelity_report(teacher, model, clip, dom, groups=groups, domain_names=["a", "b", "c"], n_boot=100)
-    worse = fidelity_report(teacher, np.roll(model, 1, axis=1), clip, dom, groups=groups,
-                            domain_names=["a", "b", "c"], n_boot=100)
+    worse = fidelity_report(
+        teacher, np.roll(model, 1, axis=1), clip, dom, groups=groups, domain_names=["a", "b", "c"], n_boot=100
+    )
     base = commonest_method(ours)
     b = ours["all"]["commonest_baseline"]
     assert base["all"]["clip_ptopafc"] == b["clip_ptopafc"] and base["all"]["kl"] is None
@@ -251,10 +260,23 @@ def test_tables_and_commonest_method():
 @pytest.mark.parametrize("name", ["model_probs", "clip_ids", "domains", "groups", "teacher_mel", "model_mel"])
 def test_mismatched_shapes_name_the_argument(name):
     teacher, model, clip = tiny()
-    kw = dict(teacher_probs=teacher, model_probs=model, clip_ids=clip, domains=np.zeros(6, int),
-              groups=clip, teacher_mel=np.zeros((6, 2, 3)), model_mel=np.zeros((6, 2, 3)))
-    bad = {"model_probs": model[:, :5], "clip_ids": clip[:5], "domains": np.zeros(7, int), "groups": clip[:, None],
-           "teacher_mel": np.zeros((5, 2, 3)), "model_mel": np.zeros((6, 3, 2))}
+    kw = dict(
+        teacher_probs=teacher,
+        model_probs=model,
+        clip_ids=clip,
+        domains=np.zeros(6, int),
+        groups=clip,
+        teacher_mel=np.zeros((6, 2, 3)),
+        model_mel=np.zeros((6, 2, 3)),
+    )
+    bad = {
+        "model_probs": model[:, :5],
+        "clip_ids": clip[:5],
+        "domains": np.zeros(7, int),
+        "groups": clip[:, None],
+        "teacher_mel": np.zeros((5, 2, 3)),
+        "model_mel": np.zeros((6, 3, 2)),
+    }
     with pytest.raises(InvalidInputError, match=name) as e:
         fidelity_report(**{**kw, name: bad[name]})
     assert isinstance(e.value, ValueError)
@@ -292,12 +314,18 @@ def test_evaluate_reexports_the_metrics():
 def test_selection_score_balances_domains():
     """A model that is right on a big easy domain and wrong on a smaller one ranks below one
     that is right on both halves as often, although the overall clip figures favour it."""
+
     def dom(n, clip):
         return {"n_clips": n, "clip_ptopafc": clip}
-    easy_only = {"all": {"clip_ptopafc": 0.8, "macro_ptopafc": 0.2},
-                 "by_domain": {"speech": dom(80, 1.0), "urban": dom(20, 0.0), "field": dom(3, 1.0)}}
-    balanced = {"all": {"clip_ptopafc": 0.7, "macro_ptopafc": 0.2},
-                "by_domain": {"speech": dom(80, 0.7), "urban": dom(20, 0.7), "field": dom(3, 0.0)}}
+
+    easy_only = {
+        "all": {"clip_ptopafc": 0.8, "macro_ptopafc": 0.2},
+        "by_domain": {"speech": dom(80, 1.0), "urban": dom(20, 0.0), "field": dom(3, 1.0)},
+    }
+    balanced = {
+        "all": {"clip_ptopafc": 0.7, "macro_ptopafc": 0.2},
+        "by_domain": {"speech": dom(80, 0.7), "urban": dom(20, 0.7), "field": dom(3, 0.0)},
+    }
     assert selection_score(easy_only) == pytest.approx((0.5 + 0.2) / 2)  # the 3-clip domain is ignored
     assert selection_score(balanced) == pytest.approx((0.7 + 0.2) / 2)
     assert selection_score(balanced) > selection_score(easy_only)

@@ -116,11 +116,26 @@ def test_pann_shapes_and_min_frames():
 
 def _meta(kind, name, **kw):
     if kind == "transcoder":
-        return ModelMetadata(kind="transcoder", name=name, input_spec=get_band_spec("cense_fast"),
-                             output_spec=get_mel_spec("pann"), source="random", source_sha256="0" * 64,
-                             license="test", **kw)
-    return ModelMetadata(kind="classifier", name=name, input_spec=get_mel_spec(kw.pop("spec")), output_spec=None,
-                         source="random", source_sha256="0" * 64, license="test", **kw)
+        return ModelMetadata(
+            kind="transcoder",
+            name=name,
+            input_spec=get_band_spec("cense_fast"),
+            output_spec=get_mel_spec("pann"),
+            source="random",
+            source_sha256="0" * 64,
+            license="test",
+            **kw,
+        )
+    return ModelMetadata(
+        kind="classifier",
+        name=name,
+        input_spec=get_mel_spec(kw.pop("spec")),
+        output_spec=None,
+        source="random",
+        source_sha256="0" * 64,
+        license="test",
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +165,7 @@ def test_cnn_onnx_file(cnn_onnx):
 def test_cnn_onnx_matches_torch(cnn_onnx, batch, frames, scale):
     m, path = cnn_onnx
     sess = _session(path)
-    x = (torch.randn(batch, frames, 64, generator=torch.Generator().manual_seed(batch * 1000 + frames)) * scale)
+    x = torch.randn(batch, frames, 64, generator=torch.Generator().manual_seed(batch * 1000 + frames)) * scale
     with torch.no_grad():
         ref = m(x).numpy()
     got = sess.run(None, {"mel": x.numpy()})[0]
@@ -170,8 +185,14 @@ def _session(path):
 def test_yamnet_onnx_fixed_frames_and_outputs(tmp_path):
     torch.manual_seed(1)
     m = YAMNet().eval()
-    path = export_onnx(m, _meta("classifier", "yamnet-random", spec="yamnet"), tmp_path / "y.onnx",
-                       example=torch.randn(2, 96, 64), dynamic_frames=False, min_frames=96)
+    path = export_onnx(
+        m,
+        _meta("classifier", "yamnet-random", spec="yamnet"),
+        tmp_path / "y.onnx",
+        example=torch.randn(2, 96, 64),
+        dynamic_frames=False,
+        min_frames=96,
+    )
     model = onnx.load(str(path))
     assert [o.name for o in model.graph.output] == ["probs", "logits", "embedding"]
     dims = model.graph.input[0].type.tensor_type.shape.dim
@@ -188,8 +209,14 @@ def test_torchscript_exporter_fallback_path(tmp_path):
     # The legacy exporter (used when the dynamo exporter fails) gives the same names and values.
     torch.manual_seed(2)
     m = CNNTranscoder(n_layers=3, channels=16).eval()
-    path = export_onnx(m, _meta("transcoder", "cnn-ts"), tmp_path / "ts.onnx", example=torch.randn(2, 101, 64),
-                       dynamic_frames=True, exporter="torchscript")
+    path = export_onnx(
+        m,
+        _meta("transcoder", "cnn-ts"),
+        tmp_path / "ts.onnx",
+        example=torch.randn(2, 101, 64),
+        dynamic_frames=True,
+        exporter="torchscript",
+    )
     model = onnx.load(str(path))
     assert [i.name for i in model.graph.input] == ["mel"] and [o.name for o in model.graph.output] == ["mel_out"]
     meta = ModelMetadata.from_props({p.key: p.value for p in model.metadata_props})
@@ -198,4 +225,3 @@ def test_torchscript_exporter_fallback_path(tmp_path):
     with torch.no_grad():
         ref = m(x).numpy()
     np.testing.assert_allclose(_session(path).run(None, {"mel": x.numpy()})[0], ref, atol=1e-4, rtol=0)
-

@@ -86,15 +86,23 @@ def tiny_teacher(seed: int = 0) -> Teacher:
     for k, v in module.state_dict().items():
         h.update(k.encode())
         h.update(v.numpy().tobytes())
-    return Teacher(name="tiny", module=module, mel_spec=get_mel_spec("yamnet"), source="tiny",
-                   sha256=h.hexdigest(), n_classes=N_CLASSES)
+    return Teacher(
+        name="tiny",
+        module=module,
+        mel_spec=get_mel_spec("yamnet"),
+        source="tiny",
+        sha256=h.hexdigest(),
+        n_classes=N_CLASSES,
+    )
 
 
 def _tone(seconds: float, freq: float, sr: int = SR, seed: int = 0, noise: float = 0.05) -> np.ndarray:
     t = np.arange(int(seconds * sr)) / sr
     rng = np.random.default_rng(seed)
-    return (0.3 * np.sin(2 * np.pi * freq * t) * (1 + 0.5 * np.sin(2 * np.pi * 1.5 * t))
-            + noise * rng.standard_normal(t.size)).astype(np.float32)
+    return (
+        0.3 * np.sin(2 * np.pi * freq * t) * (1 + 0.5 * np.sin(2 * np.pi * 1.5 * t))
+        + noise * rng.standard_normal(t.size)
+    ).astype(np.float32)
 
 
 def write_audio_tree(root: Path) -> list[Path]:
@@ -105,8 +113,9 @@ def write_audio_tree(root: Path) -> list[Path]:
     for i in range(6):
         sf.write(root / "fold1" / f"100{i}-{i % 3}-0-{i}.wav", _tone(2.5, 200 + 300 * i, seed=i), SR, subtype="PCM_16")
     for i in range(4):
-        sf.write(root / "fold2" / f"200{i}-{i % 3}-0-{i}.wav", _tone(2.0, 350 + 400 * i, seed=10 + i), SR,
-                 subtype="PCM_16")
+        sf.write(
+            root / "fold2" / f"200{i}-{i % 3}-0-{i}.wav", _tone(2.0, 350 + 400 * i, seed=10 + i), SR, subtype="PCM_16"
+        )
     for i in range(4):  # stereo at another rate: mixed to mono, resampled
         x = _tone(3.0, 1000 + 500 * i, sr=44100, seed=20 + i)
         sf.write(root / "field" / f"rec-{i}.flac", np.stack([x, 0.5 * x], axis=1), 44100)
@@ -259,8 +268,13 @@ def test_killed_build_rebuilds_the_partial_shard(cache, audio_dirs, tmp_path):
 def test_resume_with_other_settings_is_refused(cache, audio_dirs, tmp_path):
     c = _copy(cache, tmp_path)
     with pytest.raises(SpecMismatchError, match="crops_per_chunk"):
-        build_dataset(audio_dirs, c, teacher=tiny_teacher(), config=BuildConfig(teacher="tiny", crops_per_chunk=2,
-                      gain_db=(-6.0, 0.0), seed=3), progress=False)
+        build_dataset(
+            audio_dirs,
+            c,
+            teacher=tiny_teacher(),
+            config=BuildConfig(teacher="tiny", crops_per_chunk=2, gain_db=(-6.0, 0.0), seed=3),
+            progress=False,
+        )
     with pytest.raises(SpecMismatchError, match="teacher_sha256"):
         build_dataset(audio_dirs, c, teacher=tiny_teacher(seed=1), config=CONFIG, progress=False)
 
@@ -322,8 +336,14 @@ def test_training_decreases_loss_and_keeps_the_teacher_frozen(cache, tmp_path):
 
     teacher = tiny_teacher()
     before = _snapshot(teacher.module)
-    res = train(cache, tmp_path / "run", TrainConfig(epochs=6, lr=1e-2, batch_size=16, **TINY), teacher=teacher,
-                progress=False, log=None)
+    res = train(
+        cache,
+        tmp_path / "run",
+        TrainConfig(epochs=6, lr=1e-2, batch_size=16, **TINY),
+        teacher=teacher,
+        progress=False,
+        log=None,
+    )
     losses = [h["train_loss"] for h in res.history[1:]]
     assert losses[-1] < losses[0]
     store = ChunkStore(cache)
@@ -342,8 +362,9 @@ def test_training_decreases_loss_and_keeps_the_teacher_frozen(cache, tmp_path):
     model, meta, _ = load_run(tmp_path / "run", which="last")
     vrows = store.rows("valid")
     d = store.get(vrows, ("levels", "probs"))
-    x = pinv_chunks(d["levels"], store.mel_spec, band_spec=store.band_spec,
-                    matrix=np.asarray(meta["pinv_matrix"], np.float64))
+    x = pinv_chunks(
+        d["levels"], store.mel_spec, band_spec=store.band_spec, matrix=np.asarray(meta["pinv_matrix"], np.float64)
+    )
     with torch.no_grad():
         pred = teacher.module(model(torch.from_numpy(x))).logits.argmax(-1).numpy()
     assert res.history[-1]["val_top1"] == pytest.approx(float(np.mean(pred == d["probs"].argmax(-1))))
@@ -351,8 +372,14 @@ def test_training_decreases_loss_and_keeps_the_teacher_frozen(cache, tmp_path):
 
 
 def test_best_checkpoint_is_the_lowest_validation_loss(cache, tmp_path):
-    res = train(cache, tmp_path / "a", TrainConfig(epochs=4, lr=3e-2, batch_size=16, **TINY), teacher=tiny_teacher(),
-                progress=False, log=None)
+    res = train(
+        cache,
+        tmp_path / "a",
+        TrainConfig(epochs=4, lr=3e-2, batch_size=16, **TINY),
+        teacher=tiny_teacher(),
+        progress=False,
+        log=None,
+    )
     vals = [h["val_loss"] for h in res.history]
     assert res.best_epoch == int(np.argmin(vals)) and res.best_val_loss == min(vals)
     model, _, ck = load_run(tmp_path / "a")
@@ -372,12 +399,30 @@ def test_best_checkpoint_is_the_lowest_validation_loss(cache, tmp_path):
 @pytest.mark.parametrize("mode", ["logits", "mels", "distill", "hybrid"])
 def test_resume_matches_an_uninterrupted_run(cache, tmp_path, mode):
     cfg = dict(batch_size=16, **TINY)
-    full = train(cache, tmp_path / "full", TrainConfig(mode=mode, epochs=3, **cfg), teacher=tiny_teacher(),
-                 progress=False, log=None)
-    train(cache, tmp_path / "cut", TrainConfig(mode=mode, epochs=1, **cfg), teacher=tiny_teacher(), progress=False,
-          log=None)
-    resumed = train(cache, tmp_path / "cut", TrainConfig(mode=mode, epochs=3, **cfg), teacher=tiny_teacher(),
-                    progress=False, log=None)
+    full = train(
+        cache,
+        tmp_path / "full",
+        TrainConfig(mode=mode, epochs=3, **cfg),
+        teacher=tiny_teacher(),
+        progress=False,
+        log=None,
+    )
+    train(
+        cache,
+        tmp_path / "cut",
+        TrainConfig(mode=mode, epochs=1, **cfg),
+        teacher=tiny_teacher(),
+        progress=False,
+        log=None,
+    )
+    resumed = train(
+        cache,
+        tmp_path / "cut",
+        TrainConfig(mode=mode, epochs=3, **cfg),
+        teacher=tiny_teacher(),
+        progress=False,
+        log=None,
+    )
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
     for a, b in zip(full.history, resumed.history):
         assert a["train_loss"] == b["train_loss"] and a["val_loss"] == b["val_loss"]
@@ -387,8 +432,14 @@ def test_resume_matches_an_uninterrupted_run(cache, tmp_path, mode):
         for k, v in ma.state_dict().items():
             assert torch.equal(v, mb.state_dict()[k]), (which, k)
     with pytest.raises(SpecMismatchError, match="channels"):
-        train(cache, tmp_path / "cut", TrainConfig(mode=mode, epochs=4, batch_size=16, n_layers=3, channels=8),
-              teacher=tiny_teacher(), progress=False, log=None)
+        train(
+            cache,
+            tmp_path / "cut",
+            TrainConfig(mode=mode, epochs=4, batch_size=16, n_layers=3, channels=8),
+            teacher=tiny_teacher(),
+            progress=False,
+            log=None,
+        )
 
 
 def test_teacher_losses_by_hand():
@@ -448,8 +499,14 @@ def test_teacher_losses_by_hand():
 
 def test_a_run_can_start_from_another_runs_best_weights(cache, tmp_path):
     teacher = tiny_teacher()
-    train(cache, tmp_path / "a", TrainConfig(epochs=2, lr=1e-2, batch_size=16, **TINY), teacher=teacher,
-          progress=False, log=None)
+    train(
+        cache,
+        tmp_path / "a",
+        TrainConfig(epochs=2, lr=1e-2, batch_size=16, **TINY),
+        teacher=teacher,
+        progress=False,
+        log=None,
+    )
     cfg = TrainConfig(mode="feature_stats", epochs=0, batch_size=16, init_from=str(tmp_path / "a"), **TINY)
     res = train(cache, tmp_path / "b", cfg, teacher=teacher, progress=False, log=None)
     a, _, ck_a = load_run(tmp_path / "a")
@@ -466,8 +523,14 @@ def test_a_run_can_start_from_another_runs_best_weights(cache, tmp_path):
     with pytest.raises(SpecMismatchError, match="architecture"):
         train(cache, tmp_path / "c", other, teacher=teacher, progress=False, log=None)
     with pytest.raises(InvalidInputError, match="not a training run"):
-        train(cache, tmp_path / "d", dataclasses.replace(cfg, init_from=str(tmp_path / "nothing")), teacher=teacher,
-              progress=False, log=None)
+        train(
+            cache,
+            tmp_path / "d",
+            dataclasses.replace(cfg, init_from=str(tmp_path / "nothing")),
+            teacher=teacher,
+            progress=False,
+            log=None,
+        )
 
 
 def test_texture_matching_needs_feature_maps():
@@ -481,8 +544,9 @@ def test_texture_matching_needs_feature_maps():
 
 def test_trainer_rejects_another_teacher(cache, tmp_path):
     with pytest.raises(SpecMismatchError, match="teacher"):
-        train(cache, tmp_path / "r", TrainConfig(epochs=1, **TINY), teacher=tiny_teacher(seed=5), progress=False,
-              log=None)
+        train(
+            cache, tmp_path / "r", TrainConfig(epochs=1, **TINY), teacher=tiny_teacher(seed=5), progress=False, log=None
+        )
 
 
 # ---------------------------------------------------------------------- export
@@ -490,8 +554,14 @@ def test_export_loads_in_the_inference_package_and_matches_torch(cache, tmp_path
     from spectral_transcoder.models import Transcoder
 
     run = tmp_path / "run"
-    train(cache, run, TrainConfig(epochs=1, lr=1e-2, batch_size=16, **TINY), teacher=tiny_teacher(), progress=False,
-          log=None)
+    train(
+        cache,
+        run,
+        TrainConfig(epochs=1, lr=1e-2, batch_size=16, **TINY),
+        teacher=tiny_teacher(),
+        progress=False,
+        log=None,
+    )
     out = tmp_path / "model.onnx"
     md = export_run(run, out, name="tiny-transcoder", notes="Smoke run: **one** epoch.")
     assert out.is_file() and out.with_suffix(".md").is_file()
@@ -503,8 +573,9 @@ def test_export_loads_in_the_inference_package_and_matches_torch(cache, tmp_path
     assert "teacher tiny" in meta.training_data and meta.metrics["best_epoch"] == md.metrics["best_epoch"]
     run_meta = json.loads((run / "run.json").read_text())
     np.testing.assert_allclose(np.asarray(meta.pinv["matrix"]), np.asarray(run_meta["pinv_matrix"]))
-    np.testing.assert_allclose(np.asarray(meta.pinv["matrix"]),
-                               pinv_matrix(get_band_spec("cense_fast"), get_mel_spec("yamnet")))
+    np.testing.assert_allclose(
+        np.asarray(meta.pinv["matrix"]), pinv_matrix(get_band_spec("cense_fast"), get_mel_spec("yamnet"))
+    )
     store = ChunkStore(cache)
     levels = store.get(store.rows("eval"), ("levels",))["levels"]
     got = t.transcode_chunks(levels)
@@ -545,8 +616,14 @@ def test_calibrated_cnn_fits_on_train_and_exports(cache, tmp_path):
 
     store = ChunkStore(cache)
     run = tmp_path / "cal"
-    train(cache, run, TrainConfig(epochs=1, lr=0.0, batch_size=16, calibrate=True, **TINY), teacher=tiny_teacher(),
-          progress=False, log=None)
+    train(
+        cache,
+        run,
+        TrainConfig(epochs=1, lr=0.0, batch_size=16, calibrate=True, **TINY),
+        teacher=tiny_teacher(),
+        progress=False,
+        log=None,
+    )
     meta = json.loads((run / "run.json").read_text())
     cal = meta["calibration"]
     assert len(cal["scale"]) == len(cal["bias"]) == 64 and np.isfinite(cal["scale"] + cal["bias"]).all()
@@ -567,8 +644,13 @@ def test_calibrated_cnn_fits_on_train_and_exports(cache, tmp_path):
 
 
 def test_data_licences_from_keys():
-    m = {"files": {"fold1/1-2-3-4.wav": {}, "field-recordings/park-london-96-2684-a.flac": {},
-                   "field-recordings/car.flac": {}}}
+    m = {
+        "files": {
+            "fold1/1-2-3-4.wav": {},
+            "field-recordings/park-london-96-2684-a.flac": {},
+            "field-recordings/car.flac": {},
+        }
+    }
     text = data_licences(m)
     assert any("CC BY-NC 3.0" in t for t in text) and any("research use only" in t for t in text)
     assert any("field-recordings" in t and "not recorded" in t for t in text)
@@ -650,8 +732,9 @@ def test_fc_head_is_two_linear_layers_and_cross_validation_learns():
     assert head.fc1.out_features == 100 and head.fc2.out_features == 10
     x = torch.randn(3, 521)
     with torch.no_grad():
-        want = torch.sigmoid(head.fc2.weight @ (head.fc1.weight @ x.T + head.fc1.bias[:, None])
-                             + head.fc2.bias[:, None]).T
+        want = torch.sigmoid(
+            head.fc2.weight @ (head.fc1.weight @ x.T + head.fc1.bias[:, None]) + head.fc2.bias[:, None]
+        ).T
         torch.testing.assert_close(head(x), want)
     rng = np.random.default_rng(0)
     centers = rng.normal(0, 1, (10, 16))
@@ -698,8 +781,14 @@ def test_quantize_writes_a_measured_int8_transcoder(cache, tmp_path):
     from training.quantize import quantize_transcoder
 
     run = tmp_path / "run"
-    train(cache, run, TrainConfig(epochs=1, lr=1e-2, batch_size=16, **TINY), teacher=tiny_teacher(), progress=False,
-          log=None)
+    train(
+        cache,
+        run,
+        TrainConfig(epochs=1, lr=1e-2, batch_size=16, **TINY),
+        teacher=tiny_teacher(),
+        progress=False,
+        log=None,
+    )
     src = tmp_path / "float.onnx"
     export_run(run, src, name="tiny-transcoder")
     out = tmp_path / "q" / "int8.onnx"

@@ -64,8 +64,16 @@ def tree(tmp_path_factory) -> dict[str, Path]:
     (root / f"{ast[1:]}/en_US_f_Allison/silence").mkdir()  # excluded by a rule, never probed
     sf.write(root / f"{ast[1:]}/en_US_f_Allison/silence/1.wav", np.zeros(RATE), RATE)
     _tone(root / f"{ast[1:]}/fr_CA_f_June/hello-world.wav", 1.2, 400)
-    _package(root, "asterisk-core-sounds-en-wav", [f"{ast}/en_US_f_Allison/hello-world.wav",
-             f"{ast}/en_US_f_Allison/digits/1.wav", f"{ast}/en_US_f_Allison/silence/1.wav"], DEP5)
+    _package(
+        root,
+        "asterisk-core-sounds-en-wav",
+        [
+            f"{ast}/en_US_f_Allison/hello-world.wav",
+            f"{ast}/en_US_f_Allison/digits/1.wav",
+            f"{ast}/en_US_f_Allison/silence/1.wav",
+        ],
+        DEP5,
+    )
     _package(root, "asterisk-core-sounds-fr-wav", [f"{ast}/fr_CA_f_June/hello-world.wav"], DEP5)
     # a sound-effects package with every kind of bad file, and a free-form copyright file
     wav = root / "usr/share/sounds/freedesktop/stereo"
@@ -74,20 +82,34 @@ def tree(tmp_path_factory) -> dict[str, Path]:
     sf.write(wav / "silent.wav", np.zeros(RATE, dtype=np.int16), RATE, subtype="PCM_16")
     _tone(wav / "short.wav", 0.2, 600)
     (wav / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(256)) * 4)
-    _package(root, "sound-theme-freedesktop", [f"/usr/share/sounds/freedesktop/stereo/{n}" for n in
-             ("01-0.wav", "01-1.wav", "silent.wav", "short.wav", "corrupt.wav")],
-             "Sounds: http://creativecommons.org/licenses/by/3.0/\n")
+    _package(
+        root,
+        "sound-theme-freedesktop",
+        [
+            f"/usr/share/sounds/freedesktop/stereo/{n}"
+            for n in ("01-0.wav", "01-1.wav", "silent.wav", "short.wav", "corrupt.wav")
+        ],
+        "Sounds: http://creativecommons.org/licenses/by/3.0/\n",
+    )
     # a stamp's sound and its spoken descriptions share one group; one ambience
     st = "/usr/share/tuxpaint/stamps/animals"
     _tone(root / f"{st[1:]}/cat.wav", 1.0, 700)
     _tone(root / f"{st[1:]}/cat_desc.wav", 1.1, 710)
     _tone(root / f"{st[1:]}/cat_desc_fr.wav", 1.3, 720, channels=2)
-    _package(root, "tuxpaint-stamps-default", [f"{st}/{n}" for n in ("cat.wav", "cat_desc.wav", "cat_desc_fr.wav")],
-             DEP5)
+    _package(
+        root, "tuxpaint-stamps-default", [f"{st}/{n}" for n in ("cat.wav", "cat_desc.wav", "cat_desc_fr.wav")], DEP5
+    )
     _tone(root / "usr/share/games/megaglest/tilesets/forest/sounds/rain.wav", 2.0, 800)
     _tone(root / "usr/share/games/megaglest/data/core/menu/music/menu.wav", 2.0, 810)
-    _package(root, "megaglest-data", ["/usr/share/games/megaglest/tilesets/forest/sounds/rain.wav",
-                                      "/usr/share/games/megaglest/data/core/menu/music/menu.wav"], DEP5)
+    _package(
+        root,
+        "megaglest-data",
+        [
+            "/usr/share/games/megaglest/tilesets/forest/sounds/rain.wav",
+            "/usr/share/games/megaglest/data/core/menu/music/menu.wav",
+        ],
+        DEP5,
+    )
     # shared data
     us8k = shared / "urbansound8k-subset"
     _tone(us8k / "fold1/101415-3-0-2.wav", 1.0, 900)
@@ -98,35 +120,62 @@ def tree(tmp_path_factory) -> dict[str, Path]:
     # rendered MIDI: one ok, one failed
     midi = audio_sources / "midi"
     _tone(midi / "mma/mma/lib/x.flac", 3.0, 950, rate=32000)
-    (midi / "manifest.tsv").write_text("package\tmidi\tflac\tstatus\n"
-                                       "mma\t/usr/share/mma/lib/x.mid\tmma/mma/lib/x.flac\tok\n"
-                                       "mma\t/usr/share/mma/lib/y.mid\tmma/mma/lib/y.flac\tfailed\n")
+    (midi / "manifest.tsv").write_text(
+        "package\tmidi\tflac\tstatus\n"
+        "mma\t/usr/share/mma/lib/x.mid\tmma/mma/lib/x.flac\tok\n"
+        "mma\t/usr/share/mma/lib/y.mid\tmma/mma/lib/y.flac\tfailed\n"
+    )
     _tone(extra / "song.wav", 1.0, 960)
     return {"root": root, "shared": shared, "audio_sources": audio_sources, "extra": extra}
 
 
 @pytest.fixture(scope="module")
 def index(tree) -> dict:
-    return build_index(root=tree["root"], shared=tree["shared"], audio_sources=tree["audio_sources"],
-                       extra=[f"music={tree['extra']}"], jobs=2)
+    return build_index(
+        root=tree["root"],
+        shared=tree["shared"],
+        audio_sources=tree["audio_sources"],
+        extra=[f"music={tree['extra']}"],
+        jobs=2,
+    )
 
 
 def _by_name(index: dict) -> dict[str, dict]:
-    return {Path(r["path"]).name if "asterisk" not in r["path"] else r["path"].split("sounds/")[1]: r
-            for r in index["records"]}
+    return {
+        Path(r["path"]).name if "asterisk" not in r["path"] else r["path"].split("sounds/")[1]: r
+        for r in index["records"]
+    }
 
 
 def test_records_domains_groups_and_probe(index, tree):
     recs = _by_name(index)
-    assert set(recs) == {"en_US_f_Allison/hello-world.wav", "en_US_f_Allison/digits/1.wav",
-                         "fr_CA_f_June/hello-world.wav", "01-0.wav", "cat.wav", "cat_desc.wav", "cat_desc_fr.wav",
-                         "rain.wav", "menu.wav", "101415-3-0-2.wav", "101415-3-0-3.wav", "102305-6-0-0.wav",
-                         "park-london-96-2684-a.wav", "car.wav", "x.flac", "song.wav"}
+    assert set(recs) == {
+        "en_US_f_Allison/hello-world.wav",
+        "en_US_f_Allison/digits/1.wav",
+        "fr_CA_f_June/hello-world.wav",
+        "01-0.wav",
+        "cat.wav",
+        "cat_desc.wav",
+        "cat_desc_fr.wav",
+        "rain.wav",
+        "menu.wav",
+        "101415-3-0-2.wav",
+        "101415-3-0-3.wav",
+        "102305-6-0-0.wav",
+        "park-london-96-2684-a.wav",
+        "car.wav",
+        "x.flac",
+        "song.wav",
+    }
     en, fr = recs["en_US_f_Allison/hello-world.wav"], recs["fr_CA_f_June/hello-world.wav"]
     assert en["group"] == fr["group"] == "asterisk:hello-world"
     assert recs["en_US_f_Allison/digits/1.wav"]["group"] == "asterisk:digits/1"
-    assert (en["domain"], en["source"], en["sample_rate"], en["channels"]) == ("speech", "asterisk-core-sounds-en-wav",
-                                                                               RATE, 1)
+    assert (en["domain"], en["source"], en["sample_rate"], en["channels"]) == (
+        "speech",
+        "asterisk-core-sounds-en-wav",
+        RATE,
+        1,
+    )
     assert fr["duration_s"] == pytest.approx(1.2)
     assert {recs[n]["group"] for n in ("cat.wav", "cat_desc.wav", "cat_desc_fr.wav")} == {"tuxpaint:animals/cat"}
     assert [recs[n]["domain"] for n in ("cat.wav", "cat_desc.wav", "cat_desc_fr.wav")] == ["sfx", "speech", "speech"]
@@ -140,8 +189,12 @@ def test_records_domains_groups_and_probe(index, tree):
     assert recs["park-london-96-2684-a.wav"]["group"] == "tau:park-london-96"
     assert recs["car.wav"]["group"] == "field:car.wav" and recs["car.wav"]["domain"] == "field"
     x = recs["x.flac"]
-    assert (x["group"], x["source"], x["domain"], x["sample_rate"]) == ("midi:/usr/share/mma/lib/x.mid", "mma",
-                                                                         "music", 32000)
+    assert (x["group"], x["source"], x["domain"], x["sample_rate"]) == (
+        "midi:/usr/share/mma/lib/x.mid",
+        "mma",
+        "music",
+        32000,
+    )
     assert recs["song.wav"]["domain"] == "music" and recs["song.wav"]["source"] == "extra:extra"
     assert all(Path(r["path"]).is_absolute() for r in index["records"])
 
@@ -254,8 +307,24 @@ def test_cli_index(tree, tmp_path, capsys):
     from training.cli import main
 
     out = tmp_path / "cli.json"
-    rc = main(["sources", "index", "-o", str(out), "--root", str(tree["root"]), "--shared", str(tree["shared"]),
-               "--audio-sources", str(tree["audio_sources"]), "--extra", str(tree["extra"]), "--jobs", "1"])
+    rc = main(
+        [
+            "sources",
+            "index",
+            "-o",
+            str(out),
+            "--root",
+            str(tree["root"]),
+            "--shared",
+            str(tree["shared"]),
+            "--audio-sources",
+            str(tree["audio_sources"]),
+            "--extra",
+            str(tree["extra"]),
+            "--jobs",
+            "1",
+        ]
+    )
     assert rc == 0
     assert "skipped: duplicate 1, silent 1, too_short 1, unreadable 1" in capsys.readouterr().out
     records = load_index(out)

@@ -57,8 +57,16 @@ class SceneConfig:
     p_bandlimit: float = 0.2
     p_reverb: float = 0.25
     rt60_s: tuple[float, float] = (0.2, 1.2)
-    domain_weights: dict[str, float] = field(default_factory=lambda: {
-        "urban": 0.30, "field": 0.20, "environment": 0.10, "speech": 0.15, "sfx": 0.13, "music": 0.12})
+    domain_weights: dict[str, float] = field(
+        default_factory=lambda: {
+            "urban": 0.30,
+            "field": 0.20,
+            "environment": 0.10,
+            "speech": 0.15,
+            "sfx": 0.13,
+            "music": 0.12,
+        }
+    )
     """Weight of each domain when drawing the first source (missing domains are skipped)."""
     background_domains: tuple[str, ...] = ("urban", "field", "environment")
     """Preferred domains for the further sources (chosen with probability 0.6)."""
@@ -184,10 +192,14 @@ def _reverb(x: np.ndarray, rng: np.random.Generator, rt60: tuple[float, float]) 
     return ((1 - mix) * x + mix * wet).astype(np.float32), t60
 
 
-def synthesize_scene(pool: SourcePool, config: SceneConfig, rng: np.random.Generator, *,
-                     extra_samples: int = 0,
-                     reader: Callable[[str, float, float, np.random.Generator], np.ndarray] = _read_segment,
-                     ) -> tuple[np.ndarray, dict[str, Any]]:
+def synthesize_scene(
+    pool: SourcePool,
+    config: SceneConfig,
+    rng: np.random.Generator,
+    *,
+    extra_samples: int = 0,
+    reader: Callable[[str, float, float, np.random.Generator], np.ndarray] = _read_segment,
+) -> tuple[np.ndarray, dict[str, Any]]:
     """One scene: ``(total_seconds * 32000 + extra_samples,)`` float32 audio and what was drawn.
 
     ``extra_samples`` lengthens the scene (e.g. so that the last analysis frame is whole).

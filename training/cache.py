@@ -40,8 +40,19 @@ from spectral_transcoder.specs import BandSpec, MelSpec, spec_from_json
 
 from .runs import write_json_atomic
 
-__all__ = ["CACHE_FORMAT", "SPLITS", "ARRAYS", "MANIFEST", "SHARDS", "timestamp", "read_manifest", "save_manifest",
-           "ShardWriter", "clean_partial", "ChunkStore"]
+__all__ = [
+    "CACHE_FORMAT",
+    "SPLITS",
+    "ARRAYS",
+    "MANIFEST",
+    "SHARDS",
+    "timestamp",
+    "read_manifest",
+    "save_manifest",
+    "ShardWriter",
+    "clean_partial",
+    "ChunkStore",
+]
 
 CACHE_FORMAT = "spectral_transcoder.training.cache/1"
 SPLITS = ("train", "valid", "eval")
@@ -60,8 +71,10 @@ def read_manifest(cache_dir: str | os.PathLike) -> dict[str, Any]:
     """The manifest of a cache (raises :class:`InvalidInputError` if it is not one)."""
     p = Path(cache_dir) / MANIFEST
     if not p.is_file():
-        raise InvalidInputError(f"{str(cache_dir)!r} is not a dataset cache (no {MANIFEST}); build one with "
-                                "`python -m training build-dataset AUDIO_DIR... -o CACHE_DIR`")
+        raise InvalidInputError(
+            f"{str(cache_dir)!r} is not a dataset cache (no {MANIFEST}); build one with "
+            "`python -m training build-dataset AUDIO_DIR... -o CACHE_DIR`"
+        )
     try:
         m = json.loads(p.read_text())
     except (OSError, ValueError) as exc:
@@ -122,10 +135,13 @@ class ShardWriter:
                 np.save(tmp / f"{k}.npy", np.concatenate([b[k] for b in self.buf]))
         split = np.concatenate([b["split"] for b in self.buf]) if rows else np.zeros(0, np.uint8)
         os.replace(tmp, final)
-        self.m["shards"].append({
-            "name": name, "rows": int(rows),
-            "rows_per_split": {s: int(np.sum(split == i)) for i, s in enumerate(SPLITS)},
-        })
+        self.m["shards"].append(
+            {
+                "name": name,
+                "rows": int(rows),
+                "rows_per_split": {s: int(np.sum(split == i)) for i, s in enumerate(SPLITS)},
+            }
+        )
         for key, entry in self.files:
             entry["shard"] = name if entry["n_chunks"] + entry["n_crops"] else None
             self.m["files"][key] = entry

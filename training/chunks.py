@@ -99,9 +99,13 @@ def file_chunks(
             raise InvalidInputError("random gains need an rng")
         gains = rng.uniform(gain_db[0], gain_db[1], size=n).astype(np.float32)
     if n == 0:
-        return {"levels": np.zeros((0, band_spec.frames_per_chunk, band_spec.n_bands), np.float32),
-                "mel": np.zeros((0, mel_spec.chunk_frames, mel_spec.n_mels), np.float32),
-                "offset": np.zeros(0), "crop": np.zeros(0, bool), "gain_db": gains}
+        return {
+            "levels": np.zeros((0, band_spec.frames_per_chunk, band_spec.n_bands), np.float32),
+            "mel": np.zeros((0, mel_spec.chunk_frames, mel_spec.n_mels), np.float32),
+            "offset": np.zeros(0),
+            "crop": np.zeros(0, bool),
+            "gain_db": gains,
+        }
     rb, rm = band_spec.sample_rate // g, mel_spec.sample_rate // g
     cb = np.stack([xb[o * rb : o * rb + lb] for o in offsets])
     cm = np.stack([xm[o * rm : o * rm + lm] for o in offsets])
@@ -110,5 +114,10 @@ def file_chunks(
         cb, cm = cb * lin, cm * lin
     levels = third_octave(cb, band_spec.sample_rate, band_spec, n_threads=n_threads)
     mel = first_patch(frontends.mel(cm, mel_spec.sample_rate, mel_spec, n_threads=n_threads), mel_spec)
-    return {"levels": np.ascontiguousarray(levels, np.float32), "mel": np.ascontiguousarray(mel, np.float32),
-            "offset": np.asarray(offsets, np.float64) / g, "crop": np.asarray(crop, bool), "gain_db": gains}
+    return {
+        "levels": np.ascontiguousarray(levels, np.float32),
+        "mel": np.ascontiguousarray(mel, np.float32),
+        "offset": np.asarray(offsets, np.float64) / g,
+        "crop": np.asarray(crop, bool),
+        "gain_db": gains,
+    }

@@ -78,13 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--labels", metavar="CSV", help="AudioSet class_labels_indices.csv (527 classes)")
     conv.add_argument("--yamnet-class-map", metavar="CSV", help="YAMNet yamnet_class_map.csv (521 classes)")
     conv.add_argument(
-        "--input-spec", choices=("yamnet", "yamnet_torchport"),
+        "--input-spec",
+        choices=("yamnet", "yamnet_torchport"),
         help="YAMNet only: the Mel front end the model declares: 'yamnet' (default, the official TF front "
         "end) or 'yamnet_torchport' (the paper's front end, needed by the published YAMNet transcoder)",
     )
     conv.add_argument("--opset", type=int, default=None, help="ONNX opset (>= 17; default 18)")
-    conv.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
-                      help="torch ONNX exporter (default dynamo; falls back to torchscript on failure)")
+    conv.add_argument(
+        "--exporter",
+        choices=("dynamo", "torchscript"),
+        default="dynamo",
+        help="torch ONNX exporter (default dynamo; falls back to torchscript on failure)",
+    )
     conv.set_defaults(func=_cmd_convert)
     _register_pipeline(parser, sub)
     return parser
@@ -110,17 +115,28 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from .export import DEFAULT_OPSET
 
     if args.kind not in KINDS:
-        print(f"error: unknown KIND {args.kind!r}; choose one of: {', '.join(KINDS)} "
-              "(see python -m training convert --help)", file=sys.stderr)
+        print(
+            f"error: unknown KIND {args.kind!r}; choose one of: {', '.join(KINDS)} "
+            "(see python -m training convert --help)",
+            file=sys.stderr,
+        )
         return 2
     meta = convert(
-        args.kind, args.source, args.output, labels=args.labels, yamnet_class_map=args.yamnet_class_map,
-        input_spec=args.input_spec, opset=args.opset or DEFAULT_OPSET, exporter=args.exporter,
+        args.kind,
+        args.source,
+        args.output,
+        labels=args.labels,
+        yamnet_class_map=args.yamnet_class_map,
+        input_spec=args.input_spec,
+        opset=args.opset or DEFAULT_OPSET,
+        exporter=args.exporter,
     )
     spec = meta.input_spec.name
     out = f" -> {meta.output_spec.name}" if meta.output_spec is not None else ""
-    print(f"wrote {args.output}: {meta.kind} {meta.name!r}, input spec {spec}{out}, "
-          f"{len(meta.labels)} labels, source sha256 {meta.source_sha256[:12]}..., licence: {meta.license}")
+    print(
+        f"wrote {args.output}: {meta.kind} {meta.name!r}, input spec {spec}{out}, "
+        f"{len(meta.labels)} labels, source sha256 {meta.source_sha256[:12]}..., licence: {meta.license}"
+    )
     return 0
 
 

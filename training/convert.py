@@ -98,8 +98,9 @@ def _example(frames: int, n_mels: int) -> torch.Tensor:
 
 
 # -------------------------------------------------------------------- YAMNet
-def _build_yamnet(kind: str, source: Path, class_map: str | Path | None, labels_csv: str | Path | None,
-                  input_spec: str | None) -> Converted:
+def _build_yamnet(
+    kind: str, source: Path, class_map: str | Path | None, labels_csv: str | Path | None, input_spec: str | None
+) -> Converted:
     from .yamnet_weights import read_h5, read_tflite
 
     if class_map is None:
@@ -118,7 +119,8 @@ def _build_yamnet(kind: str, source: Path, class_map: str | Path | None, labels_
     lbls, index_note = yamnet_labels(class_map, labels_csv, n_classes=net.n_classes)
     assert spec.patch_frames is not None
     front_end = (
-        "official TF front end (yamnet MelSpec)" if spec_name == "yamnet"
+        "official TF front end (yamnet MelSpec)"
+        if spec_name == "yamnet"
         else "the Spectral Transcoder paper's torch-port front end (yamnet_torchport MelSpec); same weights"
     )
     meta = ModelMetadata(
@@ -132,19 +134,26 @@ def _build_yamnet(kind: str, source: Path, class_map: str | Path | None, labels_
         labels=lbls,
         training_data="AudioSet (YAMNet by Google; 521 classes)",
         metrics={},
-        extra={"architecture": "YAMNet (MobileNet v1), BN eps 1e-4, TF-SAME padding",
-               "weights": info, "label_index": index_note, "front_end": front_end,
-               "input": "ln(mel + 0.001) patch of 96 frames x 64 bins, time-major"},
+        extra={
+            "architecture": "YAMNet (MobileNet v1), BN eps 1e-4, TF-SAME padding",
+            "weights": info,
+            "label_index": index_note,
+            "front_end": front_end,
+            "input": "ln(mel + 0.001) patch of 96 frames x 64 bins, time-major",
+        },
     )
-    return Converted(net.eval(), meta, _example(spec.patch_frames, spec.n_mels), dynamic_frames=False,
-                     min_frames=spec.patch_frames)
+    return Converted(
+        net.eval(), meta, _example(spec.patch_frames, spec.n_mels), dynamic_frames=False, min_frames=spec.patch_frames
+    )
 
 
 # --------------------------------------------------------------- EfficientAT
 def _build_efficientat(source: Path, labels_csv: str | Path | None) -> Converted:
     if labels_csv is None:
-        raise ModelError("efficientat needs the 527 AudioSet class names: pass --labels class_labels_indices.csv "
-                         "(EfficientAT's metadata/class_labels_indices.csv)")
+        raise ModelError(
+            "efficientat needs the 527 AudioSet class names: pass --labels class_labels_indices.csv "
+            "(EfficientAT's metadata/class_labels_indices.csv)"
+        )
     net = EfficientATMN()
     state = torch_load(source, "EfficientAT checkpoint")
     load_state_dict_strict(net, state, source=str(source))
@@ -160,8 +169,10 @@ def _build_efficientat(source: Path, labels_csv: str | Path | None) -> Converted
         labels=audioset_labels(labels_csv, n_classes=net.n_classes),
         training_data="AudioSet (EfficientAT mn04_as: MobileNetV3 width 0.4, knowledge distillation from PaSST)",
         metrics={"audioset_mAP_reported": 0.432},
-        extra={"architecture": "EfficientAT MobileNetV3 width 0.4, MLP head, BN eps 1e-3",
-               "input": "(ln(mel + 1e-5) + 4.5) / 5, 128 Kaldi bins, any number of frames"},
+        extra={
+            "architecture": "EfficientAT MobileNetV3 width 0.4, MLP head, BN eps 1e-3",
+            "input": "(ln(mel + 1e-5) + 4.5) / 5, 128 Kaldi bins, any number of frames",
+        },
     )
     return Converted(net.eval(), meta, _example(spec.chunk_frames, spec.n_mels), dynamic_frames=True, min_frames=1)
 
@@ -172,8 +183,10 @@ _PANN_FRONT_END = ("spectrogram_extractor.", "logmel_extractor.")
 
 def _build_pann(kind: str, source: Path, labels_csv: str | Path | None) -> Converted:
     if labels_csv is None:
-        raise ModelError(f"{kind} needs the 527 AudioSet class names: pass --labels class_labels_indices.csv "
-                         "(AudioSet's class_labels_indices.csv, as shipped with PANNs)")
+        raise ModelError(
+            f"{kind} needs the 527 AudioSet class names: pass --labels class_labels_indices.csv "
+            "(AudioSet's class_labels_indices.csv, as shipped with PANNs)"
+        )
     net: nn.Module = ResNet38() if kind == "pann-resnet38" else Cnn14()
     ckpt = torch_load(source, f"PANN {kind[5:]} checkpoint")
     if isinstance(ckpt, Mapping) and isinstance(ckpt.get("model"), Mapping):
@@ -202,15 +215,18 @@ def _build_pann(kind: str, source: Path, labels_csv: str | Path | None) -> Conve
         labels=audioset_labels(labels_csv, n_classes=net.n_classes),
         training_data="AudioSet (PANNs, Kong et al. 2020)",
         metrics={"audioset_mAP_reported": _PANN_REPORTED_MAP[kind]} if match else {},
-        extra={"architecture": f"PANNs {'ResNet38' if kind == 'pann-resnet38' else 'Cnn14'} cut after the log-Mel "
-                               "extractor (bn0 kept); waveform front end dropped",
-               "input": "10 log10(max(mel, 1e-10)) dB, 64 Slaney bins, >= 32 frames",
-               "source_md5": md5,
-               "official_md5_match": match,
-               "download": PANN_DOWNLOAD},
+        extra={
+            "architecture": f"PANNs {'ResNet38' if kind == 'pann-resnet38' else 'Cnn14'} cut after the log-Mel "
+            "extractor (bn0 kept); waveform front end dropped",
+            "input": "10 log10(max(mel, 1e-10)) dB, 64 Slaney bins, >= 32 frames",
+            "source_md5": md5,
+            "official_md5_match": match,
+            "download": PANN_DOWNLOAD,
+        },
     )
-    return Converted(net.eval(), meta, _example(spec.chunk_frames, spec.n_mels), dynamic_frames=True,
-                     min_frames=PANN_MIN_FRAMES)
+    return Converted(
+        net.eval(), meta, _example(spec.chunk_frames, spec.n_mels), dynamic_frames=True, min_frames=PANN_MIN_FRAMES
+    )
 
 
 # ----------------------------------------------------------------- transcoder
@@ -280,8 +296,10 @@ def _build_transcoder(source: Path) -> Converted:
             "published doce file name (classifier=...+ts=..._model)"
         )
     if "classifier" in doce and "mels_type" in settings and doce["classifier"] != settings["mels_type"]:
-        raise ModelError(f"{source.name}: the file name says classifier={doce['classifier']} but "
-                         f"{settings_path.name} says mels_type={settings['mels_type']}")
+        raise ModelError(
+            f"{source.name}: the file name says classifier={doce['classifier']} but "
+            f"{settings_path.name} says mels_type={settings['mels_type']}"
+        )
     targets = {"PANN": "pann", "YamNet": "yamnet_torchport"}
     if classifier not in targets:
         raise ModelError(f"{source.name}: unsupported classifier {classifier!r} (expected one of {sorted(targets)})")
@@ -332,15 +350,20 @@ def _build_transcoder(source: Path) -> Converted:
             "TAU Urban Acoustic Scenes 2020 Mobile development set, device a (Zenodo 10.5281/zenodo.3819968); "
             f"teacher {teacher}; {training}"
         ),
-        metrics=({"paper_table2": _PAPER_TABLE2[(classifier, training_kind)]}
-                 if (classifier, training_kind) in _PAPER_TABLE2 else {}),
+        metrics=(
+            {"paper_table2": _PAPER_TABLE2[(classifier, training_kind)]}
+            if (classifier, training_kind) in _PAPER_TABLE2
+            else {}
+        ),
         pinv={"matrix": a.tolist(), "phi_plus": "torch.linalg.pinv float32 rcond 1e-15 (reference parity)"},
-        extra={"architecture": {"kind": "cnn_pinv", **net.config},
-               "training_kind": training_kind,
-               "classifier": classifier,
-               "settings_file": settings_path.name if settings else None,
-               "pinv_matrix_from": how,
-               "input": "PINV Mel of one 1-s chunk (chunk_frames x n_mels) in the output spec's units"},
+        extra={
+            "architecture": {"kind": "cnn_pinv", **net.config},
+            "training_kind": training_kind,
+            "classifier": classifier,
+            "settings_file": settings_path.name if settings else None,
+            "pinv_matrix_from": how,
+            "input": "PINV Mel of one 1-s chunk (chunk_frames x n_mels) in the output spec's units",
+        },
     )
     return Converted(net.eval(), meta, _example(mel.chunk_frames, mel.n_mels), dynamic_frames=True, min_frames=1)
 
@@ -400,7 +423,14 @@ def convert(
     :func:`training.export.export_onnx`.
     """
     c = build(kind, source, labels=labels, yamnet_class_map=yamnet_class_map, input_spec=input_spec)
-    export_onnx(c.module, c.metadata, output, example=c.example, dynamic_frames=c.dynamic_frames,
-                min_frames=c.min_frames, opset=opset, exporter=exporter)
+    export_onnx(
+        c.module,
+        c.metadata,
+        output,
+        example=c.example,
+        dynamic_frames=c.dynamic_frames,
+        min_frames=c.min_frames,
+        opset=opset,
+        exporter=exporter,
+    )
     return c.metadata
-

@@ -83,7 +83,9 @@ class BuildConfig:
             if not 0.0 <= v <= 1.0:
                 raise InvalidInputError(f"{name} must be in [0, 1], got {v}")
         if set(self.heldout_dirs) & set(self.train_dirs):
-            raise InvalidInputError(f"directories both held out and trained on: {set(self.heldout_dirs) & set(self.train_dirs)}")
+            raise InvalidInputError(
+                f"directories both held out and trained on: {set(self.heldout_dirs) & set(self.train_dirs)}"
+            )
         if self.gain_db is not None:
             lo, hi = self.gain_db
             if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
@@ -118,8 +120,9 @@ def assign_split(key: str, dir_name: str, config: BuildConfig) -> str:
 
 
 # ---------------------------------------------------------------------- audio
-def discover_audio(audio_dirs: Sequence[str | os.PathLike], *,
-                   max_files_per_dir: int | None = None) -> list[tuple[str, str, Path]]:
+def discover_audio(
+    audio_dirs: Sequence[str | os.PathLike], *, max_files_per_dir: int | None = None
+) -> list[tuple[str, str, Path]]:
     """Audio files under each directory (recursively), as ``(key, dir_name, path)``.
 
     ``key`` is ``<dir name>/<path relative to the dir>``. With ``max_files_per_dir`` a
@@ -149,19 +152,28 @@ def discover_audio(audio_dirs: Sequence[str | os.PathLike], *,
 
 # ---------------------------------------------------------------------- build
 def _fingerprint(config: BuildConfig, band: BandSpec, mel: MelSpec, teacher: Teacher) -> dict[str, Any]:
-    return {"config": config.to_dict(), "band_spec": band.to_dict(), "mel_spec": mel.to_dict(),
-            "teacher_sha256": teacher.sha256}
+    return {
+        "config": config.to_dict(),
+        "band_spec": band.to_dict(),
+        "mel_spec": mel.to_dict(),
+        "teacher_sha256": teacher.sha256,
+    }
 
 
 def _check_resumable(m: dict[str, Any], fp: dict[str, Any], cache_dir: Path) -> None:
-    old = {"config": m["config"], "band_spec": m["band_spec"], "mel_spec": m["mel_spec"],
-           "teacher_sha256": m["teacher"]["sha256"]}
+    old = {
+        "config": m["config"],
+        "band_spec": m["band_spec"],
+        "mel_spec": m["mel_spec"],
+        "teacher_sha256": m["teacher"]["sha256"],
+    }
     diff = [k for k in fp if fp[k] != old[k]]
     if diff:
         detail = []
         if "config" in diff:
-            detail += [f"{k}: {old['config'].get(k)!r} -> {v!r}" for k, v in fp["config"].items()
-                       if old["config"].get(k) != v]
+            detail += [
+                f"{k}: {old['config'].get(k)!r} -> {v!r}" for k, v in fp["config"].items() if old["config"].get(k) != v
+            ]
         raise SpecMismatchError(
             f"{cache_dir} was built with different settings ({', '.join(diff)}{': ' if detail else ''}"
             f"{'; '.join(detail)}); resume with the same settings or write a new cache directory"
@@ -237,7 +249,9 @@ def build_dataset(
     chunk_lengths(band, mel)
     files = discover_audio(audio_dirs, max_files_per_dir=max_files_per_dir)
     if not files:
-        raise InvalidInputError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {', '.join(map(str, audio_dirs))}")
+        raise InvalidInputError(
+            f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {', '.join(map(str, audio_dirs))}"
+        )
     fp = _fingerprint(config, band, mel, teacher)
     report = BuildReport(cache)
     if (cache / MANIFEST).exists():
@@ -246,17 +260,24 @@ def build_dataset(
     else:
         cache.mkdir(parents=True, exist_ok=True)
         m = {
-            "format": CACHE_FORMAT, "created": timestamp(), "updated": timestamp(),
-            "config": fp["config"], "band_spec": fp["band_spec"], "mel_spec": fp["mel_spec"],
+            "format": CACHE_FORMAT,
+            "created": timestamp(),
+            "updated": timestamp(),
+            "config": fp["config"],
+            "band_spec": fp["band_spec"],
+            "mel_spec": fp["mel_spec"],
             "teacher": {**teacher.describe(), "labels": [[lb.index, lb.mid, lb.name] for lb in teacher.labels]},
             "arrays": {
                 "levels": f"(n, {band.frames_per_chunk}, {band.n_bands}) float32 dB re full scale "
-                          f"(db_offset {band.db_offset:g}), {band.name}",
+                f"(db_offset {band.db_offset:g}), {band.name}",
                 "mel": f"(n, {mel.chunk_frames}, {mel.n_mels}) float32, {mel.name} units"
-                       + (" (first patch of the chunk)" if mel.patch_frames else ""),
+                + (" (first patch of the chunk)" if mel.patch_frames else ""),
                 "probs": f"(n, {teacher.n_classes}) float32 teacher sigmoid probabilities",
-                "file_id": "(n,) int32", "offset": "(n,) float64 s", "crop": "(n,) bool",
-                "gain_db": "(n,) float32", "split": f"(n,) uint8 index into {list(SPLITS)}",
+                "file_id": "(n,) int32",
+                "offset": "(n,) float64 s",
+                "crop": "(n,) bool",
+                "gain_db": "(n,) float32",
+                "split": f"(n,) uint8 index into {list(SPLITS)}",
             },
             "split_rule": (
                 f"per file key '<dir>/<relative path>': every file of the directories {list(config.heldout_dirs)} "
@@ -265,7 +286,11 @@ def build_dataset(
                 f"go to eval with probability {config.eval_fraction:g} (by hash), else valid; "
                 "crops and gains on train files only"
             ),
-            "audio_dirs": [], "files": {}, "skipped": {}, "shards": [], "next_file_id": 0,
+            "audio_dirs": [],
+            "files": {},
+            "skipped": {},
+            "shards": [],
+            "next_file_id": 0,
             "software": {"torch": torch.__version__, "numpy": np.__version__},
         }
         write_json_atomic(cache / MANIFEST, m)
@@ -283,8 +308,19 @@ def build_dataset(
     for key, dir_name, path in bar:
         split = assign_split(key, dir_name, config)
         try:
-            arrays, entry = _process_file(key, path, split, next_id, band, mel, teacher, config,
-                                          batch_size=batch_size, device=device, n_threads=n_threads)
+            arrays, entry = _process_file(
+                key,
+                path,
+                split,
+                next_id,
+                band,
+                mel,
+                teacher,
+                config,
+                batch_size=batch_size,
+                device=device,
+                n_threads=n_threads,
+            )
         except _Skip as why:
             report.skipped[key] = str(why)
             m["skipped"][key] = {"path": str(path), "reason": str(why)}
@@ -304,9 +340,20 @@ class _Skip(Exception):
     """A file that cannot go into the cache (the message says why)."""
 
 
-def _process_file(key: str, path: Path, split: str, file_id: int, band: BandSpec, mel: MelSpec,
-                  teacher: Teacher, config: BuildConfig, *, batch_size: int, device: str,
-                  n_threads: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _process_file(
+    key: str,
+    path: Path,
+    split: str,
+    file_id: int,
+    band: BandSpec,
+    mel: MelSpec,
+    teacher: Teacher,
+    config: BuildConfig,
+    *,
+    batch_size: int,
+    device: str,
+    n_threads: int,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     try:
         audio, sr = read_audio(path)
     except Exception as exc:  # soundfile / libsndfile raise several types on corrupt data
@@ -318,9 +365,17 @@ def _process_file(key: str, path: Path, split: str, file_id: int, band: BandSpec
     # One rng per file from (seed, key): a resumed or partial build draws the same crops.
     rng = np.random.default_rng(int.from_bytes(hashlib.sha256(f"{config.seed}\x1f{key}".encode()).digest()[:8], "big"))
     try:
-        ch = file_chunks(audio, sr, band, mel, crops_per_chunk=config.crops_per_chunk if train else 0,
-                         gain_db=config.gain_db if train else None, rng=rng,
-                         peak_normalise=config.peak_normalise, n_threads=n_threads)
+        ch = file_chunks(
+            audio,
+            sr,
+            band,
+            mel,
+            crops_per_chunk=config.crops_per_chunk if train else 0,
+            gain_db=config.gain_db if train else None,
+            rng=rng,
+            peak_normalise=config.peak_normalise,
+            n_threads=n_threads,
+        )
     except InvalidInputError as exc:
         raise _Skip(f"cannot analyse: {exc}") from exc
     n = ch["levels"].shape[0]
@@ -331,14 +386,26 @@ def _process_file(key: str, path: Path, split: str, file_id: int, band: BandSpec
         if not np.isfinite(a).all():
             raise _Skip(f"non-finite {name} (this is a bug: the spec floors should prevent it)")
     arrays = {
-        "levels": ch["levels"], "mel": ch["mel"], "probs": probs.astype(np.float32),
-        "file_id": np.full(n, file_id, np.int32), "offset": ch["offset"], "crop": ch["crop"],
-        "gain_db": ch["gain_db"], "split": np.full(n, SPLITS.index(split), np.uint8),
+        "levels": ch["levels"],
+        "mel": ch["mel"],
+        "probs": probs.astype(np.float32),
+        "file_id": np.full(n, file_id, np.int32),
+        "offset": ch["offset"],
+        "crop": ch["crop"],
+        "gain_db": ch["gain_db"],
+        "split": np.full(n, SPLITS.index(split), np.uint8),
     }
     n_crops = int(ch["crop"].sum())
-    entry = {"id": file_id, "path": str(path.resolve()), "split": split, "n_chunks": n - n_crops,
-             "n_crops": n_crops, "duration_s": round(duration, 6), "sample_rate": sr,
-             "peak": float(np.max(np.abs(audio))) if audio.size else 0.0}
+    entry = {
+        "id": file_id,
+        "path": str(path.resolve()),
+        "split": split,
+        "n_chunks": n - n_crops,
+        "n_crops": n_crops,
+        "duration_s": round(duration, 6),
+        "sample_rate": sr,
+        "peak": float(np.max(np.abs(audio))) if audio.size else 0.0,
+    }
     return arrays, entry
 
 
@@ -355,22 +422,50 @@ def add_parser(sub: Any) -> None:
     p.add_argument("audio_dirs", nargs="+", metavar="AUDIO_DIR", help="folders of audio files (searched recursively)")
     p.add_argument("-o", "--output", required=True, metavar="CACHE_DIR", help="cache directory (created or resumed)")
     p.add_argument("--teacher", required=True, choices=sorted(TEACHERS), help="teacher classifier")
-    p.add_argument("--teacher-source", metavar="FILE",
-                   help="teacher checkpoint (default ../shared/models/yamnet_int8_perchannel.tflite or "
-                        "mn04_as_mAP_432.pt); the label CSVs are read from the same folder")
-    p.add_argument("--crops-per-chunk", type=int, default=0,
-                   help="random-offset crops per regular 1-s chunk, training files only (default 0)")
-    p.add_argument("--gain-db", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                   help="random gain range in dB for training chunks (default: none)")
+    p.add_argument(
+        "--teacher-source",
+        metavar="FILE",
+        help="teacher checkpoint (default ../shared/models/yamnet_int8_perchannel.tflite or "
+        "mn04_as_mAP_432.pt); the label CSVs are read from the same folder",
+    )
+    p.add_argument(
+        "--crops-per-chunk",
+        type=int,
+        default=0,
+        help="random-offset crops per regular 1-s chunk, training files only (default 0)",
+    )
+    p.add_argument(
+        "--gain-db",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="random gain range in dB for training chunks (default: none)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the crops and gains (default 0)")
-    p.add_argument("--heldout-dir", action="append", metavar="NAME",
-                   help="directory name held out entirely (repeatable; default fold2)")
-    p.add_argument("--train-dir", action="append", metavar="NAME",
-                   help="directory name used entirely for training (repeatable; default fold1)")
-    p.add_argument("--heldout-fraction", type=float, default=0.25,
-                   help="fraction of the other directories' files held out (default 0.25)")
-    p.add_argument("--eval-fraction", type=float, default=0.5,
-                   help="fraction of held-out files in 'eval' (the rest: 'valid'; default 0.5)")
+    p.add_argument(
+        "--heldout-dir",
+        action="append",
+        metavar="NAME",
+        help="directory name held out entirely (repeatable; default fold2)",
+    )
+    p.add_argument(
+        "--train-dir",
+        action="append",
+        metavar="NAME",
+        help="directory name used entirely for training (repeatable; default fold1)",
+    )
+    p.add_argument(
+        "--heldout-fraction",
+        type=float,
+        default=0.25,
+        help="fraction of the other directories' files held out (default 0.25)",
+    )
+    p.add_argument(
+        "--eval-fraction",
+        type=float,
+        default=0.5,
+        help="fraction of held-out files in 'eval' (the rest: 'valid'; default 0.5)",
+    )
     p.add_argument("--max-files-per-dir", type=int, metavar="N", help="fixed hash-chosen subset of N files per folder")
     p.add_argument("--shard-size", type=int, default=1024, help="chunks per shard (default 1024)")
     p.add_argument("--batch-size", type=int, default=64, help="teacher batch size (default 64)")
@@ -385,15 +480,26 @@ def _cmd_build(args: Any) -> int:
         torch.set_num_threads(args.threads)
     teacher = load_teacher(args.teacher, args.teacher_source)
     config = BuildConfig(
-        teacher=args.teacher, crops_per_chunk=args.crops_per_chunk,
-        gain_db=tuple(args.gain_db) if args.gain_db else None, seed=args.seed,
+        teacher=args.teacher,
+        crops_per_chunk=args.crops_per_chunk,
+        gain_db=tuple(args.gain_db) if args.gain_db else None,
+        seed=args.seed,
         heldout_dirs=tuple(args.heldout_dir) if args.heldout_dir else ("fold2",),
         train_dirs=tuple(args.train_dir) if args.train_dir else ("fold1",),
-        heldout_fraction=args.heldout_fraction, eval_fraction=args.eval_fraction,
+        heldout_fraction=args.heldout_fraction,
+        eval_fraction=args.eval_fraction,
     )
-    report = build_dataset(args.audio_dirs, args.output, teacher=teacher, config=config,
-                           shard_size=args.shard_size, max_files_per_dir=args.max_files_per_dir,
-                           batch_size=args.batch_size, device=args.device, n_threads=args.threads,
-                           progress=not args.no_progress)
+    report = build_dataset(
+        args.audio_dirs,
+        args.output,
+        teacher=teacher,
+        config=config,
+        shard_size=args.shard_size,
+        max_files_per_dir=args.max_files_per_dir,
+        batch_size=args.batch_size,
+        device=args.device,
+        n_threads=args.threads,
+        progress=not args.no_progress,
+    )
     print(report.summary())
     return 0

@@ -52,12 +52,17 @@ def predict_direct(model: DirectStudent, levels: np.ndarray, *, batch: int = 102
     """Sigmoid probabilities (N, C) of context windows ``levels`` (N, F, 29) dBFS."""
     model.eval()
     with torch.no_grad():
-        return np.concatenate([torch.sigmoid(model(torch.from_numpy(np.asarray(levels[s : s + batch], np.float32))))
-                               .numpy() for s in range(0, levels.shape[0], batch)])
+        return np.concatenate(
+            [
+                torch.sigmoid(model(torch.from_numpy(np.asarray(levels[s : s + batch], np.float32)))).numpy()
+                for s in range(0, levels.shape[0], batch)
+            ]
+        )
 
 
-def fit_direct(engine_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: DirectConfig, *,
-               log: Callable[[str], None] = print) -> dict[str, Any]:
+def fit_direct(
+    engine_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: DirectConfig, *, log: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Train a direct student; returns ``{"step", "best_score", "history"}``."""
     from .loop import _drop_context, _lr
 
@@ -78,25 +83,45 @@ def fit_direct(engine_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: D
         logits, t_logits = model(torch.from_numpy(lv)), torch.from_numpy(ex["logits"])
         tt = cfg.kd_temperature
         loss = F.binary_cross_entropy_with_logits(logits, torch.sigmoid(t_logits)) + tt * tt * F.kl_div(
-            F.log_softmax(logits / tt, -1), F.log_softmax(t_logits / tt, -1), log_target=True, reduction="batchmean")
+            F.log_softmax(logits / tt, -1), F.log_softmax(t_logits / tt, -1), log_target=True, reduction="batchmean"
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % cfg.eval_every == 0 or step == cfg.steps:
             p = predict_direct(model, np.asarray(held.levels, np.float32)).astype(np.float64)
-            rep = fidelity_report(q_valid, p, held.clip, held.domain, domain_names=held.domains, groups=held.group,
-                                  n_boot=0)
+            rep = fidelity_report(
+                q_valid, p, held.clip, held.domain, domain_names=held.domains, groups=held.group, n_boot=0
+            )
             score, a = selection_score(rep), rep["all"]
-            history.append({"step": step, "seconds": round(time.perf_counter() - t0, 1), "loss": loss.item(),
-                            "val_clip": a["clip_ptopafc"], "val_macro": a["macro_ptopafc"], "score": score,
-                            "val_commonest_share": a["model_commonest_share"]})
-            log(f"step {step}: loss {loss.item():.4f} | valid clip {100 * a['clip_ptopafc']:.1f} % macro "
+            history.append(
+                {
+                    "step": step,
+                    "seconds": round(time.perf_counter() - t0, 1),
+                    "loss": loss.item(),
+                    "val_clip": a["clip_ptopafc"],
+                    "val_macro": a["macro_ptopafc"],
+                    "score": score,
+                    "val_commonest_share": a["model_commonest_share"],
+                }
+            )
+            log(
+                f"step {step}: loss {loss.item():.4f} | valid clip {100 * a['clip_ptopafc']:.1f} % macro "
                 f"{100 * a['macro_ptopafc']:.1f} % commonest {100 * a['model_commonest_share']:.1f} % "
-                f"(teacher {100 * a['teacher_commonest_share']:.1f} %) | score {score:.3f}")
+                f"(teacher {100 * a['teacher_commonest_share']:.1f} %) | score {score:.3f}"
+            )
             if score > best:
                 best = score
-                save_checkpoint({"model": model.state_dict(), "model_config": model.config, "step": step,
-                                 "config": asdict(cfg), "report": rep}, run / "best.pt")
+                save_checkpoint(
+                    {
+                        "model": model.state_dict(),
+                        "model_config": model.config,
+                        "step": step,
+                        "config": asdict(cfg),
+                        "report": rep,
+                    },
+                    run / "best.pt",
+                )
             (run / "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
     return {"step": cfg.steps, "best_score": best, "history": history}
 
@@ -109,8 +134,11 @@ def load_direct(run_dir: str | os.PathLike) -> tuple[DirectStudent, dict[str, An
 
 def add_parser(sub: Any) -> None:
     """Register ``direct`` on an argparse subparsers object."""
-    p = sub.add_parser("direct", help="train the direct student (levels -> teacher logits), a fidelity reference row",
-                       description=__doc__.split("\n\n")[1] if __doc__ else None)
+    p = sub.add_parser(
+        "direct",
+        help="train the direct student (levels -> teacher logits), a fidelity reference row",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
     p.add_argument("engine_dir")
     p.add_argument("--teacher", required=True, choices=["yamnet", "efficientat"])
     p.add_argument("-o", "--out", required=True, help="run folder")

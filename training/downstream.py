@@ -38,7 +38,16 @@ from torch import nn
 from spectral_transcoder.errors import InvalidInputError
 
 from .cache import SPLITS, ChunkStore
-from .evaluate import Method, Reference, audio_reference, cached_reference, file_means, pinv_method, published_method, run_method
+from .evaluate import (
+    Method,
+    Reference,
+    audio_reference,
+    cached_reference,
+    file_means,
+    pinv_method,
+    published_method,
+    run_method,
+)
 from .teachers import Teacher, load_teacher
 
 __all__ = [
@@ -53,8 +62,18 @@ __all__ = [
     "add_parser",
 ]
 
-US8K_CLASSES = ("air_conditioner", "car_horn", "children_playing", "dog_bark", "drilling", "engine_idling",
-                "gun_shot", "jackhammer", "siren", "street_music")
+US8K_CLASSES = (
+    "air_conditioner",
+    "car_horn",
+    "children_playing",
+    "dog_bark",
+    "drilling",
+    "engine_idling",
+    "gun_shot",
+    "jackhammer",
+    "siren",
+    "street_music",
+)
 _NAME = re.compile(r"^(\d+)-(\d)-(\d+)-(\d+)$")
 _FOLD = re.compile(r"^fold(\d+)$")
 
@@ -83,8 +102,16 @@ class FCHead(nn.Module):
         return torch.sigmoid(self.fc2(self.fc1(x)))
 
 
-def train_head(x: np.ndarray, y: np.ndarray, *, n_classes: int = 10, epochs: int = 30, batch_size: int = 32,
-               lr: float = 1e-3, seed: int = 0) -> FCHead:
+def train_head(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    n_classes: int = 10,
+    epochs: int = 30,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> FCHead:
     """Train :class:`FCHead` on features ``x`` (N, C) and labels ``y`` (N,) with BCE on one-hot targets."""
     torch.manual_seed(seed)
     head = FCHead(x.shape[1], n_classes)
@@ -104,8 +131,9 @@ def train_head(x: np.ndarray, y: np.ndarray, *, n_classes: int = 10, epochs: int
     return head.eval()
 
 
-def cross_validate(features: np.ndarray, labels: np.ndarray, folds: np.ndarray, *, n_classes: int = 10,
-                   **kwargs: Any) -> dict[str, Any]:
+def cross_validate(
+    features: np.ndarray, labels: np.ndarray, folds: np.ndarray, *, n_classes: int = 10, **kwargs: Any
+) -> dict[str, Any]:
     """Leave-one-fold-out accuracy of :func:`train_head`, pooled over all files, and per fold."""
     labels, folds = np.asarray(labels), np.asarray(folds)
     unique = np.unique(folds)
@@ -132,8 +160,17 @@ def clip_features(ref: Reference, probs: np.ndarray) -> tuple[np.ndarray, np.nda
     return ids[ok], feats[ok], labels[ok].astype(np.int64), folds[ok].astype(np.int64)
 
 
-def run_downstream(store: ChunkStore, methods: Sequence[Method], teacher: Teacher, *, epochs: int = 30,
-                   batch_size: int = 32, lr: float = 1e-3, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+def run_downstream(
+    store: ChunkStore,
+    methods: Sequence[Method],
+    teacher: Teacher,
+    *,
+    epochs: int = 30,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """US8K fold cross-validation with ground-truth features and with each method's transcoded features."""
     refs: dict[str, Reference] = {store.mel_spec.name: cached_reference(store, SPLITS)}
     out: dict[str, Any] = {"teacher": store.teacher_info["name"], "rows": {}}
@@ -145,7 +182,9 @@ def run_downstream(store: ChunkStore, methods: Sequence[Method], teacher: Teache
             raise InvalidInputError("no UrbanSound8K files (foldN/fsID-classID-occurrence-slice.*) in the cache")
         return cross_validate(feats, labels, folds, **kw)
 
-    out["rows"][f"ground truth ({store.mel_spec.name})"] = cv(refs[store.mel_spec.name], refs[store.mel_spec.name].probs)
+    out["rows"][f"ground truth ({store.mel_spec.name})"] = cv(
+        refs[store.mel_spec.name], refs[store.mel_spec.name].probs
+    )
     for m in methods:
         if m.mel_spec.name not in refs:
             refs[m.mel_spec.name] = audio_reference(store, m.mel_spec, teacher, SPLITS, device=device)
@@ -160,12 +199,15 @@ def run_downstream(store: ChunkStore, methods: Sequence[Method], teacher: Teache
 def add_parser(sub: Any) -> None:
     """Register ``downstream`` on an argparse subparsers object."""
     p = sub.add_parser(
-        "downstream", help="UrbanSound8K fold cross-validation of the paper's 2-FC head (ground truth vs transcoded)",
+        "downstream",
+        help="UrbanSound8K fold cross-validation of the paper's 2-FC head (ground truth vs transcoded)",
         description="Train the paper's 2-FC head (C -> 100 -> 10, sigmoid, BCE, Adam 1e-3, 30 epochs, batch 32) on "
         "per-clip mean teacher probabilities of the cache's UrbanSound8K files, leave-one-fold-out, with "
         "ground-truth Mels and with each transcoder's Mels.",
     )
-    p.add_argument("cache_dir", metavar="CACHE_DIR", help="a cache over UrbanSound8K folds (all files, no crops needed)")
+    p.add_argument(
+        "cache_dir", metavar="CACHE_DIR", help="a cache over UrbanSound8K folds (all files, no crops needed)"
+    )
     p.add_argument("--run", action="append", default=[], metavar="RUN_DIR")
     p.add_argument("--published", action="append", default=[], metavar="CKPT")
     p.add_argument("--no-pinv", action="store_true")

@@ -50,8 +50,16 @@ from .augment import SCENE_RATE, SceneConfig, SourcePool, synthesize_scene
 from .runs import write_json_atomic
 from .sources import SourceRecord, load_index, record_split
 
-__all__ = ["ENGINE_FORMAT", "HeldoutConfig", "build_scenes", "build_heldout", "SceneStore", "HeldoutStore",
-           "centre_frames", "add_parser"]
+__all__ = [
+    "ENGINE_FORMAT",
+    "HeldoutConfig",
+    "build_scenes",
+    "build_heldout",
+    "SceneStore",
+    "HeldoutStore",
+    "centre_frames",
+    "add_parser",
+]
 
 ENGINE_FORMAT = "spectral_transcoder.training.engine/1"
 BAND = "cense_fast"
@@ -142,16 +150,31 @@ def _build_shard(args: tuple[str, int, dict[str, Any]]) -> str:
 def _split_records(records: Sequence[SourceRecord], cfg: HeldoutConfig) -> dict[str, list[SourceRecord]]:
     out: dict[str, list[SourceRecord]] = {"train": [], "valid": [], "test": []}
     for r in records:
-        out[record_split(r, heldout_fraction=cfg.heldout_fraction, valid_fraction=cfg.valid_fraction,
-                         salt=cfg.salt)].append(r)
+        out[
+            record_split(r, heldout_fraction=cfg.heldout_fraction, valid_fraction=cfg.valid_fraction, salt=cfg.salt)
+        ].append(r)
     return out
 
 
-def _engine_json(out: Path, index: str, teachers: Sequence[str], scene: SceneConfig, held: HeldoutConfig,
-                 seed: int, shard_scenes: int, models_dir: str | None) -> dict[str, Any]:
-    fp = {"format": ENGINE_FORMAT, "band_spec": BAND, "teachers": list(teachers), "scene": scene.to_dict(),
-          "heldout": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(held).items()},
-          "seed": seed, "shard_scenes": shard_scenes}
+def _engine_json(
+    out: Path,
+    index: str,
+    teachers: Sequence[str],
+    scene: SceneConfig,
+    held: HeldoutConfig,
+    seed: int,
+    shard_scenes: int,
+    models_dir: str | None,
+) -> dict[str, Any]:
+    fp = {
+        "format": ENGINE_FORMAT,
+        "band_spec": BAND,
+        "teachers": list(teachers),
+        "scene": scene.to_dict(),
+        "heldout": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(held).items()},
+        "seed": seed,
+        "shard_scenes": shard_scenes,
+    }
     path = out / "engine.json"
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
@@ -160,24 +183,39 @@ def _engine_json(out: Path, index: str, teachers: Sequence[str], scene: SceneCon
             raise ValueError(f"{out} was built with other settings ({', '.join(diff)} differ); use a new folder")
         return old
     out.mkdir(parents=True, exist_ok=True)
-    info = dict(fp, index=os.path.basename(index), teacher_sha256={
-        t: _teacher(t, models_dir).sha256 for t in teachers})
+    info = dict(fp, index=os.path.basename(index), teacher_sha256={t: _teacher(t, models_dir).sha256 for t in teachers})
     write_json_atomic(path, info)
     return info
 
 
-def build_scenes(index: str, out: str | os.PathLike, *, n_scenes: int, teachers: Sequence[str] = ("yamnet", "efficientat"),
-                 scene: SceneConfig = SceneConfig(), heldout: HeldoutConfig = HeldoutConfig(), seed: int = 0,
-                 shard_scenes: int = 250, workers: int = 2, models_dir: str | None = None,
-                 log: Any = print) -> int:
+def build_scenes(
+    index: str,
+    out: str | os.PathLike,
+    *,
+    n_scenes: int,
+    teachers: Sequence[str] = ("yamnet", "efficientat"),
+    scene: SceneConfig = SceneConfig(),
+    heldout: HeldoutConfig = HeldoutConfig(),
+    seed: int = 0,
+    shard_scenes: int = 250,
+    workers: int = 2,
+    models_dir: str | None = None,
+    log: Any = print,
+) -> int:
     """Build (or extend, or resume) the training scenes; returns the number of shards present."""
     out_p = Path(out)
     _engine_json(out_p, index, teachers, scene, heldout, seed, shard_scenes, models_dir)
     train = _split_records(load_index(index), heldout)["train"]
     pool = SourcePool.from_records(train)
-    job = {"scene": scene.to_dict(), "pool_paths": pool.paths,
-           "pool_durations": {k: v.tolist() for k, v in pool.durations.items()}, "teachers": list(teachers),
-           "seed": seed, "shard_scenes": shard_scenes, "models_dir": models_dir}
+    job = {
+        "scene": scene.to_dict(),
+        "pool_paths": pool.paths,
+        "pool_durations": {k: v.tolist() for k, v in pool.durations.items()},
+        "teachers": list(teachers),
+        "seed": seed,
+        "shard_scenes": shard_scenes,
+        "models_dir": models_dir,
+    }
     shard_dir = out_p / "train"
     shard_dir.mkdir(parents=True, exist_ok=True)
     for junk in shard_dir.glob(".tmp-*"):
@@ -205,9 +243,16 @@ def build_scenes(index: str, out: str | os.PathLike, *, n_scenes: int, teachers:
 
 
 # ---------------------------------------------------------------------- held out
-def build_heldout(index: str, out: str | os.PathLike, *, teachers: Sequence[str] = ("yamnet", "efficientat"),
-                  heldout: HeldoutConfig = HeldoutConfig(), context: int = 1, models_dir: str | None = None,
-                  log: Any = print) -> dict[str, int]:
+def build_heldout(
+    index: str,
+    out: str | os.PathLike,
+    *,
+    teachers: Sequence[str] = ("yamnet", "efficientat"),
+    heldout: HeldoutConfig = HeldoutConfig(),
+    context: int = 1,
+    models_dir: str | None = None,
+    log: Any = print,
+) -> dict[str, int]:
     """Build ``heldout/valid`` and ``heldout/test``; returns chunks per split."""
     import soundfile as sf
 
@@ -245,7 +290,9 @@ def build_heldout(index: str, out: str | os.PathLike, *, teachers: Sequence[str]
                     if n == 0 or peak == 0 or per_group.get(r.group, 0) >= heldout.max_clips_per_group:
                         break
                     u = _seed(heldout.salt, r.path, c0) / 2.0**64
-                    seg = seg * (10 ** ((heldout.level_db[0] + u * (heldout.level_db[1] - heldout.level_db[0])) / 20) / peak)
+                    seg = seg * (
+                        10 ** ((heldout.level_db[0] + u * (heldout.level_db[1] - heldout.level_db[0])) / 20) / peak
+                    )
                     pad = np.zeros(n * SCENE_RATE + band.frame_length - band.hop_length, np.float32)
                     pad[: min(pad.size, seg.size)] = seg[: pad.size]
                     lv = _levels(pad)[: n * fpc]
@@ -257,8 +304,17 @@ def build_heldout(index: str, out: str | os.PathLike, *, teachers: Sequence[str]
                         groups.append(r.group)
                     cols["group"].append(np.full(n, groups.index(r.group), np.int32))
                     centre_audio.append(pad[: n * SCENE_RATE].reshape(n, SCENE_RATE))
-                    clips_meta.append({"path": r.path, "offset_s": c0, "seconds": n, "domain": d, "group": r.group,
-                                       "source": r.source, "licence": r.licence})
+                    clips_meta.append(
+                        {
+                            "path": r.path,
+                            "offset_s": c0,
+                            "seconds": n,
+                            "domain": d,
+                            "group": r.group,
+                            "source": r.source,
+                            "licence": r.licence,
+                        }
+                    )
                     per_group[r.group] = per_group.get(r.group, 0) + 1
                     n_dom += 1
         if not clips_meta:
@@ -274,14 +330,22 @@ def build_heldout(index: str, out: str | os.PathLike, *, teachers: Sequence[str]
         tmp.mkdir(parents=True)
         for k, v in arrays.items():
             np.save(tmp / f"{k}.npy", v)
-        meta = {"n_chunks": int(audio.shape[0]), "n_clips": len(clips_meta), "domains": domains, "groups": groups,
-                "clips": clips_meta, "context": context}
+        meta = {
+            "n_chunks": int(audio.shape[0]),
+            "n_clips": len(clips_meta),
+            "domains": domains,
+            "groups": groups,
+            "clips": clips_meta,
+            "context": context,
+        }
         write_json_atomic(tmp / "meta.json", meta)
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(tmp, dest)
         counts[split] = meta["n_chunks"]
-        log(f"held-out {split}: {meta['n_chunks']} chunks, {len(clips_meta)} clips, "
-            + ", ".join(f"{d} {sum(1 for c in clips_meta if c['domain'] == d)}" for d in domains))
+        log(
+            f"held-out {split}: {meta['n_chunks']} chunks, {len(clips_meta)} clips, "
+            + ", ".join(f"{d} {sum(1 for c in clips_meta if c['domain'] == d)}" for d in domains)
+        )
     return counts
 
 
@@ -328,8 +392,11 @@ class SceneStore:
             lv.append(self.levels[s][j, k * fpc : (k + 1 + 2 * self.context) * fpc])
             mel.append(self.mel[s][j, k])
             lg.append(self.logits[s][j, k])
-        return {"levels": np.stack(lv).astype(np.float32), "mel": np.stack(mel).astype(np.float32),
-                "logits": np.stack(lg).astype(np.float32)}
+        return {
+            "levels": np.stack(lv).astype(np.float32),
+            "mel": np.stack(mel).astype(np.float32),
+            "logits": np.stack(lg).astype(np.float32),
+        }
 
 
 class HeldoutStore:
@@ -361,8 +428,11 @@ class HeldoutStore:
 # ---------------------------------------------------------------------- CLI
 def add_parser(sub: Any) -> None:
     """Register ``engine`` (``engine build``) on an argparse subparsers object."""
-    p = sub.add_parser("engine", help="build the data engine: synthesised training scenes and the held-out set",
-                       description=__doc__.split("\n\n")[1] if __doc__ else None)
+    p = sub.add_parser(
+        "engine",
+        help="build the data engine: synthesised training scenes and the held-out set",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
     s = p.add_subparsers(dest="engine_command", metavar="ACTION")
     s.required = True
     b = s.add_parser("build", help="build, extend or resume an engine folder (rerun the same command to resume)")
@@ -382,7 +452,14 @@ def _cmd_build(args: argparse.Namespace) -> int:
     log = lambda m: print(m, flush=True)  # noqa: E731
     kw = dict(teachers=args.teachers, models_dir=args.models_dir, log=log)
     if not args.heldout_only:
-        build_scenes(args.index, args.out, n_scenes=args.scenes, seed=args.seed, shard_scenes=args.shard_scenes,
-                     workers=args.workers, **kw)
+        build_scenes(
+            args.index,
+            args.out,
+            n_scenes=args.scenes,
+            seed=args.seed,
+            shard_scenes=args.shard_scenes,
+            workers=args.workers,
+            **kw,
+        )
     build_heldout(args.index, args.out, **kw)
     return 0

@@ -42,6 +42,7 @@ from spectral_transcoder.specs import BandSpec, MelSpec
 
 from .cache import SPLITS, ChunkStore
 from .chunks import file_chunks, read_audio
+
 # The pure metrics (no torch) live in training.metrics; re-exported here.
 from .metrics import EPS, file_means, kl_divergence, mel_mse, ptopafc
 from .runs import progress_bar
@@ -79,15 +80,21 @@ class Method:
     run_dir: Path | None = None
 
 
-def pinv_method(band_spec: BandSpec, mel_spec: MelSpec, *, matrix: np.ndarray | None = None,
-                name: str = "PINV") -> Method:
+def pinv_method(
+    band_spec: BandSpec, mel_spec: MelSpec, *, matrix: np.ndarray | None = None, name: str = "PINV"
+) -> Method:
     """The PINV alone (the package's kernel; default matrix unless ``matrix``)."""
-    return Method(name, mel_spec, lambda lv: pinv_chunks(lv, mel_spec, band_spec=band_spec, matrix=matrix),
-                  "folded pseudo-inverse (spectral_transcoder.pinv)")
+    return Method(
+        name,
+        mel_spec,
+        lambda lv: pinv_chunks(lv, mel_spec, band_spec=band_spec, matrix=matrix),
+        "folded pseudo-inverse (spectral_transcoder.pinv)",
+    )
 
 
-def _torch_cnn(module: torch.nn.Module, band: BandSpec, mel: MelSpec, matrix: np.ndarray | None,
-               batch_size: int = 256) -> Callable[[np.ndarray], np.ndarray]:
+def _torch_cnn(
+    module: torch.nn.Module, band: BandSpec, mel: MelSpec, matrix: np.ndarray | None, batch_size: int = 256
+) -> Callable[[np.ndarray], np.ndarray]:
     module = module.eval()
 
     def run(levels: np.ndarray) -> np.ndarray:
@@ -112,8 +119,13 @@ def run_method(run_dir: str | os.PathLike, *, name: str | None = None, which: st
     mel = spec_from_json(json.dumps(meta["cache"]["mel_spec"]))
     mode = meta["config"]["mode"]
     matrix = np.asarray(meta["pinv_matrix"], np.float64)
-    return Method(name or f"CNN-{mode} ({Path(run_dir).name})", mel, _torch_cnn(model, band, mel, matrix),  # type: ignore[arg-type]
-                  f"run {run_dir}, {which} epoch {ck['epoch']}", run_dir=Path(run_dir))
+    return Method(
+        name or f"CNN-{mode} ({Path(run_dir).name})",
+        mel,
+        _torch_cnn(model, band, mel, matrix),  # type: ignore[arg-type]
+        f"run {run_dir}, {which} epoch {ck['epoch']}",
+        run_dir=Path(run_dir),
+    )
 
 
 def onnx_method(path: str | os.PathLike, *, name: str | None = None) -> Method:
@@ -131,8 +143,12 @@ def published_method(path: str | os.PathLike, *, name: str | None = None) -> Met
     c = build("transcoder", path)
     md = c.metadata
     matrix = np.asarray(md.pinv["matrix"], np.float64) if md.pinv else None
-    return Method(name or f"published {md.name}", md.output_spec, _torch_cnn(c.module, md.input_spec, md.output_spec, matrix),  # type: ignore[arg-type]
-                  f"published checkpoint {Path(path).name} ({md.output_spec.name} front end)")
+    return Method(
+        name or f"published {md.name}",
+        md.output_spec,
+        _torch_cnn(c.module, md.input_spec, md.output_spec, matrix),  # type: ignore[arg-type]
+        f"published checkpoint {Path(path).name} ({md.output_spec.name} front end)",
+    )
 
 
 # ---------------------------------------------------------------------- references
@@ -158,12 +174,26 @@ def cached_reference(store: ChunkStore, splits: Sequence[str] = ("eval",)) -> Re
     rows = _split_rows(store, splits)
     d = store.get(rows, ("levels", "mel", "probs", "file_id"))
     ids = d["file_id"]
-    return Reference(store.mel_spec, d["levels"], d["mel"], d["probs"], ids,
-                     {int(i): store.files_by_id[int(i)] for i in np.unique(ids)}, "cache")
+    return Reference(
+        store.mel_spec,
+        d["levels"],
+        d["mel"],
+        d["probs"],
+        ids,
+        {int(i): store.files_by_id[int(i)] for i in np.unique(ids)},
+        "cache",
+    )
 
 
-def audio_reference(store: ChunkStore, mel_spec: MelSpec, teacher: Teacher, splits: Sequence[str] = ("eval",), *,
-                    device: str = "cpu", progress: bool = False) -> Reference:
+def audio_reference(
+    store: ChunkStore,
+    mel_spec: MelSpec,
+    teacher: Teacher,
+    splits: Sequence[str] = ("eval",),
+    *,
+    device: str = "cpu",
+    progress: bool = False,
+) -> Reference:
     """Ground truth in another Mel spec, recomputed from the audio of the ``splits`` files.
 
     Uses :func:`training.chunks.file_chunks` with the cache's settings (peak
@@ -180,7 +210,11 @@ def audio_reference(store: ChunkStore, mel_spec: MelSpec, teacher: Teacher, spli
         lv.append(ch["levels"])
         mels.append(ch["mel"])
         ids.append(np.full(ch["levels"].shape[0], fid, np.int32))
-    levels = np.concatenate(lv) if lv else np.zeros((0, store.band_spec.frames_per_chunk, store.band_spec.n_bands), np.float32)
+    levels = (
+        np.concatenate(lv)
+        if lv
+        else np.zeros((0, store.band_spec.frames_per_chunk, store.band_spec.n_bands), np.float32)
+    )
     mel = np.concatenate(mels) if mels else np.zeros((0, mel_spec.chunk_frames, mel_spec.n_mels), np.float32)
     file_ids = np.concatenate(ids) if ids else np.zeros(0, np.int32)
     probs = teacher.probs(mel, device=device)
@@ -197,8 +231,12 @@ def audio_reference(store: ChunkStore, mel_spec: MelSpec, teacher: Teacher, spli
 def _metrics(ref: Reference, est_mel: np.ndarray | None, est_probs: np.ndarray) -> dict[str, Any]:
     ids, q = file_means(ref.probs, ref.file_ids)
     _, p = file_means(est_probs, ref.file_ids)
-    out = {"kl": kl_divergence(q, p), "ptopafc": ptopafc(q, p), "n_files": int(ids.size),
-           "n_chunks": int(ref.file_ids.size)}
+    out = {
+        "kl": kl_divergence(q, p),
+        "ptopafc": ptopafc(q, p),
+        "n_files": int(ids.size),
+        "n_chunks": int(ref.file_ids.size),
+    }
     if est_mel is not None:
         out["mel_mse"] = mel_mse(ref.mel, est_mel, ref.file_ids)
     return out
@@ -227,8 +265,9 @@ def evaluate_methods(
     results: dict[str, Any] = {}
     for m in methods:
         if m.mel_spec.name not in refs:
-            refs[m.mel_spec.name] = audio_reference(store, m.mel_spec, teacher, splits, device=device,
-                                                    progress=progress)
+            refs[m.mel_spec.name] = audio_reference(
+                store, m.mel_spec, teacher, splits, device=device, progress=progress
+            )
         ref = refs[m.mel_spec.name]
         if m.mel_spec != ref.mel_spec:
             raise InvalidInputError(f"method {m.name}: its Mel spec differs from the preset {m.mel_spec.name!r}")
@@ -248,14 +287,19 @@ def evaluate_methods(
             _, q = file_means(cache_ref.probs, cache_ref.file_ids)
             _, p = file_means(ref.probs, ref.file_ids)
             results[f"oracle {name} (front end only)"] = {
-                "kl": kl_divergence(q, p), "ptopafc": ptopafc(q, p), "n_files": int(q.shape[0]),
-                "n_chunks": int(ref.file_ids.size), "mel_spec": name,
+                "kl": kl_divergence(q, p),
+                "ptopafc": ptopafc(q, p),
+                "n_files": int(q.shape[0]),
+                "n_chunks": int(ref.file_ids.size),
+                "mel_spec": name,
                 "description": f"teacher on ground-truth {name} Mels vs the cache's oracle ({store.mel_spec.name})",
             }
     return {
-        "note": (f"{cache_ref.file_ids.size} regular 1-s chunks of {np.unique(cache_ref.file_ids).size} files "
-                 f"({'+'.join(splits)} split of {store.dir}); each method against the teacher on its own "
-                 "front end's ground-truth Mels"),
+        "note": (
+            f"{cache_ref.file_ids.size} regular 1-s chunks of {np.unique(cache_ref.file_ids).size} files "
+            f"({'+'.join(splits)} split of {store.dir}); each method against the teacher on its own "
+            "front end's ground-truth Mels"
+        ),
         "splits": list(splits),
         "teacher": {k: store.teacher_info[k] for k in ("name", "source", "sha256")},
         "cache_mel_spec": store.mel_spec.name,
@@ -266,8 +310,10 @@ def evaluate_methods(
 
 def format_table(results: dict[str, Any]) -> str:
     """A Markdown table of :func:`evaluate_methods` results."""
-    lines = ["| method | Mel spec | Mel MSE | KL | PtoPa-FC % | KL vs cache oracle | PtoPa-FC % vs cache | files |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | Mel spec | Mel MSE | KL | PtoPa-FC % | KL vs cache oracle | PtoPa-FC % vs cache | files |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
 
     def f(v: Any, fmt: str) -> str:
         return "–" if v is None else format(v, fmt)
@@ -286,21 +332,32 @@ def format_table(results: dict[str, Any]) -> str:
 def add_parser(sub: Any) -> None:
     """Register ``evaluate`` on an argparse subparsers object."""
     p = sub.add_parser(
-        "evaluate", help="compare transcoders on a cache's held-out files (Mel MSE, KL, PtoPa-FC)",
+        "evaluate",
+        help="compare transcoders on a cache's held-out files (Mel MSE, KL, PtoPa-FC)",
         description="Evaluate the PINV and the given transcoders on the regular 1-s chunks of the cache's held-out "
         "files, against the frozen teacher (the paper's metrics: Tailleur et al., DCASE 2023, Table 2).",
     )
     p.add_argument("cache_dir", metavar="CACHE_DIR")
     p.add_argument("--run", action="append", default=[], metavar="RUN_DIR", help="a training run (best.pt); repeatable")
-    p.add_argument("--onnx", action="append", default=[], metavar="MODEL.onnx", help="an exported transcoder; repeatable")
-    p.add_argument("--published", action="append", default=[], metavar="CKPT",
-                   help="a published transcoder checkpoint (with its _settings.yaml beside it); repeatable")
+    p.add_argument(
+        "--onnx", action="append", default=[], metavar="MODEL.onnx", help="an exported transcoder; repeatable"
+    )
+    p.add_argument(
+        "--published",
+        action="append",
+        default=[],
+        metavar="CKPT",
+        help="a published transcoder checkpoint (with its _settings.yaml beside it); repeatable",
+    )
     p.add_argument("--no-pinv", action="store_true", help="leave the PINV out")
     p.add_argument("--split", action="append", choices=SPLITS, help="split(s) to evaluate (default eval)")
     p.add_argument("--teacher-source", metavar="FILE", help="teacher checkpoint (default: the cache's)")
     p.add_argument("-o", "--output", metavar="RESULTS.json", help="write the results as JSON")
-    p.add_argument("--write-run-metrics", action="store_true",
-                   help="also write RUN_DIR/metrics.json for each --run (export-run puts it in the model metadata)")
+    p.add_argument(
+        "--write-run-metrics",
+        action="store_true",
+        help="also write RUN_DIR/metrics.json for each --run (export-run puts it in the model metadata)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0)
     p.set_defaults(func=_cmd_evaluate)
@@ -316,8 +373,9 @@ def _cmd_evaluate(args: Any) -> int:
     methods += [run_method(r) for r in args.run]
     methods += [onnx_method(o) for o in args.onnx]
     methods += [published_method(p) for p in args.published]
-    res = evaluate_methods(store, methods, teacher, splits=tuple(args.split or ("eval",)), device=args.device,
-                           progress=True)
+    res = evaluate_methods(
+        store, methods, teacher, splits=tuple(args.split or ("eval",)), device=args.device, progress=True
+    )
     print(format_table(res))
     for spec, note in res["references"].items():
         print(f"reference {spec}: {note}")

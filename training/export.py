@@ -27,7 +27,14 @@ from torch import nn
 from spectral_transcoder.errors import ModelError
 from spectral_transcoder.metadata import ModelMetadata
 
-__all__ = ["export_onnx", "scrub_machine_paths", "DEFAULT_OPSET", "INPUT_NAME", "CLASSIFIER_OUTPUTS", "TRANSCODER_OUTPUTS"]
+__all__ = [
+    "export_onnx",
+    "scrub_machine_paths",
+    "DEFAULT_OPSET",
+    "INPUT_NAME",
+    "CLASSIFIER_OUTPUTS",
+    "TRANSCODER_OUTPUTS",
+]
 
 DEFAULT_OPSET = 18
 INPUT_NAME = "mel"
@@ -55,8 +62,16 @@ def _quiet_export():
             lg.setLevel(lv)
 
 
-def _export_dynamo(module: nn.Module, example: tuple[torch.Tensor, ...], names: tuple[str, ...],
-                   outputs: tuple[str, ...], dyn_frames: bool, min_frames: int, opset: int, path: Path) -> None:
+def _export_dynamo(
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    names: tuple[str, ...],
+    outputs: tuple[str, ...],
+    dyn_frames: bool,
+    min_frames: int,
+    opset: int,
+    path: Path,
+) -> None:
     from torch.export import Dim
 
     batch = Dim("batch", min=1)
@@ -65,20 +80,44 @@ def _export_dynamo(module: nn.Module, example: tuple[torch.Tensor, ...], names: 
         dims[1] = Dim("frames", min=max(1, min_frames))
     shapes = {n: (dims if i == 0 else {0: batch}) for i, n in enumerate(names)}
     prog = torch.onnx.export(
-        module, example, input_names=list(names), output_names=list(outputs),
-        dynamic_shapes=shapes, opset_version=opset, dynamo=True, external_data=False, verbose=False,
+        module,
+        example,
+        input_names=list(names),
+        output_names=list(outputs),
+        dynamic_shapes=shapes,
+        opset_version=opset,
+        dynamo=True,
+        external_data=False,
+        verbose=False,
     )
     prog.save(str(path))
 
 
-def _export_torchscript(module: nn.Module, example: tuple[torch.Tensor, ...], names: tuple[str, ...],
-                        outputs: tuple[str, ...], dyn_frames: bool, opset: int, path: Path) -> None:
+def _export_torchscript(
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    names: tuple[str, ...],
+    outputs: tuple[str, ...],
+    dyn_frames: bool,
+    opset: int,
+    path: Path,
+) -> None:
     axes = {0: "batch", 1: "frames"} if dyn_frames else {0: "batch"}
-    dynamic_axes = {names[0]: axes, **{n: {0: "batch"} for n in names[1:]},
-                    **{n: (axes if n.startswith("mel") else {0: "batch"}) for n in outputs}}
+    dynamic_axes = {
+        names[0]: axes,
+        **{n: {0: "batch"} for n in names[1:]},
+        **{n: (axes if n.startswith("mel") else {0: "batch"}) for n in outputs},
+    }
     torch.onnx.export(
-        module, example, str(path), input_names=list(names), output_names=list(outputs),
-        dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False, do_constant_folding=True,
+        module,
+        example,
+        str(path),
+        input_names=list(names),
+        output_names=list(outputs),
+        dynamic_axes=dynamic_axes,
+        opset_version=opset,
+        dynamo=False,
+        do_constant_folding=True,
     )
 
 

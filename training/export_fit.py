@@ -31,13 +31,16 @@ from .nets import count_parameters
 __all__ = ["export_fit", "add_parser"]
 
 WEIGHTS_LICENSE = "MIT (weights trained by spectral_transcoder)"
-DATA_TEXT = ("Data engine scenes (training/engine.py) mixed from the training groups of the audio index: "
-             "UrbanSound8K fold 1, field recordings and Debian-packaged speech, sound effects, ambiences and "
-             "MIDI music rendered with FluidR3_GM (docs/training-data.md lists every source and licence).")
+DATA_TEXT = (
+    "Data engine scenes (training/engine.py) mixed from the training groups of the audio index: "
+    "UrbanSound8K fold 1, field recordings and Debian-packaged speech, sound effects, ambiences and "
+    "MIDI music rendered with FluidR3_GM (docs/training-data.md lists every source and licence)."
+)
 
 
-def export_fit(run_dir: str | Path, output: str | Path, *, name: str, fidelity: dict[str, Any] | None = None,
-               notes: str = "") -> ModelMetadata:
+def export_fit(
+    run_dir: str | Path, output: str | Path, *, name: str, fidelity: dict[str, Any] | None = None, notes: str = ""
+) -> ModelMetadata:
     """Export ``RUN_DIR/best.pt`` to ``output`` (+ ``<stem>.md``); returns the metadata."""
     from .fidelity import format_report
 
@@ -51,16 +54,23 @@ def export_fit(run_dir: str | Path, output: str | Path, *, name: str, fidelity: 
     if fidelity:
         summary = {k: fidelity["reports"][k]["all"] for k in fidelity["reports"]}
     md = ModelMetadata(
-        kind="transcoder", name=name, input_spec=band, output_spec=mel,
-        source=f"{run.name}/best.pt (step {ck['step']})", source_sha256=sha256_file(run / "best.pt"),
+        kind="transcoder",
+        name=name,
+        input_spec=band,
+        output_spec=mel,
+        source=f"{run.name}/best.pt (step {ck['step']})",
+        source_sha256=sha256_file(run / "best.pt"),
         license=f"{WEIGHTS_LICENSE}; trained on audio under the licences of docs/training-data.md",
         training_data=DATA_TEXT,
-        metrics={"best_step": int(ck["step"]), "valid": ck["report"]["all"],
-                 **({"test": summary} if summary else {})},
-        extra={"architecture": {"kind": "context", **model.config}, "n_parameters": count_parameters(model),
-               "context_chunks": ctx, "training": meta["config"],
-               "teacher": {k: meta["teacher"].get(k) for k in ("name", "kind", "source", "sha256", "n_classes")},
-               "input": "mel: PINV Mel of the 1-s chunk; levels: the chunk and its neighbours (dBFS)"},
+        metrics={"best_step": int(ck["step"]), "valid": ck["report"]["all"], **({"test": summary} if summary else {})},
+        extra={
+            "architecture": {"kind": "context", **model.config},
+            "n_parameters": count_parameters(model),
+            "context_chunks": ctx,
+            "training": meta["config"],
+            "teacher": {k: meta["teacher"].get(k) for k in ("name", "kind", "source", "sha256", "n_classes")},
+            "input": "mel: PINV Mel of the 1-s chunk; levels: the chunk and its neighbours (dBFS)",
+        },
     )
     g = torch.Generator().manual_seed(0)
     example = torch.randn(2, mel.chunk_frames, mel.n_mels, generator=g)
@@ -69,12 +79,12 @@ def export_fit(run_dir: str | Path, output: str | Path, *, name: str, fidelity: 
     tables = format_report(fidelity) if fidelity else "(no fidelity evaluation given)"
     card = f"""# `{name}`: context transcoder, cense_fast third-octaves -> `{mel.name}` Mel
 
-- Teacher: {meta['teacher']['name']} (`{meta['teacher']['source']}`, sha256 {meta['teacher']['sha256'][:12]}...)
+- Teacher: {meta["teacher"]["name"]} (`{meta["teacher"]["source"]}`, sha256 {meta["teacher"]["sha256"][:12]}...)
 - Architecture: third-octave trunk at 8 frames/s over the chunk and {ctx} neighbouring second(s) each side,
   interpolated to the Mel frames, over a learned per-bin affine map of the PINV, plus a thin 2-D refinement
   ({count_parameters(model)} parameters; `{json.dumps(model.config)}`).
-- Training: step {ck['step']} of {meta['config']['steps']}, best validation selection score (mean of clip and
-  macro PtoPa-FC on the engine's `valid` split); losses BCE + softmax distillation (T {meta['config']['kd_temperature']})
+- Training: step {ck["step"]} of {meta["config"]["steps"]}, best validation selection score (mean of clip and
+  macro PtoPa-FC on the engine's `valid` split); losses BCE + softmax distillation (T {meta["config"]["kd_temperature"]})
   + scene-level BCE + Mel MSE anchor; AdamW, warm-up then cosine decay.
 - Data: {DATA_TEXT}
 - Licence of the weights: {WEIGHTS_LICENSE}.
@@ -83,7 +93,7 @@ def export_fit(run_dir: str | Path, output: str | Path, *, name: str, fidelity: 
 ## Fidelity on the held-out test split
 
 {tables}
-{('## Status' + chr(10) + notes.strip() + chr(10)) if notes.strip() else ''}"""
+{("## Status" + chr(10) + notes.strip() + chr(10)) if notes.strip() else ""}"""
     Path(output).with_suffix(".md").write_text(card, encoding="utf-8")
     return md
 

@@ -82,8 +82,11 @@ def resolve_method(spec: str, teacher_spec: str) -> Method:
         from .loop import load_fit, predict
 
         model, ck = load_fit(arg)
-        return (f"context transcoder {Path(arg).name} (step {ck['step']})",
-                lambda c, ctx: predict(model, ctx, teacher_spec), teacher_spec)
+        return (
+            f"context transcoder {Path(arg).name} (step {ck['step']})",
+            lambda c, ctx: predict(model, ctx, teacher_spec),
+            teacher_spec,
+        )
     if kind == "direct":  # probabilities, not a Mel: the teacher is skipped
         from .direct import load_direct, predict_direct
 
@@ -92,9 +95,16 @@ def resolve_method(spec: str, teacher_spec: str) -> Method:
     raise ValueError(f"--method {spec!r}: expected pinv, onnx:NAME, published:CKPT, run:DIR, fit:DIR or direct:DIR")
 
 
-def evaluate_fidelity(engine_dir: str | os.PathLike, teacher_name: str, methods: Sequence[str], *,
-                      split: str = "test", n_boot: int = 1000, models_dir: str | None = None,
-                      log: Callable[[str], None] = print) -> dict[str, Any]:
+def evaluate_fidelity(
+    engine_dir: str | os.PathLike,
+    teacher_name: str,
+    methods: Sequence[str],
+    *,
+    split: str = "test",
+    n_boot: int = 1000,
+    models_dir: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Reports of every method (and the front-end oracle when a method needs another Mel spec).
 
     Returns ``{"split", "teacher", "n_chunks", "n_clips", "domains", "reports": {method: report}}``
@@ -107,8 +117,9 @@ def evaluate_fidelity(engine_dir: str | os.PathLike, teacher_name: str, methods:
     q = store.teacher_probs()
     true_mel = np.asarray(store.mel, np.float32)
     centre, ctx = store.centre_levels(), np.asarray(store.levels, np.float32)
-    common = dict(clip_ids=store.clip, domains=store.domain, domain_names=store.domains, groups=store.group,
-                  n_boot=n_boot)
+    common = dict(
+        clip_ids=store.clip, domains=store.domain, domain_names=store.domains, groups=store.group, n_boot=n_boot
+    )
     reports: dict[str, Any] = {}
     for spec in methods:
         name, fn, mel_spec = resolve_method(spec, teacher.mel_spec.name)
@@ -118,19 +129,29 @@ def evaluate_fidelity(engine_dir: str | os.PathLike, teacher_name: str, methods:
         else:
             p = teacher.probs(est, batch_size=128).astype(np.float64)
         same = mel_spec == teacher.mel_spec.name
-        reports[name] = fidelity_report(q, p, teacher_mel=true_mel if same else None,
-                                        model_mel=est if same else None, **common)
+        reports[name] = fidelity_report(
+            q, p, teacher_mel=true_mel if same else None, model_mel=est if same else None, **common
+        )
         reports[name]["mel_spec"] = mel_spec
         a = reports[name]["all"]
-        log(f"{name}: clip {100 * a['clip_ptopafc']:.1f} %, macro {100 * a['macro_ptopafc']:.1f} %, "
-            f"chunk {100 * a['chunk_agreement']:.1f} %, KL {a['kl']:.5f}")
-    return {"split": split, "teacher": {"name": teacher_name, "source": teacher.source, "sha256": teacher.sha256},
-            "n_chunks": int(store.clip.size), "n_clips": int(store.meta["n_clips"]), "domains": store.domains,
-            "reports": reports, "labels": [lb.name for lb in teacher.labels]}
+        log(
+            f"{name}: clip {100 * a['clip_ptopafc']:.1f} %, macro {100 * a['macro_ptopafc']:.1f} %, "
+            f"chunk {100 * a['chunk_agreement']:.1f} %, KL {a['kl']:.5f}"
+        )
+    return {
+        "split": split,
+        "teacher": {"name": teacher_name, "source": teacher.source, "sha256": teacher.sha256},
+        "n_chunks": int(store.clip.size),
+        "n_clips": int(store.meta["n_clips"]),
+        "domains": store.domains,
+        "reports": reports,
+        "labels": [lb.name for lb in teacher.labels],
+    }
 
 
-def merge_results(result: dict[str, Any], earlier: dict[str, Any], *, rename: dict[str, str] | None = None,
-                  first: bool = True) -> dict[str, Any]:
+def merge_results(
+    result: dict[str, Any], earlier: dict[str, Any], *, rename: dict[str, str] | None = None, first: bool = True
+) -> dict[str, Any]:
     """``result`` with the method reports of an earlier run of :func:`evaluate_fidelity` added
     (renamed by ``rename``; before this run's rows when ``first``), so that one table compares
     models evaluated at different times. Refuses results on another split, teacher or held-out set.
@@ -149,10 +170,16 @@ def merge_results(result: dict[str, Any], earlier: dict[str, Any], *, rename: di
 def format_report(result: dict[str, Any]) -> str:
     """Markdown: the comparison table overall, then per domain, then each method's domain table."""
     labels = result.get("labels") or None
-    lines = [f"Teacher `{result['teacher']['name']}` ({result['teacher']['source']}); held-out `{result['split']}` "
-             f"split: {result['n_clips']} clips, {result['n_chunks']} 1-s chunks, domains "
-             f"{', '.join(result['domains'])}. 95 % intervals: bootstrap over source recordings.", "",
-             "**All domains**", "", compare_table(result["reports"], label_names=labels), ""]
+    lines = [
+        f"Teacher `{result['teacher']['name']}` ({result['teacher']['source']}); held-out `{result['split']}` "
+        f"split: {result['n_clips']} clips, {result['n_chunks']} 1-s chunks, domains "
+        f"{', '.join(result['domains'])}. 95 % intervals: bootstrap over source recordings.",
+        "",
+        "**All domains**",
+        "",
+        compare_table(result["reports"], label_names=labels),
+        "",
+    ]
     for d in result["domains"]:
         lines += [f"**{d}**", "", compare_table(result["reports"], domain=d, label_names=labels), ""]
     for name, rep in result["reports"].items():
@@ -162,25 +189,45 @@ def format_report(result: dict[str, Any]) -> str:
 
 def add_parser(sub: Any) -> None:
     """Register ``fidelity`` on an argparse subparsers object."""
-    p = sub.add_parser("fidelity", help="per-domain fidelity of transcoders on the engine's held-out set",
-                       description=__doc__.split("\n\n")[1] if __doc__ else None)
+    p = sub.add_parser(
+        "fidelity",
+        help="per-domain fidelity of transcoders on the engine's held-out set",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
     p.add_argument("engine_dir")
     p.add_argument("--teacher", required=True, choices=["yamnet", "efficientat"])
-    p.add_argument("--method", action="append", default=[], help="pinv, onnx:NAME_OR_PATH, published:CKPT, run:DIR, fit:DIR, direct:DIR")
+    p.add_argument(
+        "--method",
+        action="append",
+        default=[],
+        help="pinv, onnx:NAME_OR_PATH, published:CKPT, run:DIR, fit:DIR, direct:DIR",
+    )
     p.add_argument("--split", default="test", choices=["valid", "test"])
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--models-dir", default=None)
     p.add_argument("-o", "--output", help="JSON results")
     p.add_argument("--markdown", help="Markdown tables")
-    p.add_argument("--include", action="append", default=[], metavar="JSON",
-                   help="earlier results (-o) on the same split and teacher, whose rows come first in the tables")
+    p.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="earlier results (-o) on the same split and teacher, whose rows come first in the tables",
+    )
     p.add_argument("--rename", action="append", default=[], metavar="OLD=NEW", help="rename an included row")
     p.set_defaults(func=_cmd)
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    res = evaluate_fidelity(args.engine_dir, args.teacher, args.method or ["pinv"], split=args.split,
-                            n_boot=args.n_boot, models_dir=args.models_dir, log=lambda m: print(m, flush=True))
+    res = evaluate_fidelity(
+        args.engine_dir,
+        args.teacher,
+        args.method or ["pinv"],
+        split=args.split,
+        n_boot=args.n_boot,
+        models_dir=args.models_dir,
+        log=lambda m: print(m, flush=True),
+    )
     rename = dict(r.split("=", 1) for r in args.rename)
     for path in reversed(args.include):
         res = merge_results(res, json.loads(Path(path).read_text(encoding="utf-8")), rename=rename)

@@ -104,10 +104,14 @@ def predict(model: ContextTranscoder, levels: np.ndarray, mel_spec: str, *, batc
 def _validate(model: ContextTranscoder, teacher: Any, held: HeldoutStore, mel_spec: str) -> dict[str, Any]:
     est = predict(model, np.asarray(held.levels, np.float32), mel_spec)
     p = teacher.probs(est, batch_size=256).astype(np.float64)
-    return fidelity_report(held.teacher_probs(), p, held.clip, held.domain, domain_names=held.domains, groups=held.group, n_boot=0)
+    return fidelity_report(
+        held.teacher_probs(), p, held.clip, held.domain, domain_names=held.domains, groups=held.group, n_boot=0
+    )
 
 
-def _fit_affine(store: SceneStore, mel_spec: str, rng: np.random.Generator, n: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+def _fit_affine(
+    store: SceneStore, mel_spec: str, rng: np.random.Generator, n: int = 2048
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-bin least squares of the target Mel on the PINV Mel (the starting affine map)."""
     ex = store.examples(rng.choice(store.n_examples, size=min(n, store.n_examples), replace=False))
     x = _pinv(centre_frames(ex["levels"], FPC, store.context), mel_spec).numpy().astype(np.float64)
@@ -148,8 +152,15 @@ def class_weights(store: SceneStore, balance: float) -> np.ndarray | None:
     return (w / np.mean(w[top])).astype(np.float32)
 
 
-def _loss(cfg: FitConfig, model: ContextTranscoder, teacher: Any, ex: dict[str, np.ndarray], mel_spec: str,
-          seconds: int, weights: np.ndarray | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def _loss(
+    cfg: FitConfig,
+    model: ContextTranscoder,
+    teacher: Any,
+    ex: dict[str, np.ndarray],
+    mel_spec: str,
+    seconds: int,
+    weights: np.ndarray | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
     lv = torch.from_numpy(ex["levels"])
     pin = _pinv(centre_frames(ex["levels"], model.config["frames_per_chunk"], model.config["context"]), mel_spec)
     mel = model(pin, lv)
@@ -160,8 +171,16 @@ def _loss(cfg: FitConfig, model: ContextTranscoder, teacher: Any, ex: dict[str, 
     w = torch.ones(logits.shape[0]) if weights is None else torch.from_numpy(weights[t_logits.argmax(-1).numpy()])
     bce = (F.binary_cross_entropy_with_logits(logits, q, reduction="none").mean(-1) * w).mean()
     tt = cfg.kd_temperature
-    kd = (F.kl_div(F.log_softmax(logits / tt, -1), F.log_softmax(t_logits / tt, -1), log_target=True,
-                   reduction="none").sum(-1) * w).mean() * tt * tt
+    kd = (
+        (
+            F.kl_div(
+                F.log_softmax(logits / tt, -1), F.log_softmax(t_logits / tt, -1), log_target=True, reduction="none"
+            ).sum(-1)
+            * w
+        ).mean()
+        * tt
+        * tt
+    )
     p_clip = torch.sigmoid(logits).view(-1, seconds, logits.shape[-1]).mean(1).clamp(1e-6, 1 - 1e-6)
     clip = F.binary_cross_entropy(p_clip, q.view(-1, seconds, q.shape[-1]).mean(1))
     mse = F.mse_loss(mel, torch.from_numpy(ex["mel"]))
@@ -171,8 +190,14 @@ def _loss(cfg: FitConfig, model: ContextTranscoder, teacher: Any, ex: dict[str, 
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
-def fit(engine_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: FitConfig, *,
-        models_dir: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+def fit(
+    engine_dir: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    cfg: FitConfig,
+    *,
+    models_dir: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Train (or resume) a context transcoder; returns the run's summary."""
     from .teachers import load_teacher
 
@@ -182,9 +207,14 @@ def fit(engine_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: FitConfi
     mel_spec = teacher.mel_spec
     store = SceneStore(engine_dir, cfg.teacher)
     held = HeldoutStore(engine_dir, "valid", cfg.teacher)
-    model = ContextTranscoder(n_mels=mel_spec.n_mels, out_frames=mel_spec.frames_for_chunk(1.0),
-                              context=store.context, channels=cfg.channels, refine_channels=cfg.refine_channels,
-                              texture=cfg.texture)
+    model = ContextTranscoder(
+        n_mels=mel_spec.n_mels,
+        out_frames=mel_spec.frames_for_chunk(1.0),
+        context=store.context,
+        channels=cfg.channels,
+        refine_channels=cfg.refine_channels,
+        texture=cfg.texture,
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     step, best, history = 0, -1.0, []
@@ -204,16 +234,24 @@ def fit(engine_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: FitConfi
         start = torch.load(Path(cfg.init_from) / "best.pt", weights_only=False)
         missing, unexpected = model.load_state_dict(start["model"], strict=False)
         if unexpected or any(not k.startswith("texture.") for k in missing):
-            raise ValueError(f"--init-from {cfg.init_from}: its network does not fit this one "
-                             f"(missing {missing}, unexpected {unexpected})")
+            raise ValueError(
+                f"--init-from {cfg.init_from}: its network does not fit this one "
+                f"(missing {missing}, unexpected {unexpected})"
+            )
         log(f"started from {cfg.init_from} (step {start['step']}); new layers: {missing or 'none'}")
     else:
         s, b = _fit_affine(store, mel_spec.name, rng)
         with torch.no_grad():
             model.pinv_scale.copy_(torch.from_numpy(s))
             model.pinv_bias.copy_(torch.from_numpy(b))
-    meta = {"config": asdict(cfg), "model_config": model.config, "teacher": teacher.describe(),
-            "mel_spec": mel_spec.name, "band_spec": "cense_fast", "engine": str(Path(engine_dir).name)}
+    meta = {
+        "config": asdict(cfg),
+        "model_config": model.config,
+        "teacher": teacher.describe(),
+        "mel_spec": mel_spec.name,
+        "band_spec": "cense_fast",
+        "engine": str(Path(engine_dir).name),
+    }
     (run / "run.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     weights = class_weights(store, cfg.balance)
     t0, agg = time.perf_counter(), []
@@ -232,27 +270,55 @@ def fit(engine_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: FitConfi
             rep = _validate(model, teacher, held, mel_spec.name)
             score = selection_score(rep)
             a = rep["all"]
-            row = {"step": step, "seconds": round(time.perf_counter() - t0, 1), "lr": _lr(cfg, step),
-                   **{k: float(np.mean([p[k] for p in agg])) for k in agg[0]},
-                   "val_clip": a["clip_ptopafc"], "val_macro": a["macro_ptopafc"], "val_chunk": a["chunk_agreement"],
-                   "val_kl": a["kl"], "val_commonest_share": a["model_commonest_share"],
-                   "teacher_commonest_share": a["teacher_commonest_share"], "score": score,
-                   "val_domain_clip": {d: r["clip_ptopafc"] for d, r in rep["by_domain"].items()},
-                   "train_examples": store.n_examples}
+            row = {
+                "step": step,
+                "seconds": round(time.perf_counter() - t0, 1),
+                "lr": _lr(cfg, step),
+                **{k: float(np.mean([p[k] for p in agg])) for k in agg[0]},
+                "val_clip": a["clip_ptopafc"],
+                "val_macro": a["macro_ptopafc"],
+                "val_chunk": a["chunk_agreement"],
+                "val_kl": a["kl"],
+                "val_commonest_share": a["model_commonest_share"],
+                "teacher_commonest_share": a["teacher_commonest_share"],
+                "score": score,
+                "val_domain_clip": {d: r["clip_ptopafc"] for d, r in rep["by_domain"].items()},
+                "train_examples": store.n_examples,
+            }
             history.append(row)
             agg = []
-            log(f"step {step}: loss {row['loss']:.4f} train top1 {100 * row['top1']:.1f} % | valid clip "
+            log(
+                f"step {step}: loss {row['loss']:.4f} train top1 {100 * row['top1']:.1f} % | valid clip "
                 f"{100 * a['clip_ptopafc']:.1f} % macro {100 * a['macro_ptopafc']:.1f} % chunk "
                 f"{100 * a['chunk_agreement']:.1f} % KL {a['kl']:.5f} commonest {100 * a['model_commonest_share']:.1f} % "
                 f"(teacher {100 * a['teacher_commonest_share']:.1f} %) | by domain "
                 + " ".join(f"{d} {100 * v:.0f}" for d, v in row["val_domain_clip"].items())
-                + f" | score {score:.3f} | {store.n_examples} examples")
+                + f" | score {score:.3f} | {store.n_examples} examples"
+            )
             if score > best:
                 best = score
-                save_checkpoint({"model": model.state_dict(), "model_config": model.config, "step": step, "report": rep,
-                       "meta": meta}, run / "best.pt")
-            save_checkpoint({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "best": best,
-                   "history": history, "rng": rng.bit_generator.state, "config": asdict(cfg)}, run / "last.pt")
+                save_checkpoint(
+                    {
+                        "model": model.state_dict(),
+                        "model_config": model.config,
+                        "step": step,
+                        "report": rep,
+                        "meta": meta,
+                    },
+                    run / "best.pt",
+                )
+            save_checkpoint(
+                {
+                    "model": model.state_dict(),
+                    "opt": opt.state_dict(),
+                    "step": step,
+                    "best": best,
+                    "history": history,
+                    "rng": rng.bit_generator.state,
+                    "config": asdict(cfg),
+                },
+                run / "last.pt",
+            )
             (run / "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
             store = SceneStore(engine_dir, cfg.teacher)  # pick up shards built meanwhile
     return {"step": step, "best_score": best, "history": history}
@@ -266,8 +332,11 @@ def load_fit(run_dir: str | os.PathLike, which: str = "best") -> tuple[ContextTr
 
 def add_parser(sub: Any) -> None:
     """Register ``fit`` on an argparse subparsers object."""
-    p = sub.add_parser("fit", help="train (or resume) a context transcoder on an engine folder",
-                       description=__doc__.split("\n\n")[1] if __doc__ else None)
+    p = sub.add_parser(
+        "fit",
+        help="train (or resume) a context transcoder on an engine folder",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
     p.add_argument("engine_dir")
     p.add_argument("--teacher", required=True, choices=["yamnet", "efficientat"])
     p.add_argument("-o", "--out", required=True, help="run folder (rerun the same command to resume)")

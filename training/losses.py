@@ -46,8 +46,12 @@ class Batches:
     ``device``: a dict with the teacher's probabilities (``probs``) and/or the
     ground-truth Mel (``mel``)."""
 
-    _TARGETS = {"mels": ("mel",), "hybrid": ("mel", "probs"), "embed_mse": ("mel", "probs"),
-                "feature_stats": ("mel", "probs")}
+    _TARGETS = {
+        "mels": ("mel",),
+        "hybrid": ("mel", "probs"),
+        "embed_mse": ("mel", "probs"),
+        "feature_stats": ("mel", "probs"),
+    }
 
     def __init__(self, store: ChunkStore, matrix: np.ndarray, mode: str, device: torch.device) -> None:
         self.store, self.matrix, self.device = store, matrix, device
@@ -145,8 +149,16 @@ def loss_fn(config: TrainConfig, teacher: Teacher | None) -> Loss:
         # the logits: it weighs the ranking of the classes, hence the teacher's top class,
         # which the 521 mostly-zero BCE terms barely see.
         logits = clf(mel).logits
-        kd = F.kl_div(F.log_softmax(logits / temp, dim=-1), F.log_softmax(_teacher_logits(t["probs"]) / temp, dim=-1),
-                      log_target=True, reduction="batchmean") * temp * temp
+        kd = (
+            F.kl_div(
+                F.log_softmax(logits / temp, dim=-1),
+                F.log_softmax(_teacher_logits(t["probs"]) / temp, dim=-1),
+                log_target=True,
+                reduction="batchmean",
+            )
+            * temp
+            * temp
+        )
         return F.binary_cross_entropy_with_logits(logits, t["probs"]) + w * kd, logits
 
     a, b = 1.0 - config.prop_logit / 100.0, config.hybrid_k * config.prop_logit / 100.0
@@ -158,10 +170,17 @@ def loss_fn(config: TrainConfig, teacher: Teacher | None) -> Loss:
         return a * F.mse_loss(mel, t["mel"]) + b * F.binary_cross_entropy_with_logits(logits, t["probs"]), logits
 
     if config.mode == "feature_stats" and not hasattr(clf, "forward_with_maps"):
-        raise InvalidInputError(f"--mode feature_stats needs a teacher with feature maps (YAMNet, EfficientAT), "
-                                f"not {type(clf).__name__}")
-    return {"logits": bce, "logit_mse": logit_mse, "embed_mse": embed_mse, "feature_stats": feature_stats,
-            "distill": distill, "hybrid": hybrid}[config.mode]
+        raise InvalidInputError(
+            f"--mode feature_stats needs a teacher with feature maps (YAMNet, EfficientAT), not {type(clf).__name__}"
+        )
+    return {
+        "logits": bce,
+        "logit_mse": logit_mse,
+        "embed_mse": embed_mse,
+        "feature_stats": feature_stats,
+        "distill": distill,
+        "hybrid": hybrid,
+    }[config.mode]
 
 
 def loss_text(config: TrainConfig) -> str:
@@ -172,13 +191,19 @@ def loss_text(config: TrainConfig) -> str:
 _LOSS_TEXT: dict[str, Callable[[TrainConfig], str]] = {
     "logits": lambda c: "BCE(teacher probs)",
     "mels": lambda c: "MSE(Mel)",
-    "distill": lambda c: (f"BCE(teacher probs) + {c.kd_weight:g} x T^2 KL(softmax(teacher logits / T) || "
-                          f"softmax(logits / T)), T = {c.kd_temperature:g}"),
-    "hybrid": lambda c: (f"{1 - c.prop_logit / 100:g} x MSE(Mel) + {c.hybrid_k * c.prop_logit / 100:g} x "
-                         f"BCE(teacher probs) (the paper's hybrid, p = {c.prop_logit:g}, k = {c.hybrid_k:g})"),
+    "distill": lambda c: (
+        f"BCE(teacher probs) + {c.kd_weight:g} x T^2 KL(softmax(teacher logits / T) || "
+        f"softmax(logits / T)), T = {c.kd_temperature:g}"
+    ),
+    "hybrid": lambda c: (
+        f"{1 - c.prop_logit / 100:g} x MSE(Mel) + {c.hybrid_k * c.prop_logit / 100:g} x "
+        f"BCE(teacher probs) (the paper's hybrid, p = {c.prop_logit:g}, k = {c.hybrid_k:g})"
+    ),
     "logit_mse": lambda c: "MSE(teacher logits) (logits from the cached probabilities clipped to [1e-6, 1 - 1e-6])",
     "embed_mse": lambda c: "MSE(teacher embedding on the ground-truth Mel) + BCE(teacher probs)",
-    "feature_stats": lambda c: ("mean over layers and {mean, std} of MSE(per-channel statistic of the teacher's "
-                                "feature maps vs those on the ground-truth Mel) / mean square of the latter "
-                                "+ BCE(teacher probs)"),
+    "feature_stats": lambda c: (
+        "mean over layers and {mean, std} of MSE(per-channel statistic of the teacher's "
+        "feature maps vs those on the ground-truth Mel) / mean square of the latter "
+        "+ BCE(teacher probs)"
+    ),
 }

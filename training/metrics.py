@@ -98,11 +98,13 @@ def _chunk_mse(reference: np.ndarray, estimate: np.ndarray, block: int = 1024) -
     """Per chunk mean squared difference of ``(N, ...)`` Mels, in blocks of rows: ``(N,)``."""
     reference, estimate = np.asarray(reference), np.asarray(estimate)
     if reference.shape != estimate.shape or reference.ndim < 1:
-        raise InvalidInputError(f"reference and estimate Mels must have one shape, got {reference.shape} and {estimate.shape}")
+        raise InvalidInputError(
+            f"reference and estimate Mels must have one shape, got {reference.shape} and {estimate.shape}"
+        )
     out = np.empty(reference.shape[0])
     for s in range(0, reference.shape[0], block):
-        d = estimate[s:s + block].astype(np.float64) - reference[s:s + block]
-        out[s:s + block] = (d * d).reshape(d.shape[0], -1).mean(axis=1)
+        d = estimate[s : s + block].astype(np.float64) - reference[s : s + block]
+        out[s : s + block] = (d * d).reshape(d.shape[0], -1).mean(axis=1)
     return out
 
 
@@ -146,15 +148,22 @@ def _weighted_stats(w: np.ndarray, s: np.ndarray, n_classes: int) -> np.ndarray:
     clips (K). Output columns: :data:`CI_METRICS` then the commonest baseline.
     """
     r = w @ s
-    den, num = r[:, 7:7 + n_classes], r[:, 7 + n_classes:]
+    den, num = r[:, 7 : 7 + n_classes], r[:, 7 + n_classes :]
     present = den > 0
     macro = np.where(present, num / np.where(present, den, 1.0), 0.0).sum(axis=1) / present.sum(axis=1)
     n = r[:, 0]
     return np.stack([r[:, 1] / n, macro, r[:, 3] / r[:, 2], r[:, 4] / n, r[:, 5] / n, r[:, 6] / n], axis=1)
 
 
-def _subset(c: dict[str, np.ndarray], clips: np.ndarray, chunk_t1: np.ndarray, chunks: np.ndarray,
-            n_boot: int, seed: int, ci: float) -> dict[str, Any]:
+def _subset(
+    c: dict[str, np.ndarray],
+    clips: np.ndarray,
+    chunk_t1: np.ndarray,
+    chunks: np.ndarray,
+    n_boot: int,
+    seed: int,
+    ci: float,
+) -> dict[str, Any]:
     """Report of the clips ``clips (n_clips,)`` bool (and their chunks ``chunks (N,)`` bool)."""
     t1, m1 = c["t1"][clips], c["m1"][clips]
     classes = np.unique(t1)
@@ -162,8 +171,19 @@ def _subset(c: dict[str, np.ndarray], clips: np.ndarray, chunk_t1: np.ndarray, c
     k_m, share_m = _commonest(m1)
     agree = (t1 == m1).astype(np.float64)
     onehot = (t1[:, None] == classes[None, :]).astype(np.float64)
-    x = np.column_stack([np.ones(t1.size), agree, c["n_chunks"][clips], c["a_chunks"][clips], c["top5"][clips],
-                         c["kl"][clips], (t1 == k_t).astype(np.float64), onehot, onehot * agree[:, None]])
+    x = np.column_stack(
+        [
+            np.ones(t1.size),
+            agree,
+            c["n_chunks"][clips],
+            c["a_chunks"][clips],
+            c["top5"][clips],
+            c["kl"][clips],
+            (t1 == k_t).astype(np.float64),
+            onehot,
+            onehot * agree[:, None],
+        ]
+    )
     g_ids, g = np.unique(c["group"][clips], return_inverse=True)
     n_groups = g_ids.size
     s = _sum_by(x, g.reshape(-1), n_groups)
@@ -177,15 +197,25 @@ def _subset(c: dict[str, np.ndarray], clips: np.ndarray, chunk_t1: np.ndarray, c
         intervals = [[float(a), float(b)] for a, b in zip(lo, hi)]
     chunk_base = float(np.mean(chunk_t1[chunks] == k_t))
     out: dict[str, Any] = {
-        "n_clips": int(t1.size), "n_chunks": int(chunks.sum()), "n_groups": int(n_groups),
-        "n_teacher_classes": int(classes.size), "n_model_classes": int(np.unique(m1).size),
+        "n_clips": int(t1.size),
+        "n_chunks": int(chunks.sum()),
+        "n_groups": int(n_groups),
+        "n_teacher_classes": int(classes.size),
+        "n_model_classes": int(np.unique(m1).size),
         **{name: float(v) for name, v in zip(CI_METRICS, point)},
         "mel_mse": None if c.get("mel") is None else float(c["mel"][clips].mean()),
         "ci": dict(zip(CI_METRICS, intervals)),
-        "commonest_baseline": {"class": k_t, "clip_ptopafc": float(point[5]), "macro_ptopafc": 1.0 / classes.size,
-                               "chunk_agreement": chunk_base, "ci": {"clip_ptopafc": intervals[5]}},
-        "teacher_commonest_class": k_t, "teacher_commonest_share": share_t,
-        "model_commonest_class": k_m, "model_commonest_share": share_m,
+        "commonest_baseline": {
+            "class": k_t,
+            "clip_ptopafc": float(point[5]),
+            "macro_ptopafc": 1.0 / classes.size,
+            "chunk_agreement": chunk_base,
+            "ci": {"clip_ptopafc": intervals[5]},
+        },
+        "teacher_commonest_class": k_t,
+        "teacher_commonest_share": share_t,
+        "model_commonest_class": k_m,
+        "model_commonest_share": share_m,
         "collapse_excess": 100.0 * (share_m - share_t),
     }
     return out
@@ -197,11 +227,20 @@ def _check_rows(name: str, a: np.ndarray, n: int, ndim: int | None = None) -> No
         raise InvalidInputError(f"{name} must be {want} (one per chunk of teacher_probs), got shape {a.shape}")
 
 
-def fidelity_report(teacher_probs: np.ndarray, model_probs: np.ndarray, clip_ids: np.ndarray,
-                    domains: np.ndarray | None = None, *, domain_names: Sequence[str] | Mapping[Any, str] | None = None,
-                    groups: np.ndarray | None = None, teacher_mel: np.ndarray | None = None,
-                    model_mel: np.ndarray | None = None, n_boot: int = 1000, seed: int = 0,
-                    ci: float = 0.95) -> dict[str, Any]:
+def fidelity_report(
+    teacher_probs: np.ndarray,
+    model_probs: np.ndarray,
+    clip_ids: np.ndarray,
+    domains: np.ndarray | None = None,
+    *,
+    domain_names: Sequence[str] | Mapping[Any, str] | None = None,
+    groups: np.ndarray | None = None,
+    teacher_mel: np.ndarray | None = None,
+    model_mel: np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> dict[str, Any]:
     """Fidelity of ``model_probs`` to ``teacher_probs``, overall and per domain.
 
     Shapes (N chunks of 1 s, C classes): ``teacher_probs``, ``model_probs`` ``(N, C)``
@@ -246,10 +285,12 @@ def fidelity_report(teacher_probs: np.ndarray, model_probs: np.ndarray, clip_ids
     chunk_t1 = tp.argmax(axis=1)
     chunk_agree = (chunk_t1 == mp.argmax(axis=1)).astype(np.float64)
     c: dict[str, Any] = {
-        "t1": tq.argmax(axis=1), "m1": mq.argmax(axis=1),
+        "t1": tq.argmax(axis=1),
+        "m1": mq.argmax(axis=1),
         "n_chunks": np.bincount(inv, minlength=ids.size).astype(np.float64),
         "a_chunks": np.bincount(inv, weights=chunk_agree, minlength=ids.size),
-        "top5": _topk_overlap(tq, mq), "kl": _kl_rows(tq, mq),
+        "top5": _topk_overlap(tq, mq),
+        "kl": _kl_rows(tq, mq),
         "group": _labels_per_clip(np.unique(grp, return_inverse=True)[1].reshape(-1), inv, ids.size, "groups"),
     }
     if teacher_mel is not None:
@@ -284,11 +325,18 @@ def fidelity_report(teacher_probs: np.ndarray, model_probs: np.ndarray, clip_ids
 # ------------------------------------------------------------------ summaries
 def _baseline_subset(s: Mapping[str, Any]) -> dict[str, Any]:
     b = s["commonest_baseline"]
-    return {**s, **{m: None for m in (*CI_METRICS, "mel_mse")},
-            "clip_ptopafc": b["clip_ptopafc"], "macro_ptopafc": b["macro_ptopafc"],
-            "chunk_agreement": b["chunk_agreement"], "ci": {**{m: None for m in CI_METRICS}, **b["ci"]},
-            "n_model_classes": 1, "model_commonest_class": b["class"], "model_commonest_share": 1.0,
-            "collapse_excess": 100.0 * (1.0 - s["teacher_commonest_share"])}
+    return {
+        **s,
+        **{m: None for m in (*CI_METRICS, "mel_mse")},
+        "clip_ptopafc": b["clip_ptopafc"],
+        "macro_ptopafc": b["macro_ptopafc"],
+        "chunk_agreement": b["chunk_agreement"],
+        "ci": {**{m: None for m in CI_METRICS}, **b["ci"]},
+        "n_model_classes": 1,
+        "model_commonest_class": b["class"],
+        "model_commonest_share": 1.0,
+        "collapse_excess": 100.0 * (1.0 - s["teacher_commonest_share"]),
+    }
 
 
 def commonest_method(report: Mapping[str, Any]) -> dict[str, Any]:
@@ -298,8 +346,11 @@ def commonest_method(report: Mapping[str, Any]) -> dict[str, Any]:
     whose teacher top-1 is that class (with its interval), macro = 1/n_teacher_classes,
     chunk agreement = share of chunks whose teacher top-1 is it; top-5, KL, Mel MSE: None.
     """
-    return {**report, "all": _baseline_subset(report["all"]),
-            "by_domain": {k: _baseline_subset(v) for k, v in report["by_domain"].items()}}
+    return {
+        **report,
+        "all": _baseline_subset(report["all"]),
+        "by_domain": {k: _baseline_subset(v) for k, v in report["by_domain"].items()},
+    }
 
 
 def selection_score(report: Mapping[str, Any], *, min_domain_clips: int = 20) -> float:
@@ -312,8 +363,7 @@ def selection_score(report: Mapping[str, Any], *, min_domain_clips: int = 20) ->
     Without such domains (or without ``by_domain``) the overall clip figure is used.
     """
     doms = [d for d in report.get("by_domain", {}).values() if d["n_clips"] >= min_domain_clips]
-    clip = (float(np.mean([d["clip_ptopafc"] for d in doms])) if doms
-            else float(report["all"]["clip_ptopafc"]))
+    clip = float(np.mean([d["clip_ptopafc"] for d in doms])) if doms else float(report["all"]["clip_ptopafc"])
     return 0.5 * (clip + float(report["all"]["macro_ptopafc"]))
 
 
@@ -333,14 +383,28 @@ def _label(k: int, label_names: Sequence[str] | None) -> str:
 
 
 def _cells(s: Mapping[str, Any], label_names: Sequence[str] | None) -> list[str]:
-    return [_pct(s["clip_ptopafc"], s["ci"]["clip_ptopafc"]), _pct(s["macro_ptopafc"]), _pct(s["chunk_agreement"]),
-            _num(s["top5_overlap"], ".3f"), _num(s["kl"], ".4g"), _num(s["mel_mse"], ".4g"),
-            f"{_pct(s['teacher_commonest_share'])} ({_label(s['teacher_commonest_class'], label_names)})",
-            f"{_pct(s['model_commonest_share'])} ({_label(s['model_commonest_class'], label_names)})"]
+    return [
+        _pct(s["clip_ptopafc"], s["ci"]["clip_ptopafc"]),
+        _pct(s["macro_ptopafc"]),
+        _pct(s["chunk_agreement"]),
+        _num(s["top5_overlap"], ".3f"),
+        _num(s["kl"], ".4g"),
+        _num(s["mel_mse"], ".4g"),
+        f"{_pct(s['teacher_commonest_share'])} ({_label(s['teacher_commonest_class'], label_names)})",
+        f"{_pct(s['model_commonest_share'])} ({_label(s['model_commonest_class'], label_names)})",
+    ]
 
 
-_HEAD = ["clip PtoPa-FC % [95 % CI]", "macro %", "chunk %", "top-5 overlap", "KL", "Mel MSE",
-         "commonest share % (teacher's)", "commonest share % (model's)"]
+_HEAD = [
+    "clip PtoPa-FC % [95 % CI]",
+    "macro %",
+    "chunk %",
+    "top-5 overlap",
+    "KL",
+    "Mel MSE",
+    "commonest share % (teacher's)",
+    "commonest share % (model's)",
+]
 
 
 def _markdown(head: list[str], rows: list[list[str]]) -> str:
@@ -348,8 +412,13 @@ def _markdown(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def compare_table(reports: Mapping[str, Mapping[str, Any]], *, domain: str = "all",
-                  label_names: Sequence[str] | None = None, baseline: str | None = "always commonest") -> str:
+def compare_table(
+    reports: Mapping[str, Mapping[str, Any]],
+    *,
+    domain: str = "all",
+    label_names: Sequence[str] | None = None,
+    baseline: str | None = "always commonest",
+) -> str:
     """Markdown table, one row per method, of the reports' ``domain`` ("all" or a domain name).
 
     Unless ``baseline`` is None or already a key, a first row of that name gives
@@ -379,6 +448,16 @@ def domain_table(report: Mapping[str, Any], *, label_names: Sequence[str] | None
     rows = []
     for name, s in subsets:
         b = s["commonest_baseline"]
-        rows.append([str(name).replace("|", "\\|"), str(s["n_clips"]), str(s["n_groups"]), *_cells(s, label_names),
-                     _pct(b["macro_ptopafc"]), f"{s['collapse_excess']:+.1f}"])
-    return _markdown(["domain", "clips", "groups", *_HEAD, "always commonest macro %", "collapse excess (points)"], rows)
+        rows.append(
+            [
+                str(name).replace("|", "\\|"),
+                str(s["n_clips"]),
+                str(s["n_groups"]),
+                *_cells(s, label_names),
+                _pct(b["macro_ptopafc"]),
+                f"{s['collapse_excess']:+.1f}",
+            ]
+        )
+    return _markdown(
+        ["domain", "clips", "groups", *_HEAD, "always commonest macro %", "collapse excess (points)"], rows
+    )

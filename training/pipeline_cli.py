@@ -16,12 +16,39 @@ from spectral_transcoder.errors import SpectralTranscoderError
 
 __all__ = ["COMMANDS", "register", "main"]
 
-COMMANDS = ("build-dataset", "train", "export-run", "ship", "quantize", "evaluate", "downstream", "sources", "engine", "fidelity", "fit", "export-fit", "direct")
+COMMANDS = (
+    "build-dataset",
+    "train",
+    "export-run",
+    "ship",
+    "quantize",
+    "evaluate",
+    "downstream",
+    "sources",
+    "engine",
+    "fidelity",
+    "fit",
+    "export-fit",
+    "direct",
+)
 
 
 def register(sub: Any) -> None:
     """Add the pipeline's subcommands to ``sub`` (from ``ArgumentParser.add_subparsers``)."""
-    from . import cards, dataset, direct, downstream, engine, evaluate, export_fit, fidelity, loop, quantize, sources, train
+    from . import (
+        cards,
+        dataset,
+        direct,
+        downstream,
+        engine,
+        evaluate,
+        export_fit,
+        fidelity,
+        loop,
+        quantize,
+        sources,
+        train,
+    )
 
     dataset.add_parser(sub)
     train.add_parser(sub)
@@ -39,8 +66,9 @@ def register(sub: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one pipeline subcommand; errors print one line and return 1."""
-    parser = argparse.ArgumentParser(prog="python -m training.pipeline_cli",
-                                     description="Teacher-student training pipeline of spectral_transcoder.")
+    parser = argparse.ArgumentParser(
+        prog="python -m training.pipeline_cli", description="Teacher-student training pipeline of spectral_transcoder."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     register(sub)

@@ -13,11 +13,19 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-__all__ = ["add_config_arguments", "save_checkpoint", "write_text_atomic", "write_json_atomic", "progress_bar",
-           "model_from_checkpoint"]
+__all__ = [
+    "add_config_arguments",
+    "save_checkpoint",
+    "write_text_atomic",
+    "write_json_atomic",
+    "progress_bar",
+    "model_from_checkpoint",
+]
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type, *, skip: tuple[str, ...] = ("teacher",)) -> None:
+def add_config_arguments(
+    parser: argparse.ArgumentParser, config_cls: type, *, skip: tuple[str, ...] = ("teacher",)
+) -> None:
     """One ``--field-name`` option per field of the dataclass ``config_cls``, with its default
     (booleans as ``--x/--no-x``)."""
     for f in config_cls.__dataclass_fields__.values():

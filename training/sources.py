@@ -32,33 +32,57 @@ import soundfile as sf
 
 from .paths import shared_dir
 
-__all__ = ["SourceRecord", "PACKAGES", "MIDI_PACKAGES", "DOMAINS", "build_index", "write_index",
-           "load_index", "assign_split", "record_split", "package_licence", "add_parser"]
+__all__ = [
+    "SourceRecord",
+    "PACKAGES",
+    "MIDI_PACKAGES",
+    "DOMAINS",
+    "build_index",
+    "write_index",
+    "load_index",
+    "assign_split",
+    "record_split",
+    "package_licence",
+    "add_parser",
+]
 
 INDEX_FORMAT = "spectral_transcoder.audio_sources/1"
 DOMAINS = ("speech", "sfx", "music", "environment", "urban", "field", "extra")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga")
 MIN_DURATION_S = 0.5
-SILENCE_PEAK = 2.0 ** -15  # silent: every |sample| <= this (below one 16-bit step)
+SILENCE_PEAK = 2.0**-15  # silent: every |sample| <= this (below one 16-bit step)
 SPLITS = ("train", "valid", "test")
 US8K_LICENCE = "CC-BY-NC-3.0"
 US8K_TRAIN_FOLDS = (1,)
 US8K_HELDOUT_FOLDS = (2,)
 DEFAULT_SHARED = shared_dir() / "data"
-DEFAULT_AUDIO_SOURCES = Path(os.environ.get("ST_AUDIO_SOURCES")  # as in install_audio_sources.sh
-                             or Path.home() / ".cache" / "spectral_transcoder" / "audio-sources")
+DEFAULT_AUDIO_SOURCES = Path(
+    os.environ.get("ST_AUDIO_SOURCES")  # as in install_audio_sources.sh
+    or Path.home() / ".cache" / "spectral_transcoder" / "audio-sources"
+)
 
 Rule = tuple[str, str]  # (domain, fnmatch pattern on the lower-cased path, '*' matches '/'); "" excludes
 _GAME: tuple[Rule, ...] = (("music", "*/music/*"), ("sfx", "*"))
 PACKAGES: dict[str, tuple[Rule, ...]] = {  # package -> rules; the first rule matching a file wins
     # speech: telephone prompts (8 kHz), dubbed dialogue, spoken letters and words
-    **{p: (("", "*/silence/*"), ("speech", "/usr/share/asterisk/sounds/*")) for p in (
-        "asterisk-core-sounds-en-wav", "asterisk-core-sounds-es-wav", "asterisk-core-sounds-fr-wav",
-        "asterisk-core-sounds-it-wav", "asterisk-core-sounds-ru-wav", "asterisk-prompt-it-menardi-wav")},
-    "fillets-ng-data": (("music", "*/fillets-ng/music/*"), ("speech", "*/fillets-ng/sound/*/en/*"),
-                        ("speech", "*/borejokes/*"), ("sfx", "*")),
-    **{p: (("speech", "*"),) for p in ("fillets-ng-data-cs", "fillets-ng-data-nl", "klettres-data",
-                                        "ktuberling-data")},
+    **{
+        p: (("", "*/silence/*"), ("speech", "/usr/share/asterisk/sounds/*"))
+        for p in (
+            "asterisk-core-sounds-en-wav",
+            "asterisk-core-sounds-es-wav",
+            "asterisk-core-sounds-fr-wav",
+            "asterisk-core-sounds-it-wav",
+            "asterisk-core-sounds-ru-wav",
+            "asterisk-prompt-it-menardi-wav",
+        )
+    },
+    "fillets-ng-data": (
+        ("music", "*/fillets-ng/music/*"),
+        ("speech", "*/fillets-ng/sound/*/en/*"),
+        ("speech", "*/borejokes/*"),
+        ("sfx", "*"),
+    ),
+    **{p: (("speech", "*"),) for p in ("fillets-ng-data-cs", "fillets-ng-data-nl", "klettres-data", "ktuberling-data")},
     # sound effects (with the music, voices and ambiences some of them also ship)
     "tuxpaint-stamps-default": (("speech", "*_desc*"), ("sfx", "*")),
     "hedgewars-data": (("speech", "*/sounds/voices/*"), *_GAME),
@@ -72,23 +96,39 @@ PACKAGES: dict[str, tuple[Rule, ...]] = {  # package -> rules; the first rule ma
     "freedink-data": (("music", "*/dink/sound/*.ogg"), ("sfx", "*")),
     # music and instrument samples
     "hyperrogue-music": (("sfx", "*/hyperrogue/sounds/*"), ("music", "*")),
-    **{p: (("music", "*"),) for p in (
-        "wesnoth-1.16-music", "hydrogen-drumkits", "sonic-pi-samples", "drascula-music", "singularity-music",
-        "fretsonfire-songs-muldjord", "fretsonfire-songs-sectoid", "asterisk-moh-opsound-wav")},
+    **{
+        p: (("music", "*"),)
+        for p in (
+            "wesnoth-1.16-music",
+            "hydrogen-drumkits",
+            "sonic-pi-samples",
+            "drascula-music",
+            "singularity-music",
+            "fretsonfire-songs-muldjord",
+            "fretsonfire-songs-sectoid",
+            "asterisk-moh-opsound-wav",
+        )
+    },
 }
-MIDI_PACKAGES = ("mma", "simutrans-data", "openttd-openmsx", "planetblupi-music-midi", "kobodeluxe-data",
-                 "freedink-data")
+MIDI_PACKAGES = (
+    "mma",
+    "simutrans-data",
+    "openttd-openmsx",
+    "planetblupi-music-midi",
+    "kobodeluxe-data",
+    "freedink-data",
+)
 """Packages whose MIDI files the install script renders (music, grouped by MIDI file)."""
 
 _GROUPS: tuple[tuple[str, str], ...] = (
     # (regex on the absolute path, fullmatch; group template filled with the regex's groups)
-    (r"/usr/share/asterisk/sounds/[^/]+/(.+)\.[^./]+", "asterisk:{}"),          # drop the language
+    (r"/usr/share/asterisk/sounds/[^/]+/(.+)\.[^./]+", "asterisk:{}"),  # drop the language
     (r".*/fillets-ng/sound/(.+)/[a-z]{2}/([^/]+)\.[^./]+", "fillets-ng:{}/{}"),  # same line, any language
     (r".*/ktuberling/sounds/[^/]+/([^/]+)\.[^./]+", "ktuberling:{}"),
-    (r".*/tuxpaint/stamps/(.+?)(?:_desc[^/]*)?\.[^./]+", "tuxpaint:{}"),       # a stamp's sound + descriptions
-    (r".*/drascula/[^/]+/([^/]+)\.[^./]+", "drascula:{}"),                      # a track in every language
-    (r".*/fretsonfire/data/songs/(.+)/[^/]+", "fretsonfire:{}"),                # song and guitar stems
-    (r".*/hydrogen/data/drumkits/([^/]+)/.+", "hydrogen-drumkit:{}"),           # velocity layers of one kit
+    (r".*/tuxpaint/stamps/(.+?)(?:_desc[^/]*)?\.[^./]+", "tuxpaint:{}"),  # a stamp's sound + descriptions
+    (r".*/drascula/[^/]+/([^/]+)\.[^./]+", "drascula:{}"),  # a track in every language
+    (r".*/fretsonfire/data/songs/(.+)/[^/]+", "fretsonfire:{}"),  # song and guitar stems
+    (r".*/hydrogen/data/drumkits/([^/]+)/.+", "hydrogen-drumkit:{}"),  # velocity layers of one kit
 )
 _US8K_NAME = re.compile(r"(\d+)-\d+-\d+-\d+")
 _TAU_NAME = re.compile(r"([a-z_]+-[a-z]+-\d+)-\d+-[a-z0-9]+")
@@ -131,8 +171,12 @@ def _copyright(package: str, root: Path) -> tuple[list[tuple[re.Pattern[str], st
         lic = re.search(r"^License:[ \t]*(\S.*)$", para, re.M)
         if files and lic and not all(f.startswith("debian/") for f in files.group(1).split()):
             # a source pattern also matches by its tails of >= 2 components (data/music/* -> music/*)
-            tails = {"/".join(parts[i:]) for f in files.group(1).split() if (parts := f.lstrip("./").split("/"))
-                     for i in range(max(1, len(parts) - 1))}
+            tails = {
+                "/".join(parts[i:])
+                for f in files.group(1).split()
+                if (parts := f.lstrip("./").split("/"))
+                for i in range(max(1, len(parts) - 1))
+            }
             alts = "|".join(fnmatch.translate(t) for t in sorted(tails))
             rules.append((re.compile(rf"(?:^|/)(?:{alts})"), lic.group(1).strip()))
     names: Counter[str] = Counter(lic for _, lic in rules)
@@ -173,8 +217,9 @@ def _package_candidates(root: Path, missing: list[str]) -> Iterable[SourceRecord
                 continue
             domain = next((d for d, pat in rules if fnmatch.fnmatchcase(name.lower(), pat)), "")
             if domain:
-                yield SourceRecord(str(full), package, domain, _group(package, name),
-                                   package_licence(package, name, root))
+                yield SourceRecord(
+                    str(full), package, domain, _group(package, name), package_licence(package, name, root)
+                )
 
 
 def _midi_candidates(audio_sources: Path, root: Path) -> Iterable[SourceRecord]:
@@ -191,8 +236,13 @@ def _midi_candidates(audio_sources: Path, root: Path) -> Iterable[SourceRecord]:
 
 
 def _walk(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in AUDIO_EXTENSIONS
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
 
 
 def _shared_candidates(shared: Path) -> Iterable[SourceRecord]:
@@ -206,8 +256,11 @@ def _shared_candidates(shared: Path) -> Iterable[SourceRecord]:
     field_dir = shared / "field-recordings"
     for f in _walk(field_dir) if field_dir.is_dir() else []:
         m = _TAU_NAME.fullmatch(f.stem)
-        group, licence = ((f"tau:{m.group(1)}", "TAU-2020-Mobile research use only") if m else
-                          (f"field:{f.relative_to(field_dir)}", "unstated (see shared/README.md)"))
+        group, licence = (
+            (f"tau:{m.group(1)}", "TAU-2020-Mobile research use only")
+            if m
+            else (f"field:{f.relative_to(field_dir)}", "unstated (see shared/README.md)")
+        )
         yield SourceRecord(str(f.resolve()), "field-recordings", "field", group, licence)
 
 
@@ -218,7 +271,9 @@ def _extra_candidates(spec: str) -> Iterable[SourceRecord]:
         raise ValueError(f"--extra {spec!r}: {folder!r} is not a directory")
     source = f"extra:{base.resolve().name}"
     for f in _walk(base):
-        yield SourceRecord(str(f.resolve()), source, domain, f"{source}:{f.relative_to(base)}", "unknown (extra folder)")
+        yield SourceRecord(
+            str(f.resolve()), source, domain, f"{source}:{f.relative_to(base)}", "unknown (extra folder)"
+        )
 
 
 # ------------------------------------------------------------------ probing
@@ -255,16 +310,24 @@ def _duplicates(paths: Sequence[str]) -> dict[str, str]:
     return dup
 
 
-def build_index(*, shared: str | os.PathLike[str] | None = DEFAULT_SHARED,
-                audio_sources: str | os.PathLike[str] | None = DEFAULT_AUDIO_SOURCES, extra: Sequence[str] = (),
-                root: str | os.PathLike[str] = "/", packages: bool = True, jobs: int = 2,
-                progress: bool = False) -> dict[str, Any]:
+def build_index(
+    *,
+    shared: str | os.PathLike[str] | None = DEFAULT_SHARED,
+    audio_sources: str | os.PathLike[str] | None = DEFAULT_AUDIO_SOURCES,
+    extra: Sequence[str] = (),
+    root: str | os.PathLike[str] = "/",
+    packages: bool = True,
+    jobs: int = 2,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Find, probe and summarise the training audio: the index as a JSON-ready dict. ``root``
     prefixes the Debian paths (tests use a fake tree); ``None`` leaves a kind of source out."""
     root_p, missing = Path(root), list[str]()
-    found: list[SourceRecord] = [*(_package_candidates(root_p, missing) if packages else ()),
-                                 *(_midi_candidates(Path(audio_sources), root_p) if audio_sources is not None else ()),
-                                 *(_shared_candidates(Path(shared)) if shared is not None else ())]
+    found: list[SourceRecord] = [
+        *(_package_candidates(root_p, missing) if packages else ()),
+        *(_midi_candidates(Path(audio_sources), root_p) if audio_sources is not None else ()),
+        *(_shared_candidates(Path(shared)) if shared is not None else ()),
+    ]
     for spec in extra:
         found += _extra_candidates(spec)
     unique: dict[str, SourceRecord] = {}
@@ -281,34 +344,54 @@ def build_index(*, shared: str | os.PathLike[str] | None = DEFAULT_SHARED,
                 print(f"probed {i}/{len(todo)} files", file=sys.stderr, flush=True)
             if isinstance(res[0], str):
                 skipped[res[0]] += 1
-                examples.setdefault(res[0], []).extend([f"{c.path} ({res[1]})"][:5 - len(examples.get(res[0], []))])
+                examples.setdefault(res[0], []).extend([f"{c.path} ({res[1]})"][: 5 - len(examples.get(res[0], []))])
             else:
-                records.append(replace(c, duration_s=round(float(res[0]), 4), sample_rate=int(res[1]),
-                                       channels=int(res[2])))
-    return {"format": INDEX_FORMAT, "root": str(root_p), "shared": None if shared is None else str(shared),
-            "audio_sources": None if audio_sources is None else str(audio_sources),
-            "packages_missing": missing, "summary": summarise(records),
-            "skipped": {k: v for k, v in sorted(skipped.items()) if v},
-            "skipped_examples": {k: v for k, v in sorted(examples.items()) if v},
-            "records": [asdict(r) for r in records]}
+                records.append(
+                    replace(c, duration_s=round(float(res[0]), 4), sample_rate=int(res[1]), channels=int(res[2]))
+                )
+    return {
+        "format": INDEX_FORMAT,
+        "root": str(root_p),
+        "shared": None if shared is None else str(shared),
+        "audio_sources": None if audio_sources is None else str(audio_sources),
+        "packages_missing": missing,
+        "summary": summarise(records),
+        "skipped": {k: v for k, v in sorted(skipped.items()) if v},
+        "skipped_examples": {k: v for k, v in sorted(examples.items()) if v},
+        "records": [asdict(r) for r in records],
+    }
 
 
 def summarise(records: Sequence[SourceRecord]) -> dict[str, Any]:
     """Per domain and per source: files, hours, groups, files per domain and per licence."""
+
     def table(key: str) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for r in records:
-            e = out.setdefault(getattr(r, key), {"files": 0, "s": 0.0, "groups": set(), "domains": Counter(),
-                                                 "licences": Counter()})
+            e = out.setdefault(
+                getattr(r, key), {"files": 0, "s": 0.0, "groups": set(), "domains": Counter(), "licences": Counter()}
+            )
             e["files"], e["s"] = e["files"] + 1, e["s"] + r.duration_s
             e["groups"].add(r.group)
             e["domains"][r.domain] += 1
             e["licences"][r.licence] += 1
-        return {k: {"files": e["files"], "hours": round(e["s"] / 3600, 3), "groups": len(e["groups"]),
-                    "domains": dict(e["domains"].most_common()), "licences": dict(e["licences"].most_common())}
-                for k, e in sorted(out.items())}
-    return {"files": len(records), "hours": round(sum(r.duration_s for r in records) / 3600, 3),
-            "by_domain": table("domain"), "by_source": table("source")}
+        return {
+            k: {
+                "files": e["files"],
+                "hours": round(e["s"] / 3600, 3),
+                "groups": len(e["groups"]),
+                "domains": dict(e["domains"].most_common()),
+                "licences": dict(e["licences"].most_common()),
+            }
+            for k, e in sorted(out.items())
+        }
+
+    return {
+        "files": len(records),
+        "hours": round(sum(r.duration_s for r in records) / 3600, 3),
+        "by_domain": table("domain"),
+        "by_source": table("source"),
+    }
 
 
 def write_index(index: dict[str, Any], path: str | os.PathLike[str]) -> None:
@@ -335,8 +418,9 @@ def load_index(path: str | os.PathLike[str]) -> list[SourceRecord]:
 
 
 # ------------------------------------------------------------------ splits
-def assign_split(group: str, *, heldout_fraction: float, valid_fraction: float, salt: str = "",
-                 fold: int | None = None) -> str:
+def assign_split(
+    group: str, *, heldout_fraction: float, valid_fraction: float, salt: str = "", fold: int | None = None
+) -> str:
     """``"train"``, ``"valid"`` or ``"test"`` for every file of ``group``, from a sha256 of it.
 
     A ``heldout_fraction`` of the groups is held out; ``valid_fraction`` (at most
@@ -348,7 +432,7 @@ def assign_split(group: str, *, heldout_fraction: float, valid_fraction: float, 
     if not 0.0 <= valid_fraction <= heldout_fraction <= 1.0:
         raise ValueError(f"need 0 <= valid_fraction ({valid_fraction}) <= heldout_fraction ({heldout_fraction}) <= 1")
     digest = hashlib.sha256(f"{salt}\x1f{group}".encode()).digest()
-    u_held, u_valid = (int.from_bytes(digest[i:i + 8], "big") / 2.0**64 for i in (0, 8))
+    u_held, u_valid = (int.from_bytes(digest[i : i + 8], "big") / 2.0**64 for i in (0, 8))
     us8k = group.startswith("us8k:")
     if us8k and fold in US8K_TRAIN_FOLDS:
         return "train"
@@ -359,15 +443,22 @@ def assign_split(group: str, *, heldout_fraction: float, valid_fraction: float, 
 
 def record_split(record: SourceRecord, *, heldout_fraction: float, valid_fraction: float, salt: str = "") -> str:
     """:func:`assign_split` of ``record.group``, with its UrbanSound8K fold."""
-    return assign_split(record.group, heldout_fraction=heldout_fraction, valid_fraction=valid_fraction,
-                        salt=salt, fold=record.fold)
+    return assign_split(
+        record.group, heldout_fraction=heldout_fraction, valid_fraction=valid_fraction, salt=salt, fold=record.fold
+    )
 
 
 # ------------------------------------------------------------------ CLI
 def _cmd_index(args: argparse.Namespace) -> int:
-    index = build_index(shared=None if args.no_shared else args.shared, audio_sources=args.audio_sources,
-                        extra=args.extra or (), root=args.root, packages=not args.no_packages, jobs=args.jobs,
-                        progress=True)
+    index = build_index(
+        shared=None if args.no_shared else args.shared,
+        audio_sources=args.audio_sources,
+        extra=args.extra or (),
+        root=args.root,
+        packages=not args.no_packages,
+        jobs=args.jobs,
+        progress=True,
+    )
     write_index(index, args.output)
     s = index["summary"]
     print(f"wrote {args.output}: {s['files']} files, {s['hours']:.2f} h")
@@ -383,18 +474,35 @@ def add_parser(sub: Any) -> None:
     """Register ``sources index`` on an argparse subparsers object."""
     p = sub.add_parser("sources", help="index the training audio (Debian packages, rendered MIDI, shared data)")
     ssub = p.add_subparsers(dest="sources_command", metavar="SUBCOMMAND", required=True)
-    q = ssub.add_parser("index", help="walk the sources and write a JSON index", description=(
-        "Walk the Debian packages of training/sources.py (install them with training/install_audio_sources.sh), "
-        "the rendered MIDI and the shared data; probe each file (skip unreadable, < 0.5 s, silent and duplicate "
-        "files) and write a JSON index with a summary per domain and source."))
+    q = ssub.add_parser(
+        "index",
+        help="walk the sources and write a JSON index",
+        description=(
+            "Walk the Debian packages of training/sources.py (install them with training/install_audio_sources.sh), "
+            "the rendered MIDI and the shared data; probe each file (skip unreadable, < 0.5 s, silent and duplicate "
+            "files) and write a JSON index with a summary per domain and source."
+        ),
+    )
     q.add_argument("-o", "--output", required=True, metavar="INDEX.json", help="index file to write (atomically)")
-    q.add_argument("--shared", default=str(DEFAULT_SHARED), metavar="DIR",
-                   help="folder with urbansound8k-subset/ and field-recordings/ (default %(default)s)")
+    q.add_argument(
+        "--shared",
+        default=str(DEFAULT_SHARED),
+        metavar="DIR",
+        help="folder with urbansound8k-subset/ and field-recordings/ (default %(default)s)",
+    )
     q.add_argument("--no-shared", action="store_true", help="leave the shared data out")
-    q.add_argument("--audio-sources", default=str(DEFAULT_AUDIO_SOURCES), metavar="DIR",
-                   help="folder of rendered audio ($ST_AUDIO_SOURCES; default %(default)s)")
-    q.add_argument("--extra", action="append", metavar="[DOMAIN=]DIR",
-                   help=f"another audio folder (repeatable); DOMAIN: {', '.join(DOMAINS)} (default extra)")
+    q.add_argument(
+        "--audio-sources",
+        default=str(DEFAULT_AUDIO_SOURCES),
+        metavar="DIR",
+        help="folder of rendered audio ($ST_AUDIO_SOURCES; default %(default)s)",
+    )
+    q.add_argument(
+        "--extra",
+        action="append",
+        metavar="[DOMAIN=]DIR",
+        help=f"another audio folder (repeatable); DOMAIN: {', '.join(DOMAINS)} (default extra)",
+    )
     q.add_argument("--no-packages", action="store_true", help="leave the Debian packages out")
     q.add_argument("--root", default="/", help=argparse.SUPPRESS)
     q.add_argument("--jobs", type=int, default=2, help="files probed in parallel (default 2)")

@@ -28,10 +28,19 @@ __all__ = ["TEACHERS", "DEFAULT_MODELS_DIR", "Teacher", "load_teacher"]
 #: Teacher name -> (converter KIND of training.convert, default file under the models
 #: folder, its Mel spec, the label CSV options it needs).
 TEACHERS: dict[str, dict[str, str]] = {
-    "yamnet": {"kind": "yamnet-tflite", "file": "yamnet_int8_perchannel.tflite", "spec": "yamnet",
-               "labels": "class_labels_indices.csv", "class_map": "yamnet_class_map.csv"},
-    "efficientat": {"kind": "efficientat", "file": "mn04_as_mAP_432.pt", "spec": "efficientat",
-                    "labels": "class_labels_indices.csv"},
+    "yamnet": {
+        "kind": "yamnet-tflite",
+        "file": "yamnet_int8_perchannel.tflite",
+        "spec": "yamnet",
+        "labels": "class_labels_indices.csv",
+        "class_map": "yamnet_class_map.csv",
+    },
+    "efficientat": {
+        "kind": "efficientat",
+        "file": "mn04_as_mAP_432.pt",
+        "spec": "efficientat",
+        "labels": "class_labels_indices.csv",
+    },
 }
 #: Where the teacher files are looked for by default ($ST_SHARED_DIR, else ../shared; training/paths.py).
 DEFAULT_MODELS_DIR = shared_dir() / "models"
@@ -83,12 +92,20 @@ class Teacher:
 
     def describe(self) -> dict[str, Any]:
         """JSON description (what the manifest and the model metadata record)."""
-        return {"name": self.name, "kind": self.kind, "source": self.source, "source_path": self.source_path,
-                "sha256": self.sha256, "n_classes": self.n_classes, "mel_spec": self.mel_spec.name}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "source": self.source,
+            "source_path": self.source_path,
+            "sha256": self.sha256,
+            "n_classes": self.n_classes,
+            "mel_spec": self.mel_spec.name,
+        }
 
 
-def load_teacher(name: str, source: str | os.PathLike | None = None, *,
-                 models_dir: str | os.PathLike | None = None) -> Teacher:
+def load_teacher(
+    name: str, source: str | os.PathLike | None = None, *, models_dir: str | os.PathLike | None = None
+) -> Teacher:
     """Load a teacher with h3's converters (:func:`training.convert.build`).
 
     Args:
@@ -114,6 +131,14 @@ def load_teacher(name: str, source: str | os.PathLike | None = None, *,
         kwargs["yamnet_class_map"] = folder / info["class_map"]
         kwargs["input_spec"] = info["spec"]
     c = build(info["kind"], src, **kwargs)
-    return Teacher(name=name, module=c.module, mel_spec=get_mel_spec(info["spec"]), source=src.name,
-                   sha256=c.metadata.source_sha256, n_classes=int(c.module.n_classes), labels=c.metadata.labels,
-                   kind=info["kind"], source_path=str(src.resolve()))
+    return Teacher(
+        name=name,
+        module=c.module,
+        mel_spec=get_mel_spec(info["spec"]),
+        source=src.name,
+        sha256=c.metadata.source_sha256,
+        n_classes=int(c.module.n_classes),
+        labels=c.metadata.labels,
+        kind=info["kind"],
+        source_path=str(src.resolve()),
+    )

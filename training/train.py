@@ -99,8 +99,13 @@ class TrainConfig:
 
     def arch(self, n_mels: int) -> dict[str, Any]:
         """Keyword arguments of :class:`~training.nets.CNNTranscoder` for a target with ``n_mels`` bins."""
-        a: dict[str, Any] = dict(n_layers=self.n_layers, channels=self.channels, kernel_time=self.kernel_time,
-                                 kernel_mel=self.kernel_mel, dilation=self.dilation)
+        a: dict[str, Any] = dict(
+            n_layers=self.n_layers,
+            channels=self.channels,
+            kernel_time=self.kernel_time,
+            kernel_mel=self.kernel_mel,
+            dilation=self.dilation,
+        )
         if self.calibrate:
             a.update(calibrated=True, n_mels=n_mels)
         return a
@@ -154,8 +159,9 @@ def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def _validate(model: CNNTranscoder, rows: np.ndarray, batches: Batches, loss: Loss,
-              batch_size: int) -> tuple[float, float | None]:
+def _validate(
+    model: CNNTranscoder, rows: np.ndarray, batches: Batches, loss: Loss, batch_size: int
+) -> tuple[float, float | None]:
     """Mean validation loss, and the share of chunks whose best class under the transcoded
     Mel is the teacher's (None without a teacher): a running view of PtoPa-FC."""
     model.eval()
@@ -183,8 +189,12 @@ def _initial_weights(config: TrainConfig, fingerprint: dict[str, Any], meta: dic
     if src_meta["cache"] != fingerprint or src_cfg.arch(n_mels) != config.arch(n_mels):
         raise SpecMismatchError(f"init_from {src}: its cache or architecture differs from this run's")
     ck = torch_load(src / "best.pt", "training checkpoint")
-    meta["init_from"] = {"run": str(src.resolve()), "epoch": int(ck["epoch"]), "mode": src_cfg.mode,
-                         "best_pt_sha256": sha256_file(src / "best.pt")}
+    meta["init_from"] = {
+        "run": str(src.resolve()),
+        "epoch": int(ck["epoch"]),
+        "mode": src_cfg.mode,
+        "best_pt_sha256": sha256_file(src / "best.pt"),
+    }
     if "calibration" in src_meta:
         meta["calibration"] = src_meta["calibration"]
     return ck["model"]
@@ -195,12 +205,28 @@ def _top1_text(top1: float | None) -> str:
 
 
 def _run_fingerprint(store: ChunkStore) -> dict[str, Any]:
-    return {"teacher_sha256": store.teacher_info["sha256"], "teacher": store.teacher_info["name"],
-            "band_spec": store.manifest["band_spec"], "mel_spec": store.manifest["mel_spec"]}
+    return {
+        "teacher_sha256": store.teacher_info["sha256"],
+        "teacher": store.teacher_info["name"],
+        "band_spec": store.manifest["band_spec"],
+        "mel_spec": store.manifest["mel_spec"],
+    }
 
 
 def _write_logs(run: Path, history: list[dict[str, Any]]) -> None:
-    cols = ["epoch", "train_loss", "val_loss", "val_top1", "best_epoch", "is_best", "seconds", "n_train", "n_val", "lr", "device"]
+    cols = [
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "val_top1",
+        "best_epoch",
+        "is_best",
+        "seconds",
+        "n_train",
+        "n_val",
+        "lr",
+        "device",
+    ]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     w.writeheader()
@@ -250,15 +276,19 @@ def train(
             info = store.teacher_info
             teacher = load_teacher(info["name"], info["source_path"])
         if teacher.sha256 != store.teacher_info["sha256"]:
-            raise SpecMismatchError(f"the teacher's sha256 {teacher.sha256[:12]}... differs from the one the cache "
-                                    f"was built with ({store.teacher_info['sha256'][:12]}...)")
+            raise SpecMismatchError(
+                f"the teacher's sha256 {teacher.sha256[:12]}... differs from the one the cache "
+                f"was built with ({store.teacher_info['sha256'][:12]}...)"
+            )
         teacher.module.to(dev).eval()
         for p in teacher.module.parameters():
             p.requires_grad_(False)
     train_rows, val_rows = store.rows("train"), store.rows("valid")
     if train_rows.size == 0 or val_rows.size == 0:
-        raise InvalidInputError(f"{cache_dir}: needs 'train' and 'valid' chunks, has {train_rows.size} and "
-                                f"{val_rows.size} (see the split options of build-dataset)")
+        raise InvalidInputError(
+            f"{cache_dir}: needs 'train' and 'valid' chunks, has {train_rows.size} and "
+            f"{val_rows.size} (see the split options of build-dataset)"
+        )
 
     run.mkdir(parents=True, exist_ok=True)
     run_json = run / "run.json"
@@ -268,15 +298,19 @@ def train(
         new = {k: v for k, v in config.to_dict().items() if k != "epochs"}
         if old != new or meta["cache"] != fingerprint:
             what = [k for k in new if old.get(k) != new[k]] + (["cache"] if meta["cache"] != fingerprint else [])
-            raise SpecMismatchError(f"{run} holds a run with other settings ({', '.join(what)}); "
-                                    "use a new RUN_DIR or the same settings")
+            raise SpecMismatchError(
+                f"{run} holds a run with other settings ({', '.join(what)}); use a new RUN_DIR or the same settings"
+            )
         matrix = np.asarray(meta["pinv_matrix"], np.float64)
         meta["config"]["epochs"] = config.epochs
     else:
         matrix = np.asarray(pinv_matrix(store.band_spec, store.mel_spec), np.float64)
         meta = {
-            "format": RUN_FORMAT, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "config": config.to_dict(), "cache": fingerprint, "cache_dir": str(Path(cache_dir).resolve()),
+            "format": RUN_FORMAT,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "config": config.to_dict(),
+            "cache": fingerprint,
+            "cache_dir": str(Path(cache_dir).resolve()),
             "counts": store.manifest.get("counts", {}),
             "pinv_matrix": matrix.tolist(),
             "pinv_matrix_from": "spectral_transcoder.pinv.pinv_matrix (float64 numpy pinv, rcond 1e-15, ReLU)",
@@ -314,16 +348,41 @@ def train(
         t0 = time.perf_counter()
         val, top1 = _validate(model, val_rows, batches, loss, max(config.batch_size, 256))
         best = {"epoch": 0, "val_loss": val}
-        save_checkpoint({"model": model.state_dict(), "epoch": 0, "val_loss": val, "config": config.to_dict()},
-                     run / "best.pt")
-        history = [{"epoch": 0, "train_loss": None, "val_loss": val, "val_top1": top1, "best_epoch": 0, "is_best": True,
-                    "seconds": time.perf_counter() - t0, "n_train": int(train_rows.size), "n_val": int(val_rows.size),
-                    "lr": config.lr, "device": str(dev)}]
-        save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 0, "best": best,
-                      "history": history, "rng": _rng_state(), "config": config.to_dict()}, last)
+        save_checkpoint(
+            {"model": model.state_dict(), "epoch": 0, "val_loss": val, "config": config.to_dict()}, run / "best.pt"
+        )
+        history = [
+            {
+                "epoch": 0,
+                "train_loss": None,
+                "val_loss": val,
+                "val_top1": top1,
+                "best_epoch": 0,
+                "is_best": True,
+                "seconds": time.perf_counter() - t0,
+                "n_train": int(train_rows.size),
+                "n_val": int(val_rows.size),
+                "lr": config.lr,
+                "device": str(dev),
+            }
+        ]
+        save_checkpoint(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "epoch": 0,
+                "best": best,
+                "history": history,
+                "rng": _rng_state(),
+                "config": config.to_dict(),
+            },
+            last,
+        )
         _write_logs(run, history)
-        say(f"epoch 0: val {val:.6g}{_top1_text(top1)} ({config.mode}, {count_parameters(model)} parameters, "
-            f"{train_rows.size} train / {val_rows.size} valid chunks, {dev})")
+        say(
+            f"epoch 0: val {val:.6g}{_top1_text(top1)} ({config.mode}, {count_parameters(model)} parameters, "
+            f"{train_rows.size} train / {val_rows.size} valid chunks, {dev})"
+        )
         start = 1
 
     for epoch in range(start, config.epochs + 1):
@@ -345,21 +404,48 @@ def train(
         is_best = val < best["val_loss"]
         if is_best:
             best = {"epoch": epoch, "val_loss": val}
-            save_checkpoint({"model": model.state_dict(), "epoch": epoch, "val_loss": val, "config": config.to_dict()},
-                         run / "best.pt")
-        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val, "val_top1": top1,
-                        "best_epoch": best["epoch"],
-                        "is_best": is_best, "seconds": time.perf_counter() - t0, "n_train": int(train_rows.size),
-                        "n_val": int(val_rows.size), "lr": config.lr, "device": str(dev)})
-        save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "best": best,
-                      "history": history, "rng": _rng_state(), "config": config.to_dict()}, last)
+            save_checkpoint(
+                {"model": model.state_dict(), "epoch": epoch, "val_loss": val, "config": config.to_dict()},
+                run / "best.pt",
+            )
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val,
+                "val_top1": top1,
+                "best_epoch": best["epoch"],
+                "is_best": is_best,
+                "seconds": time.perf_counter() - t0,
+                "n_train": int(train_rows.size),
+                "n_val": int(val_rows.size),
+                "lr": config.lr,
+                "device": str(dev),
+            }
+        )
+        save_checkpoint(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "epoch": epoch,
+                "best": best,
+                "history": history,
+                "rng": _rng_state(),
+                "config": config.to_dict(),
+            },
+            last,
+        )
         _write_logs(run, history)
-        say(f"epoch {epoch}/{config.epochs}: train {train_loss:.6g}, val {val:.6g}{_top1_text(top1)}"
-            f"{' (best)' if is_best else ''}, {history[-1]['seconds']:.1f} s")
+        say(
+            f"epoch {epoch}/{config.epochs}: train {train_loss:.6g}, val {val:.6g}{_top1_text(top1)}"
+            f"{' (best)' if is_best else ''}, {history[-1]['seconds']:.1f} s"
+        )
     return TrainResult(run, int(best["epoch"]), float(best["val_loss"]), history)
 
 
-def load_run(run_dir: str | os.PathLike, *, which: str = "best") -> tuple[CNNTranscoder, dict[str, Any], dict[str, Any]]:
+def load_run(
+    run_dir: str | os.PathLike, *, which: str = "best"
+) -> tuple[CNNTranscoder, dict[str, Any], dict[str, Any]]:
     """The trained CNN (eval mode) of a run, its ``run.json`` and the checkpoint dict.
 
     ``which``: ``"best"`` (lowest validation loss) or ``"last"``.
@@ -379,7 +465,8 @@ def load_run(run_dir: str | os.PathLike, *, which: str = "best") -> tuple[CNNTra
 def add_parser(sub: Any) -> None:
     """Register ``train`` on an argparse subparsers object."""
     p = sub.add_parser(
-        "train", help="train (or resume) a CNN transcoder on a dataset cache",
+        "train",
+        help="train (or resume) a CNN transcoder on a dataset cache",
         description="Train the residual CNN on the PINV of the cached third-octave levels: --mode logits "
         "(BCE against the frozen teacher, the paper's CNN-logits), --mode mels (MSE to the ground-truth Mel), "
         "--mode hybrid (the paper's mix of both), --mode distill (BCE plus softmax distillation), --mode logit_mse "
@@ -389,9 +476,13 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("cache_dir", metavar="CACHE_DIR")
     p.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run directory (created or resumed)")
-    p.add_argument("--mode", choices=MODES, default="logits",
-                   help="loss: logits (the paper's CNN-logits, BCE), mels (CNN-mels, MSE), hybrid (the paper's "
-                   "MSE + k BCE mix) or distill (BCE + softmax distillation); default logits")
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="logits",
+        help="loss: logits (the paper's CNN-logits, BCE), mels (CNN-mels, MSE), hybrid (the paper's "
+        "MSE + k BCE mix) or distill (BCE + softmax distillation); default logits",
+    )
     p.add_argument("--epochs", type=int, default=200, help="epochs (default 200, the paper's)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -401,19 +492,42 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--kernel-time", type=int, default=3)
     p.add_argument("--kernel-mel", type=int, default=5)
     p.add_argument("--dilation", type=int, default=1)
-    p.add_argument("--calibrate", action="store_true",
-                   help="fit a per-bin affine map PINV -> target Mel on the training split, in front of the CNN "
-                   "(recommended for magnitude targets such as the official YAMNet front end)")
-    p.add_argument("--prop-logit", type=float, default=TrainConfig.prop_logit,
-                   help="--mode hybrid: the paper's p in percent (default %(default)s)")
-    p.add_argument("--hybrid-k", type=float, default=TrainConfig.hybrid_k,
-                   help="--mode hybrid: the paper's k (default %(default)s, YAMNet's)")
-    p.add_argument("--kd-weight", type=float, default=TrainConfig.kd_weight,
-                   help="--mode distill: weight of the softmax distillation term (default %(default)s)")
-    p.add_argument("--kd-temperature", type=float, default=TrainConfig.kd_temperature,
-                   help="--mode distill: softmax temperature (default %(default)s)")
-    p.add_argument("--init-from", metavar="RUN_DIR", default="",
-                   help="start from the best weights of another run on the same cache and architecture")
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="fit a per-bin affine map PINV -> target Mel on the training split, in front of the CNN "
+        "(recommended for magnitude targets such as the official YAMNet front end)",
+    )
+    p.add_argument(
+        "--prop-logit",
+        type=float,
+        default=TrainConfig.prop_logit,
+        help="--mode hybrid: the paper's p in percent (default %(default)s)",
+    )
+    p.add_argument(
+        "--hybrid-k",
+        type=float,
+        default=TrainConfig.hybrid_k,
+        help="--mode hybrid: the paper's k (default %(default)s, YAMNet's)",
+    )
+    p.add_argument(
+        "--kd-weight",
+        type=float,
+        default=TrainConfig.kd_weight,
+        help="--mode distill: weight of the softmax distillation term (default %(default)s)",
+    )
+    p.add_argument(
+        "--kd-temperature",
+        type=float,
+        default=TrainConfig.kd_temperature,
+        help="--mode distill: softmax temperature (default %(default)s)",
+    )
+    p.add_argument(
+        "--init-from",
+        metavar="RUN_DIR",
+        default="",
+        help="start from the best weights of another run on the same cache and architecture",
+    )
     p.add_argument("--teacher-source", metavar="FILE", help="teacher checkpoint (default: the cache's)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -424,11 +538,24 @@ def add_parser(sub: Any) -> None:
 def _cmd_train(args: Any) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = TrainConfig(mode=args.mode, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      n_layers=args.layers, channels=args.channels, kernel_time=args.kernel_time,
-                      kernel_mel=args.kernel_mel, dilation=args.dilation, kd_weight=args.kd_weight,
-                      kd_temperature=args.kd_temperature, prop_logit=args.prop_logit, hybrid_k=args.hybrid_k,
-                      calibrate=args.calibrate, init_from=args.init_from)
+    cfg = TrainConfig(
+        mode=args.mode,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        n_layers=args.layers,
+        channels=args.channels,
+        kernel_time=args.kernel_time,
+        kernel_mel=args.kernel_mel,
+        dilation=args.dilation,
+        kd_weight=args.kd_weight,
+        kd_temperature=args.kd_temperature,
+        prop_logit=args.prop_logit,
+        hybrid_k=args.hybrid_k,
+        calibrate=args.calibrate,
+        init_from=args.init_from,
+    )
     teacher = None
     if args.teacher_source and cfg.mode != "mels":
         info = ChunkStore(args.cache_dir).teacher_info

@@ -59,8 +59,14 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         h = action.help or ""
         d = action.default
         # identity, not ==: a default of 0 or 0.0 is worth showing, None and False are not
-        if (not action.option_strings or "default" in h or d is None or d is False or d is argparse.SUPPRESS
-                or isinstance(d, list)):
+        if (
+            not action.option_strings
+            or "default" in h
+            or d is None
+            or d is False
+            or d is argparse.SUPPRESS
+            or isinstance(d, list)
+        ):
             return h
         return h + " (default: %(default)s)"
 

@@ -52,8 +52,9 @@ def replace_file(tmp: str | os.PathLike, path: str | os.PathLike, *, fsync: bool
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, *, suffix: str | None = None, tmp_name: str | None = None,
-                fsync: bool = False) -> Iterator[Path]:
+def atomic_path(
+    path: str | os.PathLike, *, suffix: str | None = None, tmp_name: str | None = None, fsync: bool = False
+) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` for a writer that needs a file name
     (``np.savez``, ``soundfile.write``, ``shutil.copyfile``); on a clean exit it replaces
     ``path``, on an exception it is removed and ``path`` is left as it was.
@@ -74,8 +75,9 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None, tmp_name:
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, tmp_name: str | None = None,
-                       fsync: bool = False) -> None:
+def atomic_write_bytes(
+    path: str | os.PathLike, data: bytes, *, tmp_name: str | None = None, fsync: bool = False
+) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
     with atomic_path(path, tmp_name=tmp_name, fsync=fsync) as tmp:
         tmp.write_bytes(data)

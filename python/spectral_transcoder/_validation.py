@@ -29,8 +29,13 @@ if TYPE_CHECKING:
     from .specs import BandSpec
 
 #: Integer PCM is scaled to [-1, 1) full scale by these divisors (uint8 is offset by 128 first).
-INT_FULL_SCALE = {np.dtype(np.int8): 2.0**7, np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31,
-                  np.dtype(np.int64): 2.0**63, np.dtype(np.uint8): 2.0**7}
+INT_FULL_SCALE = {
+    np.dtype(np.int8): 2.0**7,
+    np.dtype(np.int16): 2.0**15,
+    np.dtype(np.int32): 2.0**31,
+    np.dtype(np.int64): 2.0**63,
+    np.dtype(np.uint8): 2.0**7,
+}
 
 
 def require_module(module: str, extra: str, purpose: str) -> None:
@@ -44,7 +49,8 @@ def require_module(module: str, extra: str, purpose: str) -> None:
     except ImportError as exc:
         raise MissingDependencyError(
             f"{purpose} needs the optional package {module!r}, which is not installed ({exc}): "
-            f'pip install "spectral-transcoder[{extra}]"') from None
+            f'pip install "spectral-transcoder[{extra}]"'
+        ) from None
 
 
 def check_sample_rate(sample_rate: object, name: str = "sample_rate") -> float:
@@ -96,7 +102,8 @@ def check_band_sample_rate(sample_rate: float, spec: "BandSpec", name: str = "sa
             f"{spec.name!r} reaches {upper[-1]:.0f} Hz (full-band levels need {math.ceil(floor)} Hz or more): "
             f"its {len(cut)} top band(s), from {cut[0]:.0f} Hz up, read low or empty, unlike those of the "
             "full-band audio the transcoders were trained on",
-            InputWarning, stacklevel=_outside_stacklevel(),
+            InputWarning,
+            stacklevel=_outside_stacklevel(),
         )
 
 
@@ -145,7 +152,9 @@ def as_float32_signal(audio: object, name: str = "audio", min_ndim: int = 1) -> 
     elif a.dtype.kind != "f":
         raise InputTypeError(f"{name} must hold real floating-point or integer PCM samples, got dtype {a.dtype}")
     if a.ndim < min_ndim:
-        raise InvalidInputError(f"{name} must have at least {min_ndim} dimension(s) (..., samples), got shape {a.shape}")
+        raise InvalidInputError(
+            f"{name} must have at least {min_ndim} dimension(s) (..., samples), got shape {a.shape}"
+        )
     check_finite(a, name)
     return np.ascontiguousarray(a, dtype=np.float32)
 
@@ -196,8 +205,7 @@ def check_samples_last(audio: np.ndarray, name: str = "audio") -> None:
         )
 
 
-def check_min_duration(n: int, sample_rate: float, frame_length: int, frame_rate: int, name: str,
-                       what: str) -> None:
+def check_min_duration(n: int, sample_rate: float, frame_length: int, frame_rate: int, name: str, what: str) -> None:
     """Refuse a signal shorter than one analysis frame (``frame_length`` samples at ``frame_rate`` Hz).
 
     ``n`` samples at ``sample_rate`` Hz; compared by duration, before any resampling, so that
@@ -215,9 +223,7 @@ def check_min_duration(n: int, sample_rate: float, frame_length: int, frame_rate
 
 def check_min_length(n: int, minimum: int, name: str, what: str) -> None:
     if n < minimum:
-        raise InvalidInputError(
-            f"{name} is too short for {what}: {n} samples, the minimum is {minimum} samples"
-        )
+        raise InvalidInputError(f"{name} is too short for {what}: {n} samples, the minimum is {minimum} samples")
 
 
 def as_float32_frames(
@@ -310,12 +316,13 @@ def check_level_range(levels: np.ndarray, band_spec: "BandSpec", *, name: str = 
             f"{where}{name} are far above full scale: the median band level is {median:+.3g} dB re full scale and "
             f"the highest {peak:+.3g} dB ({at}), where audio gives at most about 0 dB (a full-scale sine reads "
             f"-3 dB in its band). These look like calibrated dB SPL read as dB re full scale, or a slip of the "
-            f"level convention; classified as they are, everything sounds loud (\"Music\"). {advice}"
+            f'level convention; classified as they are, everything sounds loud ("Music"). {advice}'
         )
     warnings.warn(
         f"{where}{name} reach {peak:+.3g} dB re full scale ({at}), above what audio within full scale gives "
         f"(a full-scale sine reads -3 dB in its band): check the level convention. {advice}",
-        LevelWarning, stacklevel=_outside_stacklevel(),
+        LevelWarning,
+        stacklevel=_outside_stacklevel(),
     )
 
 

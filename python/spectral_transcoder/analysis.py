@@ -96,8 +96,7 @@ def third_octave(
             raise InvalidInputError(f"db_offset must be finite, got {db_offset!r}")
     # The shape checks come last: a bad option is named before a bad signal.
     check_samples_last(x, "audio")
-    check_min_duration(x.shape[-1], sr, spec.frame_length, spec.sample_rate, "audio",
-                       f"the band spec {spec.name!r}")
+    check_min_duration(x.shape[-1], sr, spec.frame_length, spec.sample_rate, "audio", f"the band spec {spec.name!r}")
 
     x = resample(x, sr, spec.sample_rate)
     lead = x.shape[:-1]

@@ -62,14 +62,18 @@ def load_audio(
         sample_rate = int(check_sample_rate(sample_rate))
     if channel is not None and (isinstance(channel, bool) or not isinstance(channel, int)):
         raise InputTypeError(f"channel must be None (mix to mono) or an integer, got {type(channel).__name__}")
-    if not (np.isfinite(offset) and offset >= 0) or (duration is not None and not (np.isfinite(duration) and duration >= 0)):
+    if not (np.isfinite(offset) and offset >= 0) or (
+        duration is not None and not (np.isfinite(duration) and duration >= 0)
+    ):
         raise InvalidInputError(f"{str(p)!r}: offset and duration must be >= 0 seconds, got {offset!r}, {duration!r}")
     try:
         with sf.SoundFile(str(p)) as f:
             sr, channels, frames = int(f.samplerate), int(f.channels), int(f.frames)
             if channel is not None and not 0 <= channel < channels:
-                raise InvalidInputError(f"{str(p)!r} has {channels} channel(s): channel must be None (mix to mono) "
-                                        f"or 0..{channels - 1}, got {channel}")
+                raise InvalidInputError(
+                    f"{str(p)!r} has {channels} channel(s): channel must be None (mix to mono) "
+                    f"or 0..{channels - 1}, got {channel}"
+                )
             start = min(int(round(offset * sr)), frames)
             if start:
                 f.seek(start)

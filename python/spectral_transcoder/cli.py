@@ -113,8 +113,14 @@ def _stdout_to_devnull() -> None:
 _python_showwarning = warnings.showwarning
 
 
-def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                  file: object = None, line: str | None = None) -> None:
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
     if issubclass(category, SpectralTranscoderWarning):
         print(f"{PROG}: warning: {to_cli_language(str(message))}", file=sys.stderr)
     else:
@@ -132,8 +138,10 @@ def _offsets(offset_db: np.ndarray) -> str:
 
 
 def _shorter_than_a_chunk(n: int, spec: BandSpec) -> str:
-    return (f"shorter than one {spec.chunk_duration:g}-s chunk ({n}/{spec.frames_per_chunk} frames = "
-            f"{n * spec.frame_period:g} s)")
+    return (
+        f"shorter than one {spec.chunk_duration:g}-s chunk ({n}/{spec.frames_per_chunk} frames = "
+        f"{n * spec.frame_period:g} s)"
+    )
 
 
 def _outputs_for(inputs: list[Path], out: Path) -> list[Path]:
@@ -192,12 +200,23 @@ def _load_levels(path: Path) -> tuple[np.ndarray, str | None, str]:
 )
 def _setup_analyze(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("audio", nargs="+", type=Path, metavar="AUDIO", help="audio file(s) to analyse")
-    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT",
-                   help="output .npz (one input) or folder (several inputs: OUT/<name>.npz)")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        type=Path,
+        metavar="OUT",
+        help="output .npz (one input) or folder (several inputs: OUT/<name>.npz)",
+    )
     p.add_argument("--spec", default="cense_fast", choices=sorted(BAND_SPECS), help="third-octave representation")
     p.add_argument("--target", default="pann", choices=sorted(MEL_SPECS), help="Mel representation of the PINV output")
-    p.add_argument("--db-offset", type=float, default=0.0, metavar="DB",
-                   help="dB added to the levels: 0 = dB re full scale, 26 = the paper's Cense convention")
+    p.add_argument(
+        "--db-offset",
+        type=float,
+        default=0.0,
+        metavar="DB",
+        help="dB added to the levels: 0 = dB re full scale, 26 = the paper's Cense convention",
+    )
     p.add_argument("--threads", type=int, default=0, metavar="N", help="C++ threads (0 = automatic)")
     return _run_analyze
 
@@ -222,17 +241,29 @@ def _run_analyze(args: argparse.Namespace) -> int:
             mel = pinv(levels, args.target, band_spec=spec, layout="stitched", partial="pad", n_threads=args.threads)
         mel_spec = MEL_SPECS[args.target]
         save_npz(
-            out, levels=levels, mel_pinv=mel, band_spec=np.array(spec.to_json()), mel_spec=np.array(mel_spec.to_json()),
-            source=np.array(str(src)), sample_rate=np.array(sr), frame_period=np.array(spec.frame_period),
+            out,
+            levels=levels,
+            mel_pinv=mel,
+            band_spec=np.array(spec.to_json()),
+            mel_spec=np.array(mel_spec.to_json()),
+            source=np.array(str(src)),
+            sample_rate=np.array(sr),
+            frame_period=np.array(spec.frame_period),
             last_chunk_frames=np.array(left or f),
         )
-        note = (f"; last chunk partial ({left}/{f} frames = {left * spec.frame_period:g} s), padded by repeating "
-                "its last frame" if left else "")
+        note = (
+            f"; last chunk partial ({left}/{f} frames = {left * spec.frame_period:g} s), padded by repeating "
+            "its last frame"
+            if left
+            else ""
+        )
         if n < f:  # the whole output rests on a padded chunk: say so, it looks like any other
             note = f"; {_shorter_than_a_chunk(n, spec)}: the only chunk was padded by repeating its last frame"
-        print(f"{src}: {audio.shape[0] / sr:.3f} s at {sr} Hz -> levels {n} x {spec.n_bands} "
-              f"({_level_unit(spec.db_offset)}), mel_pinv {mel.shape[0]} x {mel.shape[1]} ({args.target}){note} "
-              f"-> {out}")
+        print(
+            f"{src}: {audio.shape[0] / sr:.3f} s at {sr} Hz -> levels {n} x {spec.n_bands} "
+            f"({_level_unit(spec.db_offset)}), mel_pinv {mel.shape[0]} x {mel.shape[1]} ({args.target}){note} "
+            f"-> {out}"
+        )
     return 0
 
 
@@ -254,26 +285,62 @@ def _run_analyze(args: argparse.Namespace) -> int:
     ),
 )
 def _setup_transcode(p: argparse.ArgumentParser) -> Handler:
-    p.add_argument("levels", type=Path, metavar="LEVELS",
-                   help=".npz with a `levels` array (frames, bands) in dB (as `analyze` writes), or an .npy of one")
+    p.add_argument(
+        "levels",
+        type=Path,
+        metavar="LEVELS",
+        help=".npz with a `levels` array (frames, bands) in dB (as `analyze` writes), or an .npy of one",
+    )
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.npz", help="output .npz")
-    p.add_argument("--transcoder", required=True, metavar="NAME|PATH",
-                   help="registry name (see `models list`), 'pinv:TARGET' for the PINV alone, or an .onnx file")
-    p.add_argument("--spec", default="cense_fast", choices=sorted(BAND_SPECS),
-                   help="band spec of the levels when the file has no `band_spec`")
-    p.add_argument("--db-offset", type=float, default=None, metavar="DB",
-                   help="level convention of the file (overrides its band_spec's): 0 = dBFS, 26 = Cense")
-    p.add_argument("--reference", default="dBFS", choices=["dBFS", "SPL", "auto"],
-                   help="what the levels are: dBFS = as the file's convention says; SPL = calibrated dB SPL, "
-                        "--spl-offset is subtracted; auto = scaled like the peak-normalised training audio "
-                        "(99th percentile of the broadband level -> 0 dB)")
-    p.add_argument("--spl-offset", type=float, default=None, metavar="DB",
-                   help="--reference SPL: the dB SPL that corresponds to 0 dBFS")
-    p.add_argument("--layout", default="stitched", choices=["stitched", "concat", "chunks"],
-                   help="stitched: chunks joined as the paper does; concat: plain; chunks: (chunks, T, n_mels)")
-    p.add_argument("--partial", default="pad", choices=["pad", "drop", "error"],
-                   help="what to do with a partial last 1-s chunk (reported either way)")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="ONNX Runtime threads (default: physical cores)")
+    p.add_argument(
+        "--transcoder",
+        required=True,
+        metavar="NAME|PATH",
+        help="registry name (see `models list`), 'pinv:TARGET' for the PINV alone, or an .onnx file",
+    )
+    p.add_argument(
+        "--spec",
+        default="cense_fast",
+        choices=sorted(BAND_SPECS),
+        help="band spec of the levels when the file has no `band_spec`",
+    )
+    p.add_argument(
+        "--db-offset",
+        type=float,
+        default=None,
+        metavar="DB",
+        help="level convention of the file (overrides its band_spec's): 0 = dBFS, 26 = Cense",
+    )
+    p.add_argument(
+        "--reference",
+        default="dBFS",
+        choices=["dBFS", "SPL", "auto"],
+        help="what the levels are: dBFS = as the file's convention says; SPL = calibrated dB SPL, "
+        "--spl-offset is subtracted; auto = scaled like the peak-normalised training audio "
+        "(99th percentile of the broadband level -> 0 dB)",
+    )
+    p.add_argument(
+        "--spl-offset",
+        type=float,
+        default=None,
+        metavar="DB",
+        help="--reference SPL: the dB SPL that corresponds to 0 dBFS",
+    )
+    p.add_argument(
+        "--layout",
+        default="stitched",
+        choices=["stitched", "concat", "chunks"],
+        help="stitched: chunks joined as the paper does; concat: plain; chunks: (chunks, T, n_mels)",
+    )
+    p.add_argument(
+        "--partial",
+        default="pad",
+        choices=["pad", "drop", "error"],
+        help="what to do with a partial last 1-s chunk (reported either way)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, metavar="N", help="ONNX Runtime threads (default: physical cores)"
+    )
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="1-s chunks per ONNX Runtime run")
     return _run_transcode
 
@@ -303,21 +370,34 @@ def _run_transcode(args: argparse.Namespace) -> int:
         warnings.simplefilter("ignore", PartialChunkWarning)  # reported below
         mel = tr(levels, band_spec=spec, layout=args.layout, partial=args.partial)
     save_npz(
-        args.output, mel=mel, mel_spec=np.array(tr.output_spec.to_json()), band_spec=np.array(spec.to_json()),
-        transcoder=np.array(tr.model_id), source=np.array(source), layout=np.array(args.layout),
-        mel_frame_period=np.array(tr.output_spec.frame_period), last_chunk_frames=np.array(left or f),
-        level_reference=np.array(args.reference), level_offset_db=np.asarray(offset_db),
+        args.output,
+        mel=mel,
+        mel_spec=np.array(tr.output_spec.to_json()),
+        band_spec=np.array(spec.to_json()),
+        transcoder=np.array(tr.model_id),
+        source=np.array(source),
+        layout=np.array(args.layout),
+        mel_frame_period=np.array(tr.output_spec.frame_period),
+        last_chunk_frames=np.array(left or f),
+        level_reference=np.array(args.reference),
+        level_offset_db=np.asarray(offset_db),
     )
     note = ""
     if left:
-        note = {"pad": f"; last chunk partial ({left}/{f} frames), padded",
-                "drop": f"; last chunk partial ({left}/{f} frames), dropped"}.get(args.partial, "")
+        note = {
+            "pad": f"; last chunk partial ({left}/{f} frames), padded",
+            "drop": f"; last chunk partial ({left}/{f} frames), dropped",
+        }.get(args.partial, "")
     if 0 < n < f:  # no whole chunk at all: the output is all padding, or empty
-        note = {"pad": f"; {_shorter_than_a_chunk(n, spec)}: the only chunk was padded by repeating its last frame",
-                "drop": f"; {_shorter_than_a_chunk(n, spec)}: dropped, the output is empty"}.get(args.partial, "")
+        note = {
+            "pad": f"; {_shorter_than_a_chunk(n, spec)}: the only chunk was padded by repeating its last frame",
+            "drop": f"; {_shorter_than_a_chunk(n, spec)}: dropped, the output is empty",
+        }.get(args.partial, "")
     ref = "" if args.reference == "dBFS" else f", --reference {args.reference}: {_offsets(offset_db)} dB added"
-    print(f"{args.levels}: levels {tuple(levels.shape)} ({_level_unit(spec.db_offset)}{ref}) -> {tr.model_id} -> "
-          f"mel {tuple(mel.shape)} ({tr.output_spec.name}, {args.layout}){note} -> {args.output}")
+    print(
+        f"{args.levels}: levels {tuple(levels.shape)} ({_level_unit(spec.db_offset)}{ref}) -> {tr.model_id} -> "
+        f"mel {tuple(mel.shape)} ({tr.output_spec.name}, {args.layout}){note} -> {args.output}"
+    )
     return 0
 
 
@@ -338,18 +418,26 @@ def _run_transcode(args: argparse.Namespace) -> int:
 )
 def _setup_models(p: argparse.ArgumentParser) -> Handler:
     sub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    imp = sub.add_parser("import", help="copy an ONNX model file into the registry (records its sha256)",
-                         formatter_class=HelpFormatter)
+    imp = sub.add_parser(
+        "import", help="copy an ONNX model file into the registry (records its sha256)", formatter_class=HelpFormatter
+    )
     imp.add_argument("path", type=Path, metavar="PATH", help="ONNX file made by `python -m training convert/export`")
     imp.add_argument("--name", default=None, help="short name to register it under (default: the file's own name)")
     imp.set_defaults(_models_handler=_run_models_import)
     ls = sub.add_parser("list", help="list known and available models", formatter_class=HelpFormatter)
     ls.set_defaults(_models_handler=_run_models_list)
-    info = sub.add_parser("info", help="describe a model: kind, specs, labels, source, sha256, licence, metrics",
-                          formatter_class=HelpFormatter)
+    info = sub.add_parser(
+        "info",
+        help="describe a model: kind, specs, labels, source, sha256, licence, metrics",
+        formatter_class=HelpFormatter,
+    )
     info.add_argument("model", metavar="NAME|PATH", help="registry name or .onnx file")
-    info.add_argument("--kind", choices=["classifier", "transcoder"], default=None,
-                      help="namespace to look NAME up in (default: both)")
+    info.add_argument(
+        "--kind",
+        choices=["classifier", "transcoder"],
+        default=None,
+        help="namespace to look NAME up in (default: both)",
+    )
     info.set_defaults(_models_handler=_run_models_info)
     return lambda args: args._models_handler(args)
 
@@ -369,7 +457,9 @@ def _run_models_list(args: argparse.Namespace) -> int:
     rows = []
     for k in registry.KNOWN:
         e = avail.pop((k.kind, k.name), None)
-        rows.append((k.kind, k.name, f"available ({e.origin})" if e else "missing", str(e.path) if e else k.description))
+        rows.append(
+            (k.kind, k.name, f"available ({e.origin})" if e else "missing", str(e.path) if e else k.description)
+        )
     for (kind, name), e in sorted(avail.items()):
         rows.append((kind, name, f"available ({e.origin})", str(e.path)))
     rows.sort(key=lambda r: (r[0], r[1]))

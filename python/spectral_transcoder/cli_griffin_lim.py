@@ -31,21 +31,36 @@ def _setup(p: argparse.ArgumentParser) -> Handler:
           {PROG} griffin-lim birds.wav -o birds-yamnet.wav --transcoder yamnet
         """
     )
-    p.add_argument("input", type=Path, metavar="INPUT",
-                   help="a .npy Mel (frames, n_mels) in the units of --spec; an .npz from `transcode` or "
-                        "`analyze` (its `mel` or `mel_pinv` array and `mel_spec`); or an audio file")
+    p.add_argument(
+        "input",
+        type=Path,
+        metavar="INPUT",
+        help="a .npy Mel (frames, n_mels) in the units of --spec; an .npz from `transcode` or "
+        "`analyze` (its `mel` or `mel_pinv` array and `mel_spec`); or an audio file",
+    )
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.wav", help="WAV file to write")
-    p.add_argument("--spec", default=None, choices=sorted(MEL_SPECS),
-                   help="Mel spec of the input (required for .npy, and for audio without --transcoder)")
-    p.add_argument("--transcoder", default=None, metavar="NAME|PATH",
-                   help="audio INPUT only: audio -> third-octave levels -> this transcoder (registry name, "
-                        "'pinv:TARGET' or an .onnx file) -> Mel -> audio, the paper's listening check; "
-                        "without it, the audio's own Mel (--spec) is inverted")
+    p.add_argument(
+        "--spec",
+        default=None,
+        choices=sorted(MEL_SPECS),
+        help="Mel spec of the input (required for .npy, and for audio without --transcoder)",
+    )
+    p.add_argument(
+        "--transcoder",
+        default=None,
+        metavar="NAME|PATH",
+        help="audio INPUT only: audio -> third-octave levels -> this transcoder (registry name, "
+        "'pinv:TARGET' or an .onnx file) -> Mel -> audio, the paper's listening check; "
+        "without it, the audio's own Mel (--spec) is inverted",
+    )
     p.add_argument("--iterations", type=int, default=64, metavar="N", help="Griffin-Lim iterations")
     p.add_argument("--momentum", type=float, default=0.99, help="fast Griffin-Lim momentum, in [0, 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random initial phase")
-    p.add_argument("--normalize", action="store_true",
-                   help="scale the output to a -1 dBFS peak (default: the level the Mel says, unclipped)")
+    p.add_argument(
+        "--normalize",
+        action="store_true",
+        help="scale the output to a -1 dBFS peak (default: the level the Mel says, unclipped)",
+    )
     return _run
 
 
@@ -137,9 +152,11 @@ def _run(args: argparse.Namespace) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.output, suffix=".wav") as tmp:  # soundfile takes the format from the suffix
         sf.write(str(tmp), audio, spec.sample_rate, subtype="FLOAT")
-    print(f"{args.input}: {what} ({spec.name}) -> Griffin-Lim, {args.iterations} iterations -> "
-          f"{audio.shape[0] / spec.sample_rate:.3f} s at {spec.sample_rate} Hz{gain}; re-analysed Mel within "
-          f"{err:.2f} dB (mean absolute) -> {args.output}")
+    print(
+        f"{args.input}: {what} ({spec.name}) -> Griffin-Lim, {args.iterations} iterations -> "
+        f"{audio.shape[0] / spec.sample_rate:.3f} s at {spec.sample_rate} Hz{gain}; re-analysed Mel within "
+        f"{err:.2f} dB (mean absolute) -> {args.output}"
+    )
     return 0
 
 

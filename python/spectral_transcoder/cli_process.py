@@ -33,52 +33,113 @@ __all__ = ["make_level_archive", "synthetic_levels", "audio_levels", "RssSampler
 # ------------------------------------------------------------------ shared arguments
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models")
-    g.add_argument("-c", "--classifier", required=True, metavar="NAME|PATH",
-                   help="classifier: registry name (see `models list`) or .onnx file")
-    g.add_argument("-t", "--transcoder", default=None, metavar="NAME|PATH",
-                   help="transcoder: registry name, .onnx file, or 'pinv:TARGET' for the PINV alone "
-                        "(default: the registry's transcoder for the classifier)")
-    g.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="threads (default: physical cores). One process runs N blocks at once, each with "
-                   "one-threaded models; with --workers/--scheduler, each worker's models get N threads "
-                   "(default: the cores shared among --workers)")
+    g.add_argument(
+        "-c",
+        "--classifier",
+        required=True,
+        metavar="NAME|PATH",
+        help="classifier: registry name (see `models list`) or .onnx file",
+    )
+    g.add_argument(
+        "-t",
+        "--transcoder",
+        default=None,
+        metavar="NAME|PATH",
+        help="transcoder: registry name, .onnx file, or 'pinv:TARGET' for the PINV alone "
+        "(default: the registry's transcoder for the classifier)",
+    )
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="threads (default: physical cores). One process runs N blocks at once, each with "
+        "one-threaded models; with --workers/--scheduler, each worker's models get N threads "
+        "(default: the cores shared among --workers)",
+    )
 
 
 def _add_read_args(p: argparse.ArgumentParser, *, blocks: bool) -> None:
     g = p.add_argument_group("reading the archives (see the archives module for every rule)")
-    g.add_argument("--format", default=None,
-                   choices=["parquet", "csv", "hdf5", "npy", "noisecapture", "audio"],
-                   help="archive format (default: from the file extension)")
-    g.add_argument("--spec", default=None, choices=sorted(BAND_SPECS),
-                   help="band spec of the archives (default: the format's own, cense_fast for most)")
-    g.add_argument("--reference", default="dBFS", choices=["dBFS", "SPL", "auto"],
-                   help="what the stored levels are: dBFS as stored; SPL = calibrated dB SPL, --spl-offset "
-                        "is subtracted (26 for the paper's Cense '+26' convention); auto = scaled like the "
-                        "peak-normalised training audio (99th percentile of the broadband level -> 0 dB)")
-    g.add_argument("--spl-offset", type=float, default=None, metavar="DB",
-                   help="--reference SPL: the dB SPL that corresponds to 0 dBFS")
-    g.add_argument("--gaps", default="mask", choices=["mask", "split", "error"],
-                   help="missing frames / NaN rows: mask them (their 1-s chunks are not classified), split "
-                        "the stream there, or stop with an error")
-    g.add_argument("--max-mask-gap", type=float, default=60.0, metavar="S",
-                   help="--gaps mask: a longer jump starts a new segment instead of masked frames")
-    g.add_argument("--duplicates", default="error", choices=["error", "drop"],
-                   help="two rows in one 125-ms slot: an error, or keep the first")
+    g.add_argument(
+        "--format",
+        default=None,
+        choices=["parquet", "csv", "hdf5", "npy", "noisecapture", "audio"],
+        help="archive format (default: from the file extension)",
+    )
+    g.add_argument(
+        "--spec",
+        default=None,
+        choices=sorted(BAND_SPECS),
+        help="band spec of the archives (default: the format's own, cense_fast for most)",
+    )
+    g.add_argument(
+        "--reference",
+        default="dBFS",
+        choices=["dBFS", "SPL", "auto"],
+        help="what the stored levels are: dBFS as stored; SPL = calibrated dB SPL, --spl-offset "
+        "is subtracted (26 for the paper's Cense '+26' convention); auto = scaled like the "
+        "peak-normalised training audio (99th percentile of the broadband level -> 0 dB)",
+    )
+    g.add_argument(
+        "--spl-offset",
+        type=float,
+        default=None,
+        metavar="DB",
+        help="--reference SPL: the dB SPL that corresponds to 0 dBFS",
+    )
+    g.add_argument(
+        "--gaps",
+        default="mask",
+        choices=["mask", "split", "error"],
+        help="missing frames / NaN rows: mask them (their 1-s chunks are not classified), split "
+        "the stream there, or stop with an error",
+    )
+    g.add_argument(
+        "--max-mask-gap",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="--gaps mask: a longer jump starts a new segment instead of masked frames",
+    )
+    g.add_argument(
+        "--duplicates",
+        default="error",
+        choices=["error", "drop"],
+        help="two rows in one 125-ms slot: an error, or keep the first",
+    )
     g.add_argument("--time-column", default=None, metavar="NAME", help="Parquet/CSV time column (default: found)")
-    g.add_argument("--time-unit", default=None, choices=["s", "ms", "us", "ns"],
-                   help="Parquet/CSV numeric time column: unit since the Unix epoch (UTC)")
-    g.add_argument("--dataset", default=None, metavar="NAME",
-                   help="HDF5: the dataset of levels, (clips, frames, bands) (default: fast_125ms)")
+    g.add_argument(
+        "--time-unit",
+        default=None,
+        choices=["s", "ms", "us", "ns"],
+        help="Parquet/CSV numeric time column: unit since the Unix epoch (UTC)",
+    )
+    g.add_argument(
+        "--dataset",
+        default=None,
+        metavar="NAME",
+        help="HDF5: the dataset of levels, (clips, frames, bands) (default: fast_125ms)",
+    )
     if blocks:
-        g.add_argument("--block-seconds", type=float, default=60.0, metavar="S",
-                       help="seconds per block: one Parquet row group and one manifest entry each "
-                            "(a multiple of 10 with --windows 10s/both)")
+        g.add_argument(
+            "--block-seconds",
+            type=float,
+            default=60.0,
+            metavar="S",
+            help="seconds per block: one Parquet row group and one manifest entry each "
+            "(a multiple of 10 with --windows 10s/both)",
+        )
 
 
 def _read_options(args: argparse.Namespace, *, blocks: bool) -> dict[str, Any]:
     """Only the options given (or that differ from the defaults): readers reject unknown names."""
-    opts: dict[str, Any] = {"reference": args.reference, "gaps": args.gaps, "duplicates": args.duplicates,
-                            "max_mask_gap_s": args.max_mask_gap}
+    opts: dict[str, Any] = {
+        "reference": args.reference,
+        "gaps": args.gaps,
+        "duplicates": args.duplicates,
+        "max_mask_gap_s": args.max_mask_gap,
+    }
     if args.spl_offset is not None:
         opts["spl_offset"] = args.spl_offset
     for name in ("format", "spec", "time_column", "time_unit", "dataset"):
@@ -96,7 +157,7 @@ def _percentages(values: Sequence[float]) -> list[int]:
         return [0] * len(values)
     exact = [100.0 * v / total for v in values]
     out = [int(x) for x in exact]
-    for i in sorted(range(len(exact)), key=lambda i: out[i] - exact[i])[:100 - sum(out)]:
+    for i in sorted(range(len(exact)), key=lambda i: out[i] - exact[i])[: 100 - sum(out)]:
         out[i] += 1
     return out
 
@@ -168,28 +229,57 @@ _PROCESS_EPILOG = textwrap.dedent(
 def _setup_process(p: argparse.ArgumentParser) -> Handler:
     p.epilog = _PROCESS_EPILOG
     p.add_argument("archives", nargs="+", type=Path, metavar="ARCHIVE", help="archive or audio file(s)")
-    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT",
-                   help="output directory (created; an existing one is resumed)")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        type=Path,
+        metavar="OUT",
+        help="output directory (created; an existing one is resumed)",
+    )
     _add_model_args(p)
     g = p.add_argument_group("output rows")
-    g.add_argument("--windows", default="both", choices=["1s", "10s", "both"],
-                   help="1-s rows, 10-s means of the classified 1-s probabilities (the paper's protocol), or both")
+    g.add_argument(
+        "--windows",
+        default="both",
+        choices=["1s", "10s", "both"],
+        help="1-s rows, 10-s means of the classified 1-s probabilities (the paper's protocol), or both",
+    )
     g.add_argument("--top-k", type=int, default=5, metavar="K", help="labels and scores kept per row")
     g.add_argument("--probabilities", action="store_true", help="also store every class probability per row")
-    g.add_argument("--gap-rows", default="mark", choices=["mark", "omit"],
-                   help="rows of windows with no classified chunk: kept with chunks=0 and nulls, or left out")
+    g.add_argument(
+        "--gap-rows",
+        default="mark",
+        choices=["mark", "omit"],
+        help="rows of windows with no classified chunk: kept with chunks=0 and nulls, or left out",
+    )
     _add_read_args(p, blocks=True)
     g = p.add_argument_group("speed (never changes the rows)")
-    g.add_argument("--batch-size", type=int, default=8, metavar="N",
-                   help="1-s chunks per ONNX Runtime run; on CPU 4-16 run the CNN as fast as larger batches, "
-                        "and 60 take ~1 GB of memory")
-    g.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="run on a local Dask cluster of N worker processes")
-    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="run on an existing Dask cluster (e.g. tcp://host:8786); the model files must be "
-                        "readable at the same paths on its workers")
-    g.add_argument("--blocks-per-part", type=int, default=16, metavar="N",
-                   help="blocks per committed part file: the most work a kill can lose")
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        metavar="N",
+        help="1-s chunks per ONNX Runtime run; on CPU 4-16 run the CNN as fast as larger batches, "
+        "and 60 take ~1 GB of memory",
+    )
+    g.add_argument(
+        "--workers", type=int, default=None, metavar="N", help="run on a local Dask cluster of N worker processes"
+    )
+    g.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run on an existing Dask cluster (e.g. tcp://host:8786); the model files must be "
+        "readable at the same paths on its workers",
+    )
+    g.add_argument(
+        "--blocks-per-part",
+        type=int,
+        default=16,
+        metavar="N",
+        help="blocks per committed part file: the most work a kill can lose",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return _run_process
 
@@ -198,39 +288,66 @@ def _run_process(args: argparse.Namespace) -> int:
     from .archives.process import process
 
     s = process(
-        [str(a) for a in args.archives], args.output, classifier=args.classifier, transcoder=args.transcoder,
-        windows=args.windows, top_k=args.top_k, probabilities=args.probabilities, gap_rows=args.gap_rows,
-        n_threads=args.threads, batch_size=args.batch_size, workers=args.workers, scheduler=args.scheduler,
-        progress=not args.no_progress, blocks_per_part=args.blocks_per_part, **_read_options(args, blocks=True),
+        [str(a) for a in args.archives],
+        args.output,
+        classifier=args.classifier,
+        transcoder=args.transcoder,
+        windows=args.windows,
+        top_k=args.top_k,
+        probabilities=args.probabilities,
+        gap_rows=args.gap_rows,
+        n_threads=args.threads,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        progress=not args.no_progress,
+        blocks_per_part=args.blocks_per_part,
+        **_read_options(args, blocks=True),
     )
     speed = f": {s.real_time_factor:.1f}x real time" if s.blocks_done else ""
-    print(f"{s.blocks_done} blocks ({s.audio_seconds:.0f} s of valid frames) in {s.wall_seconds:.1f} s{speed}; "
-          f"{s.rows} rows -> {args.output}")
+    print(
+        f"{s.blocks_done} blocks ({s.audio_seconds:.0f} s of valid frames) in {s.wall_seconds:.1f} s{speed}; "
+        f"{s.rows} rows -> {args.output}"
+    )
     if s.blocks_skipped:
         print(f"resumed: {s.blocks_skipped} blocks were already done")
-    at_once = "" if s.workers == 1 else f"; {s.workers} blocks at once" + (
-        " (Dask)" if args.workers or args.scheduler else " (threads)")
+    at_once = (
+        ""
+        if s.workers == 1
+        else f"; {s.workers} blocks at once" + (" (Dask)" if args.workers or args.scheduler else " (threads)")
+    )
     print(f"models: {s.transcoder} -> {s.classifier}{at_once}")
     print(f"time: {format_stages(s.stages, s.workers)}")
     for st in s.read_stats.values():
         if st.get("out_of_range_rows"):
-            print(f"{PROG}: warning: {st['path']}: {st['out_of_range_rows']} row(s) with levels beyond any sound "
-                  f"(a 'no data' sentinel such as 999?) were masked like NaN rows, so their seconds are not "
-                  f"classified; the first at {st['first_out_of_range']}", file=sys.stderr)
+            print(
+                f"{PROG}: warning: {st['path']}: {st['out_of_range_rows']} row(s) with levels beyond any sound "
+                f"(a 'no data' sentinel such as 999?) were masked like NaN rows, so their seconds are not "
+                f"classified; the first at {st['first_out_of_range']}",
+                file=sys.stderr,
+            )
     for e in s.errors:
         where = f", {e['position']}" if e.get("position") else ""
-        print(f"{PROG}: error: {e['path']}{where}: {e['message']} ({e['blocks_read']} blocks of it before the "
-              "problem were processed)", file=sys.stderr)
+        print(
+            f"{PROG}: error: {e['path']}{where}: {e['message']} ({e['blocks_read']} blocks of it before the "
+            "problem were processed)",
+            file=sys.stderr,
+        )
     if s.errors:
         n_files = len({str(Path(a).resolve()) for a in args.archives})
-        print(f"{PROG}: {len(s.errors)} of {n_files} files failed (listed above); what was computed is kept, "
-              "the other files were processed. Fix them and run the same command again to resume",
-              file=sys.stderr)
+        print(
+            f"{PROG}: {len(s.errors)} of {n_files} files failed (listed above); what was computed is kept, "
+            "the other files were processed. Fix them and run the same command again to resume",
+            file=sys.stderr,
+        )
     return 1 if s.errors else 0
 
 
-register_command("process", help="archives -> class predictions (Parquet), resumable, bounded memory",
-                 description=_PROCESS_DESCRIPTION)(_setup_process)
+register_command(
+    "process",
+    help="archives -> class predictions (Parquet), resumable, bounded memory",
+    description=_PROCESS_DESCRIPTION,
+)(_setup_process)
 register_command("classify", help="the same as `process`", description=_PROCESS_DESCRIPTION)(_setup_process)
 
 
@@ -246,9 +363,14 @@ def _setup_plot(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("input", type=Path, metavar="INPUT", help="an archive file or an audio file")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.png", help="PNG to write")
     _add_model_args(p)
-    p.add_argument("--audio", type=Path, default=None, metavar="AUDIO",
-                   help="the recording an archive was computed from, to add its ground-truth Mel "
-                        "(aligned on the archive's start; automatic when INPUT is audio)")
+    p.add_argument(
+        "--audio",
+        type=Path,
+        default=None,
+        metavar="AUDIO",
+        help="the recording an archive was computed from, to add its ground-truth Mel "
+        "(aligned on the archive's start; automatic when INPUT is audio)",
+    )
     p.add_argument("--start", type=float, default=0.0, metavar="S", help="seconds from the start of INPUT")
     p.add_argument("--duration", type=float, default=30.0, metavar="S", help="seconds to plot")
     p.add_argument("--top", type=int, default=8, metavar="N", help="classes in the probability timeline")
@@ -259,19 +381,32 @@ def _setup_plot(p: argparse.ArgumentParser) -> Handler:
 def _run_plot(args: argparse.Namespace) -> int:
     from .plot import plot_file
 
-    r = plot_file(args.input, args.output, classifier=args.classifier, transcoder=args.transcoder, audio=args.audio,
-                  start=args.start, duration=args.duration, top=args.top, n_threads=args.threads,
-                  **_read_options(args, blocks=False))
+    r = plot_file(
+        args.input,
+        args.output,
+        classifier=args.classifier,
+        transcoder=args.transcoder,
+        audio=args.audio,
+        start=args.start,
+        duration=args.duration,
+        top=args.top,
+        n_threads=args.threads,
+        **_read_options(args, blocks=False),
+    )
     best = ", ".join(f"{name} {p:.2f}" for name, p in r["top"][:5])
-    print(f"{args.input}: {r['start_s']:g}-{r['start_s'] + r['seconds']:g} s, {r['classified']}/{r['chunks']} "
-          f"chunks classified ({r['transcoder']} -> {r['classifier']})"
-          + ("; with the ground-truth Mel" if r["ground_truth"] else "") + f" -> {r['output']}")
+    print(
+        f"{args.input}: {r['start_s']:g}-{r['start_s'] + r['seconds']:g} s, {r['classified']}/{r['chunks']} "
+        f"chunks classified ({r['transcoder']} -> {r['classifier']})"
+        + ("; with the ground-truth Mel" if r["ground_truth"] else "")
+        + f" -> {r['output']}"
+    )
     print(f"mean probabilities: {best}")
     return 0
 
 
 register_command(
-    "plot", help="a PNG of the levels, the transcoded Mel and the class probabilities over time",
+    "plot",
+    help="a PNG of the levels, the transcoded Mel and the class probabilities over time",
     description=textwrap.dedent(
         """\
         Plot a window of an archive or audio file: its third-octave levels, the transcoded Mel,
@@ -320,9 +455,17 @@ def audio_levels(paths: Iterable[str | os.PathLike]) -> list[np.ndarray]:
     return out
 
 
-def make_level_archive(path: str | os.PathLike, clips: Sequence[np.ndarray], *, seconds: float,
-                       start: str = "2024-06-01T00:00:00", seed: int = 0, gain_db: float = 12.0,
-                       noise_db: float = 0.5, row_group_s: float = 3600.0) -> Path:
+def make_level_archive(
+    path: str | os.PathLike,
+    clips: Sequence[np.ndarray],
+    *,
+    seconds: float,
+    start: str = "2024-06-01T00:00:00",
+    seed: int = 0,
+    gain_db: float = 12.0,
+    noise_db: float = 0.5,
+    row_group_s: float = 3600.0,
+) -> Path:
     """A Parquet archive of ``seconds`` of 125-ms frames (``timestamp`` UTC + 29 float32 band
     columns), made by looping ``clips`` (frames, 29) in shuffled order, each repetition with
     a gain offset (uniform +-``gain_db``) and Gaussian noise (``noise_db``). Written one row
@@ -422,9 +565,19 @@ class RssSampler:
         return " ".join(f"{self.samples[i][0]:.0f}s:{self.samples[i][1] / 2**20:.0f}" for i in idx) + " (MB)"
 
 
-def run_bench(archive: str | os.PathLike, output: str | os.PathLike, *, classifier: str, transcoder: str | None,
-              workers: int | None = None, n_threads: int | None = None, batch_size: int | None = 8,
-              progress: bool = False, block_seconds: float = 60.0, interval: float = 0.5) -> dict[str, Any]:
+def run_bench(
+    archive: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    classifier: str,
+    transcoder: str | None,
+    workers: int | None = None,
+    n_threads: int | None = None,
+    batch_size: int | None = 8,
+    progress: bool = False,
+    block_seconds: float = 60.0,
+    interval: float = 0.5,
+) -> dict[str, Any]:
     """:func:`~.process.process` of ``archive`` into a fresh ``output``, with the RSS sampled.
     Returns the figures: x real time, stage seconds, RSS peak and series."""
     import shutil
@@ -433,26 +586,68 @@ def run_bench(archive: str | os.PathLike, output: str | os.PathLike, *, classifi
 
     shutil.rmtree(output, ignore_errors=True)
     with RssSampler(interval=interval) as rss:
-        s = process([archive], output, classifier=classifier, transcoder=transcoder, workers=workers,
-                    n_threads=n_threads, batch_size=batch_size, progress=progress, block_seconds=block_seconds)
-    return {"audio_s": s.audio_seconds, "wall_s": s.wall_seconds, "x_real_time": s.real_time_factor,
-            "blocks": s.blocks_done, "rows": s.rows, "stages": s.stages, "workers": s.workers,
-            "rss_peak_mb": rss.peak / 2**20, "rss_series": rss.series(), "rss_samples": rss.samples,
-            "transcoder": s.transcoder, "classifier": s.classifier, "errors": s.errors}
+        s = process(
+            [archive],
+            output,
+            classifier=classifier,
+            transcoder=transcoder,
+            workers=workers,
+            n_threads=n_threads,
+            batch_size=batch_size,
+            progress=progress,
+            block_seconds=block_seconds,
+        )
+    return {
+        "audio_s": s.audio_seconds,
+        "wall_s": s.wall_seconds,
+        "x_real_time": s.real_time_factor,
+        "blocks": s.blocks_done,
+        "rows": s.rows,
+        "stages": s.stages,
+        "workers": s.workers,
+        "rss_peak_mb": rss.peak / 2**20,
+        "rss_series": rss.series(),
+        "rss_samples": rss.samples,
+        "transcoder": s.transcoder,
+        "classifier": s.classifier,
+        "errors": s.errors,
+    }
 
 
 def _setup_bench(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("-c", "--classifier", required=True, metavar="NAME|PATH", help="classifier (name or .onnx)")
-    p.add_argument("-t", "--transcoder", default=None, metavar="NAME|PATH",
-                   help="transcoder (name, .onnx or 'pinv:TARGET'; default: the registry's for the classifier)")
+    p.add_argument(
+        "-t",
+        "--transcoder",
+        default=None,
+        metavar="NAME|PATH",
+        help="transcoder (name, .onnx or 'pinv:TARGET'; default: the registry's for the classifier)",
+    )
     p.add_argument("--minutes", type=float, default=5.0, metavar="M", help="archive length to generate")
-    p.add_argument("--audio", nargs="*", type=Path, default=None, metavar="AUDIO",
-                   help="recordings to loop into the archive (default: synthetic scenes)")
-    p.add_argument("--workers", type=int, nargs="*", default=[], metavar="N",
-                   help="also run on local Dask clusters of N worker processes (e.g. --workers 1 2)")
+    p.add_argument(
+        "--audio",
+        nargs="*",
+        type=Path,
+        default=None,
+        metavar="AUDIO",
+        help="recordings to loop into the archive (default: synthetic scenes)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="N",
+        help="also run on local Dask clusters of N worker processes (e.g. --workers 1 2)",
+    )
     p.add_argument("--threads", type=int, default=None, metavar="N", help="threads, as for process --threads")
-    p.add_argument("--dir", type=Path, default=None, metavar="DIR",
-                   help="where to write the archive and outputs (default: a temporary directory, removed)")
+    p.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where to write the archive and outputs (default: a temporary directory, removed)",
+    )
     return _run_bench
 
 
@@ -466,14 +661,24 @@ def _run_bench(args: argparse.Namespace) -> int:
     try:
         clips = audio_levels(args.audio) if args.audio else synthetic_levels()
         archive = make_level_archive(root / "archive.parquet", clips, seconds=args.minutes * 60)
-        print(f"archive: {args.minutes:g} min of 125-ms frames looped from {len(clips)} "
-              f"{'recordings' if args.audio else 'synthetic scenes'} -> {archive}")
+        print(
+            f"archive: {args.minutes:g} min of 125-ms frames looped from {len(clips)} "
+            f"{'recordings' if args.audio else 'synthetic scenes'} -> {archive}"
+        )
         runs = [("single process", None)] + [(f"dask, {w} worker(s)", w) for w in args.workers]
         for name, w in runs:
-            r = run_bench(archive, root / f"out-{w or 0}", classifier=args.classifier, transcoder=args.transcoder,
-                          workers=w, n_threads=args.threads)
-            print(f"{name}: {r['x_real_time']:.1f}x real time ({r['audio_s']:.0f} s in {r['wall_s']:.1f} s), "
-                  f"RSS peak {r['rss_peak_mb']:.0f} MB")
+            r = run_bench(
+                archive,
+                root / f"out-{w or 0}",
+                classifier=args.classifier,
+                transcoder=args.transcoder,
+                workers=w,
+                n_threads=args.threads,
+            )
+            print(
+                f"{name}: {r['x_real_time']:.1f}x real time ({r['audio_s']:.0f} s in {r['wall_s']:.1f} s), "
+                f"RSS peak {r['rss_peak_mb']:.0f} MB"
+            )
             print(f"  time: {format_stages(r['stages'], r['workers'])}")
             print(f"  RSS: {r['rss_series']}")
         print(f"models: {r['transcoder']} -> {r['classifier']}")
@@ -484,7 +689,8 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 register_command(
-    "bench", help="benchmark `process` on a generated archive (x real time, memory, where the time goes)",
+    "bench",
+    help="benchmark `process` on a generated archive (x real time, memory, where the time goes)",
     description=textwrap.dedent(
         """\
         Generate a third-octave archive of --minutes (looped from --audio recordings, or synthetic

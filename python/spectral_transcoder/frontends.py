@@ -105,9 +105,7 @@ def mel(
         check_min_length(0, spec.min_samples(), "audio", f"the {spec.name!r} Mel front end")
     x = resample(x, sr, spec.sample_rate)
     n = x.shape[-1]
-    check_min_length(
-        n, spec.min_samples(), "audio", f"the {spec.name!r} Mel front end (at {spec.sample_rate} Hz)"
-    )
+    check_min_length(n, spec.min_samples(), "audio", f"the {spec.name!r} Mel front end (at {spec.sample_rate} Hz)")
     window, fb = _kernel_tables(spec)
     lead = x.shape[:-1]
     out = _core.mel_spectrogram(
@@ -154,9 +152,7 @@ def patches(mel: np.ndarray, spec: str | MelSpec) -> np.ndarray:
     m = as_float32_mel(mel, spec.n_mels, "mel", spec.name)
     n_frames, size, hop = m.shape[-2], spec.patch_frames, spec.patch_hop_frames
     if n_frames < size:
-        raise InvalidInputError(
-            f"mel has {n_frames} frames, fewer than one {spec.name!r} patch ({size} frames)"
-        )
+        raise InvalidInputError(f"mel has {n_frames} frames, fewer than one {spec.name!r} patch ({size} frames)")
     count = 1 + (n_frames - size) // hop
     windows = np.lib.stride_tricks.sliding_window_view(m, size, axis=-2)[..., : (count - 1) * hop + 1 : hop, :, :]
     # sliding_window_view puts the window axis last: (..., count, n_mels, size) -> (..., count, size, n_mels)

@@ -146,9 +146,7 @@ class _SparseFilterbank:
         return out
 
 
-def mel_to_linear(
-    mel_values: np.ndarray, spec: str | MelSpec, n_iter: int = MEL_INVERSION_ITERATIONS
-) -> np.ndarray:
+def mel_to_linear(mel_values: np.ndarray, spec: str | MelSpec, n_iter: int = MEL_INVERSION_ITERATIONS) -> np.ndarray:
     """Non-negative inverse of the spec's filterbank, frame by frame.
 
     Args:
@@ -245,7 +243,9 @@ class _SpecStft:
     def stft(self, y: np.ndarray) -> np.ndarray:
         """(B, n) -> complex (B, T, n_fft // 2 + 1)."""
         padded = self._pad(y)
-        frames = np.lib.stride_tricks.sliding_window_view(padded, self.n_fft, axis=-1)[:, :: self.hop][:, : self.n_frames]
+        frames = np.lib.stride_tricks.sliding_window_view(padded, self.n_fft, axis=-1)[:, :: self.hop][
+            :, : self.n_frames
+        ]
         return np.fft.rfft(frames * self.window, axis=-1)
 
     def istft(self, spectra: np.ndarray) -> np.ndarray:

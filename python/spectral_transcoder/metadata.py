@@ -100,7 +100,9 @@ class ModelMetadata:
                 "Convert or export it with `python -m training convert ...` / `python -m training export ...`."
             )
         if props[KEY_FORMAT] != FORMAT_VERSION:
-            raise ModelError(f"{where}: metadata format {props[KEY_FORMAT]!r} is not supported (expected {FORMAT_VERSION!r})")
+            raise ModelError(
+                f"{where}: metadata format {props[KEY_FORMAT]!r} is not supported (expected {FORMAT_VERSION!r})"
+            )
         try:
             kind = props[KEY_KIND]
             if kind not in ("transcoder", "classifier"):
@@ -123,7 +125,9 @@ class ModelMetadata:
             )
         except (ValueError, TypeError, KeyError) as exc:
             raise ModelError(f"{where}: malformed spectral_transcoder metadata: {exc}") from exc
-        if kind == "transcoder" and not (isinstance(meta.input_spec, BandSpec) and isinstance(meta.output_spec, MelSpec)):
+        if kind == "transcoder" and not (
+            isinstance(meta.input_spec, BandSpec) and isinstance(meta.output_spec, MelSpec)
+        ):
             raise ModelError(f"{where}: a transcoder must map a BandSpec to a MelSpec")
         if kind == "classifier" and not isinstance(meta.input_spec, MelSpec):
             raise ModelError(f"{where}: a classifier's input spec must be a MelSpec")

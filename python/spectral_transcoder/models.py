@@ -23,6 +23,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from . import registry
+
 # Sessions and model files live in _onnx, which the registry shares; these names stay public here.
 from ._onnx import (
     _check_n_threads,  # noqa: F401  (archives.process imports it from here)
@@ -96,7 +97,6 @@ def _run_batched(model: _ModelFile, x: np.ndarray, batch_size: int, levels: np.n
             ) from None
         outs.append(np.asarray(y, dtype=np.float32)[:m])
     return np.concatenate(outs, axis=0)
-
 
 
 def _spec_diff(a: object, b: object) -> list[str]:
@@ -182,7 +182,10 @@ class Transcoder:
             if matrix.shape != want or not np.isfinite(matrix).all():
                 raise ModelError(f"{model.path}: st.pinv matrix has shape {matrix.shape}, expected finite {want}")
         return cls(
-            input_spec=meta.input_spec, output_spec=meta.output_spec, model=model, matrix=matrix,
+            input_spec=meta.input_spec,
+            output_spec=meta.output_spec,
+            model=model,
+            matrix=matrix,
             batch_size=batch_size,
         )
 
@@ -205,7 +208,9 @@ class Transcoder:
             if _looks_like_path(transcoder):
                 return cls.from_file(transcoder, **kwargs)
             return cls.load(str(transcoder), **kwargs)
-        raise InputTypeError(f"transcoder must be a Transcoder, a registry name or a path, got {type(transcoder).__name__}")
+        raise InputTypeError(
+            f"transcoder must be a Transcoder, a registry name or a path, got {type(transcoder).__name__}"
+        )
 
     # -------------------------------------------------------------- properties
     @property
@@ -413,7 +418,9 @@ class Classifier:
             if _looks_like_path(classifier):
                 return cls.from_file(classifier, **kwargs)
             return cls.load(str(classifier), **kwargs)
-        raise InputTypeError(f"classifier must be a Classifier, a registry name or a path, got {type(classifier).__name__}")
+        raise InputTypeError(
+            f"classifier must be a Classifier, a registry name or a path, got {type(classifier).__name__}"
+        )
 
     @property
     def input_spec(self) -> MelSpec:
@@ -577,13 +584,17 @@ def _warn_less_than_a_chunk(n: int, spec: BandSpec, partial: str) -> None:
     from ._validation import _outside_stacklevel
     from .pinv import PartialChunkWarning
 
-    what = (f"levels hold {n} frames ({n * spec.frame_period:g} s), less than one {spec.chunk_duration:g}-s "
-            f"chunk of {spec.frames_per_chunk} frames")
+    what = (
+        f"levels hold {n} frames ({n * spec.frame_period:g} s), less than one {spec.chunk_duration:g}-s "
+        f"chunk of {spec.frames_per_chunk} frames"
+    )
     if partial == "drop":
         msg = f"{what}: they were dropped ({option('partial', 'drop')}), so the result holds no chunk"
     else:
-        msg = (f"{what}: the only chunk was padded with {spec.frames_per_chunk - n} copies of the last frame, so "
-               f"its probabilities rest on {n * spec.frame_period:g} s of data (result.padded is True)")
+        msg = (
+            f"{what}: the only chunk was padded with {spec.frames_per_chunk - n} copies of the last frame, so "
+            f"its probabilities rest on {n * spec.frame_period:g} s of data (result.padded is True)"
+        )
     warnings.warn(msg, PartialChunkWarning, stacklevel=_outside_stacklevel())
 
 
@@ -654,7 +665,9 @@ def classify(
     counts = np.array([min(group, n_chunks - g * group) for g in range(n_groups)], dtype=np.int64)
     gp = [probs[..., g * group : g * group + int(c), :].mean(axis=-2, dtype=np.float64) for g, c in enumerate(counts)]
     group_probs = (
-        np.stack(gp, axis=-2).astype(np.float32) if gp else np.zeros((*probs.shape[:-2], 0, probs.shape[-1]), np.float32)
+        np.stack(gp, axis=-2).astype(np.float32)
+        if gp
+        else np.zeros((*probs.shape[:-2], 0, probs.shape[-1]), np.float32)
     )
     return ClassificationResult(
         probs=probs,

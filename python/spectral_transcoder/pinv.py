@@ -67,7 +67,7 @@ def pinv_target(transcoder: object) -> str | None:
     """TARGET of a ``"pinv:TARGET"`` transcoder string; None for anything else (a registry
     name, a path, a model object). TARGET is not checked here: the caller resolves it."""
     if isinstance(transcoder, str) and transcoder.startswith(PINV_PREFIX):
-        return transcoder[len(PINV_PREFIX):]
+        return transcoder[len(PINV_PREFIX) :]
     return None
 
 

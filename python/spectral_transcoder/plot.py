@@ -42,8 +42,9 @@ class LevelWindow:
     source: str
 
 
-def read_window(path: str | os.PathLike, *, start: float = 0.0, duration: float = 30.0,
-                **read_options: Any) -> LevelWindow:
+def read_window(
+    path: str | os.PathLike, *, start: float = 0.0, duration: float = 30.0, **read_options: Any
+) -> LevelWindow:
     """Levels of ``[start, start + duration)`` seconds from the start of ``path`` (any
     format :func:`~.archives.open_archive` reads, audio included), cut to whole 1-s
     chunks; memory is bounded by the window. ``read_options`` go to the reader."""
@@ -73,8 +74,8 @@ def read_window(path: str | os.PathLike, *, start: float = 0.0, duration: float 
         g0 = int(round((b0 - first_ns) / period_ns))
         lo, hi = max(f0, g0), min(f0 + n, g0 + block.n_frames)
         if hi > lo:
-            levels[lo - f0:hi - f0] = block.levels[lo - g0:hi - g0]
-            valid[lo - f0:hi - f0] = block.valid[lo - g0:hi - g0]
+            levels[lo - f0 : hi - f0] = block.levels[lo - g0 : hi - g0]
+            valid[lo - f0 : hi - f0] = block.valid[lo - g0 : hi - g0]
             got += hi - lo
         if g0 + block.n_frames >= f0 + n:
             break
@@ -83,8 +84,9 @@ def read_window(path: str | os.PathLike, *, start: float = 0.0, duration: float 
     t0 = np.datetime64(first_ns + int(round(f0 * period_ns)), "ns")
     last = int(np.flatnonzero(valid)[-1]) + 1 if valid.any() else n  # cut the window to its data
     n_keep = -(-last // fpc) * fpc
-    return LevelWindow(levels[:n_keep], valid[:n_keep], spec, t0, f0 * spec.frame_period,
-                       reader.level_reference, str(path))
+    return LevelWindow(
+        levels[:n_keep], valid[:n_keep], spec, t0, f0 * spec.frame_period, reader.level_reference, str(path)
+    )
 
 
 def _mel_on_grid(chunks: np.ndarray, spec: MelSpec, chunk_s: float, n_chunks: int) -> np.ndarray:
@@ -134,20 +136,36 @@ def pipeline_figure(
     axes = fig.subplots(rows, 1, sharex=True, squeeze=True)
     ax = axes[0]
     fc = band_spec.center_frequencies
-    im = ax.imshow(levels.T, origin="lower", aspect="auto", interpolation="nearest", cmap="magma",
-                   extent=(0, levels.shape[0] * band_spec.frame_period, -0.5, band_spec.n_bands - 0.5))
+    im = ax.imshow(
+        levels.T,
+        origin="lower",
+        aspect="auto",
+        interpolation="nearest",
+        cmap="magma",
+        extent=(0, levels.shape[0] * band_spec.frame_period, -0.5, band_spec.n_bands - 0.5),
+    )
     ticks = np.arange(0, band_spec.n_bands, max(1, band_spec.n_bands // 7))
     ax.set_yticks(ticks, [f"{fc[i]:.0f}" if fc[i] < 1000 else f"{fc[i] / 1000:.3g}k" for i in ticks])
     ax.set_ylabel("band centre (Hz)")
-    ax.set_title(f"third-octave levels ({band_spec.name}, {band_spec.n_bands} bands, "
-                 f"{band_spec.frame_period * 1000:g} ms frames)")
+    ax.set_title(
+        f"third-octave levels ({band_spec.name}, {band_spec.n_bands} bands, "
+        f"{band_spec.frame_period * 1000:g} ms frames)"
+    )
     fig.colorbar(im, ax=ax, label=level_unit, pad=0.01)
 
     def mel_panel(a: Any, m: np.ndarray, name: str, extent_s: float) -> None:
         finite = m[np.isfinite(m)]
-        lo, hi = (np.percentile(finite, [1, 99.5]) if finite.size else (0, 1))
-        mi = a.imshow(m.T, origin="lower", aspect="auto", interpolation="nearest", cmap="viridis",
-                      vmin=lo, vmax=hi, extent=(0, extent_s, -0.5, m.shape[1] - 0.5))
+        lo, hi = np.percentile(finite, [1, 99.5]) if finite.size else (0, 1)
+        mi = a.imshow(
+            m.T,
+            origin="lower",
+            aspect="auto",
+            interpolation="nearest",
+            cmap="viridis",
+            vmin=lo,
+            vmax=hi,
+            extent=(0, extent_s, -0.5, m.shape[1] - 0.5),
+        )
         a.set_ylabel("Mel bin")
         a.set_title(name)
         fig.colorbar(mi, ax=a, label=f"{mel_spec.name} units", pad=0.01)
@@ -156,15 +174,27 @@ def pipeline_figure(
     mel_panel(axes[1], grid, f"{mel_title} ({mel_spec.name}, {mel_spec.n_mels} bins)", dur)
     if ground_truth is not None:
         gt = np.asarray(ground_truth, dtype=np.float32)
-        mel_panel(axes[2], gt, f"the classifier's own Mel of the audio as recorded ({mel_spec.name})",
-                  gt.shape[0] * mel_spec.frame_period)
+        mel_panel(
+            axes[2],
+            gt,
+            f"the classifier's own Mel of the audio as recorded ({mel_spec.name})",
+            gt.shape[0] * mel_spec.frame_period,
+        )
     ax = axes[-1]
     p = np.asarray(probs, dtype=np.float32)
     with np.errstate(invalid="ignore"):
         mean = np.nanmean(p, axis=0) if np.isfinite(p).any() else np.zeros(p.shape[1])
-    order = np.argsort(-np.nan_to_num(mean, nan=-1.0), kind="stable")[:min(top, p.shape[1])]
-    pm = ax.imshow(p[:, order].T, origin="upper", aspect="auto", interpolation="nearest", cmap="Greens",
-                   vmin=0, vmax=1, extent=(0, dur, len(order) - 0.5, -0.5))
+    order = np.argsort(-np.nan_to_num(mean, nan=-1.0), kind="stable")[: min(top, p.shape[1])]
+    pm = ax.imshow(
+        p[:, order].T,
+        origin="upper",
+        aspect="auto",
+        interpolation="nearest",
+        cmap="Greens",
+        vmin=0,
+        vmax=1,
+        extent=(0, dur, len(order) - 0.5, -0.5),
+    )
     ax.set_yticks(np.arange(len(order)), [str(labels[i])[:28] for i in order])
     ax.set_title(f"class probabilities per {chunk_s:g} s (top {len(order)} by mean; blank = not classified)")
     ax.set_xlabel("time (s from the window start)")
@@ -203,12 +233,13 @@ def plot_file(
     from .models import Classifier, Transcoder, _default_transcoder_for, _spec_diff
 
     clf = Classifier.coerce(classifier, n_threads=n_threads)
-    tr = Transcoder.coerce(transcoder if transcoder is not None else _default_transcoder_for(clf),
-                           n_threads=n_threads)
+    tr = Transcoder.coerce(transcoder if transcoder is not None else _default_transcoder_for(clf), n_threads=n_threads)
     diff = _spec_diff(tr.output_spec, clf.input_spec)
     if diff:
-        raise SpecMismatchError(f"the transcoder {tr.model_id} produces {tr.output_spec.name!r} but the "
-                                f"classifier {clf.model_id} expects {clf.input_spec.name!r}")
+        raise SpecMismatchError(
+            f"the transcoder {tr.model_id} produces {tr.output_spec.name!r} but the "
+            f"classifier {clf.model_id} expects {clf.input_spec.name!r}"
+        )
     tr.check_band_spec(open_archive(input, **read_options).band_spec)  # before reading anything
     win = read_window(input, start=start, duration=duration, **read_options)
     spec = tr.check_band_spec(win.band_spec)
@@ -232,20 +263,39 @@ def plot_file(
         # offset) describes the archive's levels, not this file's samples.
         gt = _ground_truth(audio, mspec, win.offset_s, n * spec.chunk_duration, n_threads)
     unit = "dB re full scale" if ref.offset_db == 0 else f"dB re full scale ({ref.mode}, {ref.offset_db:+g} dB)"
-    title = (f"{Path(str(input)).name}: {win.offset_s:g}-{win.offset_s + n * spec.chunk_duration:g} s "
-             f"(UTC {str(win.start)[:19]}), {tr.model_id} -> {clf.model_id}")
-    fig = pipeline_figure(win.levels, band_spec=spec, mels=mels, mel_spec=mspec, probs=probs,
-                          labels=[lb.name for lb in clf.labels], ground_truth=gt, top=top, title=title,
-                          level_unit=unit, mel_title=f"transcoded Mel ({tr.model_id})")
+    title = (
+        f"{Path(str(input)).name}: {win.offset_s:g}-{win.offset_s + n * spec.chunk_duration:g} s "
+        f"(UTC {str(win.start)[:19]}), {tr.model_id} -> {clf.model_id}"
+    )
+    fig = pipeline_figure(
+        win.levels,
+        band_spec=spec,
+        mels=mels,
+        mel_spec=mspec,
+        probs=probs,
+        labels=[lb.name for lb in clf.labels],
+        ground_truth=gt,
+        top=top,
+        title=title,
+        level_unit=unit,
+        mel_title=f"transcoded Mel ({tr.model_id})",
+    )
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi)
     mean = np.nanmean(probs[ok], axis=0) if ok.any() else np.zeros(len(clf.labels))
     best = np.argsort(-mean, kind="stable")[:top]
-    return {"output": str(out), "transcoder": tr.model_id, "classifier": clf.model_id, "start_s": win.offset_s,
-            "seconds": n * spec.chunk_duration, "chunks": int(n), "classified": int(ok.sum()),
-            "ground_truth": gt is not None,
-            "top": [(clf.labels[i].name, float(mean[i])) for i in best]}
+    return {
+        "output": str(out),
+        "transcoder": tr.model_id,
+        "classifier": clf.model_id,
+        "start_s": win.offset_s,
+        "seconds": n * spec.chunk_duration,
+        "chunks": int(n),
+        "classified": int(ok.sum()),
+        "ground_truth": gt is not None,
+        "top": [(clf.labels[i].name, float(mean[i])) for i in best],
+    }
 
 
 def open_reader_class(path: str | os.PathLike) -> type | None:
@@ -255,8 +305,9 @@ def open_reader_class(path: str | os.PathLike) -> type | None:
     return _READERS.get(Path(str(path)).suffix.lower())
 
 
-def _ground_truth(path: str | os.PathLike, spec: MelSpec, offset_s: float, seconds: float,
-                  n_threads: int | None) -> np.ndarray:
+def _ground_truth(
+    path: str | os.PathLike, spec: MelSpec, offset_s: float, seconds: float, n_threads: int | None
+) -> np.ndarray:
     """The classifier's own Mel ``(frames, n_mels)`` of ``seconds`` of audio from ``offset_s`` s
     (mono mean), the samples as recorded (full scale, no level offset)."""
     from .audio import load_audio

@@ -83,7 +83,9 @@ def _convert(kind: str, source: str, name: str, extra: str = "") -> str:
     return f"python -m training convert {kind} {source} -o {name}.onnx{extra}"
 
 
-_YAMNET_LABELS = f" --yamnet-class-map {_SHARED_MODELS}/yamnet_class_map.csv --labels {_SHARED_MODELS}/class_labels_indices.csv"
+_YAMNET_LABELS = (
+    f" --yamnet-class-map {_SHARED_MODELS}/yamnet_class_map.csv --labels {_SHARED_MODELS}/class_labels_indices.csv"
+)
 _AUDIOSET_LABELS = f" --labels {_SHARED_MODELS}/class_labels_indices.csv"
 _PANN_SOURCE = (
     "the official PANNs checkpoint {file} from Zenodo record 3987831 (https://zenodo.org/record/3987831; "
@@ -93,75 +95,111 @@ _PANN_SOURCE = (
 #: Every short name the project documents, with how to obtain its file.
 KNOWN: tuple[KnownModel, ...] = (
     KnownModel(
-        "yamnet", "classifier", "YAMNet (521 AudioSet classes), official TF front end (MelSpec 'yamnet'); "
+        "yamnet",
+        "classifier",
+        "YAMNet (521 AudioSet classes), official TF front end (MelSpec 'yamnet'); "
         "the teacher of the shipped yamnet transcoder",
         # The per-channel int8 file is the closer one to float YAMNet, and the shipped transcoder's teacher.
         f"{_SHARED_MODELS}/yamnet_int8_perchannel.tflite (models/README.md)",
         _convert("yamnet-tflite", f"{_SHARED_MODELS}/yamnet_int8_perchannel.tflite", "yamnet", _YAMNET_LABELS),
     ),
     KnownModel(
-        "yamnet-torchport", "classifier",
+        "yamnet-torchport",
+        "classifier",
         "YAMNet, same weights, declared for the paper's torch-port front end (MelSpec 'yamnet_torchport'); "
         "pairs with the yamnet-cnn-logits transcoder",
         f"{_SHARED_MODELS}/yamnet_int8.tflite (models/README.md §2)",
-        _convert("yamnet-tflite", f"{_SHARED_MODELS}/yamnet_int8.tflite", "yamnet-torchport",
-                 _YAMNET_LABELS + " --input-spec yamnet_torchport"),
+        _convert(
+            "yamnet-tflite",
+            f"{_SHARED_MODELS}/yamnet_int8.tflite",
+            "yamnet-torchport",
+            _YAMNET_LABELS + " --input-spec yamnet_torchport",
+        ),
     ),
     KnownModel(
-        "efficientat-mn04", "classifier", "EfficientAT MobileNetV3 mn04 (527 AudioSet classes, MelSpec 'efficientat')",
+        "efficientat-mn04",
+        "classifier",
+        "EfficientAT MobileNetV3 mn04 (527 AudioSet classes, MelSpec 'efficientat')",
         f"{_SHARED_MODELS}/mn04_as_mAP_432.pt (models/README.md §1)",
         _convert("efficientat", f"{_SHARED_MODELS}/mn04_as_mAP_432.pt", "efficientat-mn04", _AUDIOSET_LABELS),
     ),
     KnownModel(
-        "pann-resnet38", "classifier", "PANN ResNet38 (527 AudioSet classes, MelSpec 'pann'), the paper's teacher",
+        "pann-resnet38",
+        "classifier",
+        "PANN ResNet38 (527 AudioSet classes, MelSpec 'pann'), the paper's teacher",
         _PANN_SOURCE.format(file="ResNet38_mAP=0.434.pth"),
         _convert("pann-resnet38", "ResNet38_mAP=0.434.pth", "pann-resnet38", _AUDIOSET_LABELS),
     ),
     KnownModel(
-        "pann-cnn14", "classifier", "PANN Cnn14 (527 AudioSet classes, MelSpec 'pann')",
+        "pann-cnn14",
+        "classifier",
+        "PANN Cnn14 (527 AudioSet classes, MelSpec 'pann')",
         _PANN_SOURCE.format(file="Cnn14_mAP=0.431.pth"),
         _convert("pann-cnn14", "Cnn14_mAP=0.431.pth", "pann-cnn14", _AUDIOSET_LABELS),
     ),
     KnownModel(
-        "pann-cnn-logits", "transcoder", "published CNN transcoder, cense_fast -> pann, trained on PANN logits (ts=1)",
+        "pann-cnn-logits",
+        "transcoder",
+        "published CNN transcoder, cense_fast -> pann, trained on PANN logits (ts=1)",
         f"{_SHARED_TRANSCODERS}/{_TRANSCODER_FILE.format(clf='PANN', prop='+prop_logit=100', ts=1)} "
         "(github modantailleur/paperSpectralTranscoder, reference_models/; docs/conventions.md §7)",
-        _convert("transcoder", f"'{_SHARED_TRANSCODERS}/{_TRANSCODER_FILE.format(clf='PANN', prop='+prop_logit=100', ts=1)}'",
-                 "pann-cnn-logits"),
+        _convert(
+            "transcoder",
+            f"'{_SHARED_TRANSCODERS}/{_TRANSCODER_FILE.format(clf='PANN', prop='+prop_logit=100', ts=1)}'",
+            "pann-cnn-logits",
+        ),
     ),
     KnownModel(
-        "pann-cnn-mels", "transcoder", "published CNN transcoder, cense_fast -> pann, trained on PANN Mels (ts=0)",
+        "pann-cnn-mels",
+        "transcoder",
+        "published CNN transcoder, cense_fast -> pann, trained on PANN Mels (ts=0)",
         f"{_SHARED_TRANSCODERS}/{_TRANSCODER_FILE.format(clf='PANN', prop='', ts=0)} "
         "(github modantailleur/paperSpectralTranscoder, reference_models/; docs/conventions.md §7)",
-        _convert("transcoder", f"'{_SHARED_TRANSCODERS}/{_TRANSCODER_FILE.format(clf='PANN', prop='', ts=0)}'",
-                 "pann-cnn-mels"),
+        _convert(
+            "transcoder",
+            f"'{_SHARED_TRANSCODERS}/{_TRANSCODER_FILE.format(clf='PANN', prop='', ts=0)}'",
+            "pann-cnn-mels",
+        ),
     ),
     KnownModel(
-        "yamnet-cnn-logits", "transcoder",
+        "yamnet-cnn-logits",
+        "transcoder",
         "published CNN transcoder, cense_fast -> yamnet_torchport, trained on YAMNet logits (ts=1)",
         f"{_SHARED_TRANSCODERS}/{_TRANSCODER_FILE.format(clf='YamNet', prop='+prop_logit=100', ts=1)} "
         "(github modantailleur/paperSpectralTranscoder, reference_models/; docs/conventions.md §7)",
-        _convert("transcoder", f"'{_SHARED_TRANSCODERS}/{_TRANSCODER_FILE.format(clf='YamNet', prop='+prop_logit=100', ts=1)}'",
-                 "yamnet-cnn-logits"),
+        _convert(
+            "transcoder",
+            f"'{_SHARED_TRANSCODERS}/{_TRANSCODER_FILE.format(clf='YamNet', prop='+prop_logit=100', ts=1)}'",
+            "yamnet-cnn-logits",
+        ),
     ),
     KnownModel(
-        "yamnet", "transcoder", "CNN transcoder cense_fast -> yamnet (official front end), shipped with the package",
+        "yamnet",
+        "transcoder",
+        "CNN transcoder cense_fast -> yamnet (official front end), shipped with the package",
         "spectral_transcoder/models_data/yamnet.onnx (trained by this project; model card yamnet.md beside it)",
         "reinstall the package: this transcoder ships inside it (models_data/yamnet.onnx)",
     ),
     KnownModel(
-        "efficientat-mn04", "transcoder", "CNN transcoder cense_fast -> efficientat, shipped with the package",
+        "efficientat-mn04",
+        "transcoder",
+        "CNN transcoder cense_fast -> efficientat, shipped with the package",
         "spectral_transcoder/models_data/efficientat-mn04.onnx (trained by this project; model card "
         "efficientat-mn04.md beside it)",
         "reinstall the package: this transcoder ships inside it (models_data/efficientat-mn04.onnx)",
     ),
-    *(KnownModel(
-        f"{base}-int8", "transcoder", f"int8 version of the {base} transcoder (its CNN quantised; fidelity against the "
-        "float model in its model card), shipped with the package",
-        f"spectral_transcoder/models_data/{base}-int8.onnx (python -m training quantize; model card "
-        f"{base}-int8.md beside it)",
-        f"reinstall the package: this transcoder ships inside it (models_data/{base}-int8.onnx)",
-    ) for base in ("efficientat-mn04",)),  # the retrained yamnet CNN does not survive int8 (its card says why)
+    *(
+        KnownModel(
+            f"{base}-int8",
+            "transcoder",
+            f"int8 version of the {base} transcoder (its CNN quantised; fidelity against the "
+            "float model in its model card), shipped with the package",
+            f"spectral_transcoder/models_data/{base}-int8.onnx (python -m training quantize; model card "
+            f"{base}-int8.md beside it)",
+            f"reinstall the package: this transcoder ships inside it (models_data/{base}-int8.onnx)",
+        )
+        for base in ("efficientat-mn04",)
+    ),  # the retrained yamnet CNN does not survive int8 (its card says why)
 )
 
 #: Classifier name -> the transcoder that feeds it by default (its output spec is the classifier's input spec).
@@ -251,8 +289,17 @@ def _cache_entries() -> list[Entry]:
     out = []
     for kind in KINDS:
         for name, rec in sorted(idx["models"][kind].items()):
-            out.append(Entry(name, kind, root / rec["file"], rec.get("sha256"), "cache",
-                             rec.get("source", ""), rec.get("imported_at", "")))
+            out.append(
+                Entry(
+                    name,
+                    kind,
+                    root / rec["file"],
+                    rec.get("sha256"),
+                    "cache",
+                    rec.get("source", ""),
+                    rec.get("imported_at", ""),
+                )
+            )
     return out
 
 

@@ -245,33 +245,86 @@ BAND_SPECS: dict[str, BandSpec] = {
     # NoiseCapture (Android app) exports: 23 bands 100 Hz-16 kHz nominal (indices -10..12), one
     # frame per second, stored as calibrated dB; 48 kHz Hann analysis. No transcoder exists yet.
     "noisecapture": BandSpec(
-        name="noisecapture", sample_rate=48000, frame_length=48000, hop_length=48000,
-        band_index_min=-10, band_index_max=12, window="hann", frames_per_chunk=1,
+        name="noisecapture",
+        sample_rate=48000,
+        frame_length=48000,
+        hop_length=48000,
+        band_index_min=-10,
+        band_index_max=12,
+        window="hann",
+        frames_per_chunk=1,
     ),
 }
 
 MEL_SPECS: dict[str, MelSpec] = {
     "pann": MelSpec(
-        name="pann", sample_rate=32000, n_fft=1024, win_length=1024, hop_length=320,
-        n_mels=64, fmin=50.0, fmax=14000.0, filterbank="slaney", log="db", log_floor=1e-10,
-        chunk_frames=101, stitch_drop_last=True,
+        name="pann",
+        sample_rate=32000,
+        n_fft=1024,
+        win_length=1024,
+        hop_length=320,
+        n_mels=64,
+        fmin=50.0,
+        fmax=14000.0,
+        filterbank="slaney",
+        log="db",
+        log_floor=1e-10,
+        chunk_frames=101,
+        stitch_drop_last=True,
     ),
     "yamnet": MelSpec(
-        name="yamnet", sample_rate=16000, n_fft=512, win_length=400, hop_length=160,
-        n_mels=64, fmin=125.0, fmax=7500.0, center=False, pad_to_patches=True, magnitude=True,
-        filterbank="tf", log="ln", log_floor=0.001, chunk_frames=96,
-        patch_frames=96, patch_hop_frames=48,
+        name="yamnet",
+        sample_rate=16000,
+        n_fft=512,
+        win_length=400,
+        hop_length=160,
+        n_mels=64,
+        fmin=125.0,
+        fmax=7500.0,
+        center=False,
+        pad_to_patches=True,
+        magnitude=True,
+        filterbank="tf",
+        log="ln",
+        log_floor=0.001,
+        chunk_frames=96,
+        patch_frames=96,
+        patch_hop_frames=48,
     ),
     "yamnet_torchport": MelSpec(
-        name="yamnet_torchport", sample_rate=16000, n_fft=512, win_length=400, hop_length=160,
-        n_mels=64, fmin=125.0, fmax=7500.0, magnitude=True, filterbank="htk", log="ln",
-        log_floor=0.001, chunk_frames=96, stitch_drop_last=True,
-        patch_frames=96, patch_hop_frames=100,
+        name="yamnet_torchport",
+        sample_rate=16000,
+        n_fft=512,
+        win_length=400,
+        hop_length=160,
+        n_mels=64,
+        fmin=125.0,
+        fmax=7500.0,
+        magnitude=True,
+        filterbank="htk",
+        log="ln",
+        log_floor=0.001,
+        chunk_frames=96,
+        stitch_drop_last=True,
+        patch_frames=96,
+        patch_hop_frames=100,
     ),
     "efficientat": MelSpec(
-        name="efficientat", sample_rate=32000, n_fft=1024, win_length=800, hop_length=320,
-        n_mels=128, fmin=0.0, fmax=15000.0, window_periodic=False, preemphasis=0.97,
-        filterbank="kaldi", log="ln", log_floor=1e-5, norm_offset=4.5, norm_scale=5.0,
+        name="efficientat",
+        sample_rate=32000,
+        n_fft=1024,
+        win_length=800,
+        hop_length=320,
+        n_mels=128,
+        fmin=0.0,
+        fmax=15000.0,
+        window_periodic=False,
+        preemphasis=0.97,
+        filterbank="kaldi",
+        log="ln",
+        log_floor=1e-5,
+        norm_offset=4.5,
+        norm_scale=5.0,
         chunk_frames=100,
     ),
 }
@@ -284,9 +337,7 @@ def _lookup(kind: str, table: dict, spec: Any, cls: type) -> Any:
         try:
             return table[spec]
         except KeyError:
-            raise UnknownSpecError(
-                f"unknown {kind} spec {spec!r}; known presets: {', '.join(sorted(table))}"
-            ) from None
+            raise UnknownSpecError(f"unknown {kind} spec {spec!r}; known presets: {', '.join(sorted(table))}") from None
     if isinstance(spec, dict):
         return spec_from_json(json.dumps(spec))
     raise UnknownSpecError(f"expected a {kind} spec name or {cls.__name__}, got {type(spec).__name__}")

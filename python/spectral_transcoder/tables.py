@@ -108,9 +108,7 @@ def hz_to_mel(f: np.ndarray | float, scale: str) -> np.ndarray:
         f_sp = 200.0 / 3
         min_log_hz, logstep = 1000.0, math.log(6.4) / 27.0
         lin = f / f_sp
-        return np.where(
-            f >= min_log_hz, min_log_hz / f_sp + np.log(np.maximum(f, 1e-300) / min_log_hz) / logstep, lin
-        )
+        return np.where(f >= min_log_hz, min_log_hz / f_sp + np.log(np.maximum(f, 1e-300) / min_log_hz) / logstep, lin)
     if scale == "htk":
         return 2595.0 * np.log10(1.0 + f / 700.0)
     if scale == "ln":

@@ -39,8 +39,15 @@ class CNNTranscoder(nn.Module):
     """
 
     def __init__(
-        self, *, n_layers: int = 5, channels: int = 64, kernel_time: int = 3, kernel_mel: int = 5, dilation: int = 1,
-        calibrated: bool = False, n_mels: int | None = None,
+        self,
+        *,
+        n_layers: int = 5,
+        channels: int = 64,
+        kernel_time: int = 3,
+        kernel_mel: int = 5,
+        dilation: int = 1,
+        calibrated: bool = False,
+        n_mels: int | None = None,
     ) -> None:
         super().__init__()
         if n_layers < 2:

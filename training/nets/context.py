@@ -54,13 +54,32 @@ class ContextTranscoder(nn.Module):
             interpolation smooths away. Zero-initialised: it starts as the model without it.
     """
 
-    def __init__(self, *, n_bands: int = 29, n_mels: int, out_frames: int, frames_per_chunk: int = 8,
-                 context: int = 1, channels: int = 96, dilations: tuple[int, ...] = (1, 2, 4, 8, 1),
-                 refine_channels: int = 8, texture: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        n_bands: int = 29,
+        n_mels: int,
+        out_frames: int,
+        frames_per_chunk: int = 8,
+        context: int = 1,
+        channels: int = 96,
+        dilations: tuple[int, ...] = (1, 2, 4, 8, 1),
+        refine_channels: int = 8,
+        texture: bool = False,
+    ) -> None:
         super().__init__()
-        self.config = dict(n_bands=n_bands, n_mels=n_mels, out_frames=out_frames, frames_per_chunk=frames_per_chunk,
-                           context=context, channels=channels, dilations=list(dilations),
-                           refine_channels=refine_channels, arch="context", texture=bool(texture))
+        self.config = dict(
+            n_bands=n_bands,
+            n_mels=n_mels,
+            out_frames=out_frames,
+            frames_per_chunk=frames_per_chunk,
+            context=context,
+            channels=channels,
+            dilations=list(dilations),
+            refine_channels=refine_channels,
+            arch="context",
+            texture=bool(texture),
+        )
         self.inp = nn.Conv1d(n_bands, channels, 3, padding=1, padding_mode="replicate")
         self.blocks = nn.Sequential(*[_Block(channels, d) for d in dilations])
         self.head = nn.Conv1d(channels, n_mels, 1)
@@ -81,8 +100,9 @@ class ContextTranscoder(nn.Module):
             self.register_buffer("texture_resample", w.T.contiguous(), persistent=False)  # (fpc * sub, T)
         self.refine = None
         if refine_channels:
-            self.refine = nn.Sequential(nn.Conv2d(1, refine_channels, 3, padding=1), nn.GELU(),
-                                        nn.Conv2d(refine_channels, 1, 3, padding=1))
+            self.refine = nn.Sequential(
+                nn.Conv2d(1, refine_channels, 3, padding=1), nn.GELU(), nn.Conv2d(refine_channels, 1, 3, padding=1)
+            )
             nn.init.zeros_(self.refine[2].weight)
             nn.init.zeros_(self.refine[2].bias)
 

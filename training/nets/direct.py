@@ -24,11 +24,26 @@ class DirectStudent(nn.Module):
     mean- and max-pooled over the chunk's own frames, then a linear layer per class.
     """
 
-    def __init__(self, *, n_bands: int = 29, n_classes: int, frames_per_chunk: int = 8, context: int = 1,
-                 channels: int = 192, dilations: tuple[int, ...] = (1, 2, 4, 8, 1)) -> None:
+    def __init__(
+        self,
+        *,
+        n_bands: int = 29,
+        n_classes: int,
+        frames_per_chunk: int = 8,
+        context: int = 1,
+        channels: int = 192,
+        dilations: tuple[int, ...] = (1, 2, 4, 8, 1),
+    ) -> None:
         super().__init__()
-        self.config = dict(n_bands=n_bands, n_classes=n_classes, frames_per_chunk=frames_per_chunk,
-                           context=context, channels=channels, dilations=list(dilations), arch="direct")
+        self.config = dict(
+            n_bands=n_bands,
+            n_classes=n_classes,
+            frames_per_chunk=frames_per_chunk,
+            context=context,
+            channels=channels,
+            dilations=list(dilations),
+            arch="direct",
+        )
         self.inp = nn.Conv1d(n_bands, channels, 3, padding=1, padding_mode="replicate")
         self.blocks = nn.Sequential(*[_Block(channels, d) for d in dilations])
         self.out = nn.Linear(2 * channels, n_classes)

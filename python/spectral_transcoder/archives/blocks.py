@@ -300,7 +300,11 @@ class BlockOptions:
             raise InvalidInputError(f"auto_percentile must be in (0, 100], got {self.auto_percentile!r}")
         real("auto_target_db", self.auto_target_db)
         real("auto_window_s", self.auto_window_s, positive=True, allow_none=True)
-        if isinstance(self.batch_rows, bool) or not isinstance(self.batch_rows, numbers.Integral) or self.batch_rows < 1:
+        if (
+            isinstance(self.batch_rows, bool)
+            or not isinstance(self.batch_rows, numbers.Integral)
+            or self.batch_rows < 1
+        ):
             raise InvalidInputError(f"batch_rows must be an integer >= 1, got {self.batch_rows!r}")
 
     @classmethod
@@ -402,8 +406,9 @@ class _PercentileHistogram:
         return _HIST_LO + i * _HIST_STEP
 
 
-def make_reference(opts: BlockOptions, measure: "Iterator[tuple[np.ndarray, np.ndarray]] | None" = None,
-                   where: str = "") -> LevelReference:
+def make_reference(
+    opts: BlockOptions, measure: "Iterator[tuple[np.ndarray, np.ndarray]] | None" = None, where: str = ""
+) -> LevelReference:
     """Build the :class:`LevelReference` for ``opts``. For ``"auto"``, ``measure`` yields
     ``(levels (n, bands), seconds since the source start of each row)`` batches of the
     file ``where``."""
@@ -422,8 +427,12 @@ def make_reference(opts: BlockOptions, measure: "Iterator[tuple[np.ndarray, np.n
         raise ArchiveError(where, None, 'reference="auto": no valid frame to measure a level on')
     p = hist.percentile(opts.auto_percentile)
     return LevelReference(
-        mode="auto", offset_db=round(opts.auto_target_db - p, 6), percentile=float(opts.auto_percentile),
-        target_db=float(opts.auto_target_db), window_s=opts.auto_window_s, measured_db=round(p, 6),
+        mode="auto",
+        offset_db=round(opts.auto_target_db - p, 6),
+        percentile=float(opts.auto_percentile),
+        target_db=float(opts.auto_target_db),
+        window_s=opts.auto_window_s,
+        measured_db=round(p, 6),
         n_frames_measured=hist.n,
     )
 
@@ -437,8 +446,17 @@ class _Framer:
     :meth:`finish` at the end; each is a generator of the blocks completed.
     """
 
-    def __init__(self, *, path: str, source: str, sensor: str, spec: BandSpec, opts: BlockOptions,
-                 reference: LevelReference, stats: ReadStats):
+    def __init__(
+        self,
+        *,
+        path: str,
+        source: str,
+        sensor: str,
+        spec: BandSpec,
+        opts: BlockOptions,
+        reference: LevelReference,
+        stats: ReadStats,
+    ):
         self.path, self.source, self.sensor, self.spec, self.opts = path, source, sensor, spec, opts
         self.reference, self.stats = reference, stats
         self.period_ns = spec.frame_period * NS_PER_S
@@ -511,21 +529,42 @@ class _Framer:
         f, t = self.first if self.first is not None else (self.last_frame_before, self.t_before)
         start = int(t - round((f - self.f0) * self.period_ns))
         r0, r1 = self.rows if self.first is not None else (self.next_stored_row, self.next_stored_row - 1)
-        pos = BlockPosition(index=self.block_index, segment=self.segment, frame_start=self.f0,
-                            frame_stop=self.f0 + n, row_start=r0, row_stop=r1 + 1, clip=self.clip)
+        pos = BlockPosition(
+            index=self.block_index,
+            segment=self.segment,
+            frame_start=self.f0,
+            frame_stop=self.f0 + n,
+            row_start=r0,
+            row_stop=r1 + 1,
+            clip=self.clip,
+        )
         self.block_index += 1
         self.stats.blocks += 1
         block = Block(
-            source=self.source, sensor=self.sensor, start=np.datetime64(start, "ns"),
-            frame_period=self.spec.frame_period, levels=levels, band_spec=self.spec, valid=valid,
-            position=pos, level_reference=self.reference, dropped_duplicates=self.dups,
+            source=self.source,
+            sensor=self.sensor,
+            start=np.datetime64(start, "ns"),
+            frame_period=self.spec.frame_period,
+            levels=levels,
+            band_spec=self.spec,
+            valid=valid,
+            position=pos,
+            level_reference=self.reference,
+            dropped_duplicates=self.dups,
             gap_before_s=self.gap_before_ns / NS_PER_S if self.f0 == 0 else 0.0,
         )
         self._new_buffer(self.f0 + self.B)
         return block
 
-    def _place(self, frames: np.ndarray, data: np.ndarray, ok: np.ndarray, rows: np.ndarray,
-               times: np.ndarray, dups: np.ndarray) -> Iterator[Block]:
+    def _place(
+        self,
+        frames: np.ndarray,
+        data: np.ndarray,
+        ok: np.ndarray,
+        rows: np.ndarray,
+        times: np.ndarray,
+        dups: np.ndarray,
+    ) -> Iterator[Block]:
         """Store rows at the (increasing) segment frames ``frames``; emit each block completed."""
         i, n = 0, len(frames)
         while i < n:
@@ -583,10 +622,12 @@ class _Framer:
         if n_bad and opts.gaps == "error":
             k = int(np.argmax(~ok))
             if first_over is not None and first_over[0] == k:
-                problem = (f"level {first_over[1]} (as stored) is more than {MAX_LEVEL_ABOVE_OFFSET:g} dB above the "
-                           f"band spec's db_offset ({self.spec.db_offset:g} dB) after the level reference "
-                           f"({self.reference.offset_db:+g} dB): no sound is that loud, is it a 'no data' sentinel? "
-                           '(gaps="error"; gaps="mask" masks such rows like NaN rows)')
+                problem = (
+                    f"level {first_over[1]} (as stored) is more than {MAX_LEVEL_ABOVE_OFFSET:g} dB above the "
+                    f"band spec's db_offset ({self.spec.db_offset:g} dB) after the level reference "
+                    f"({self.reference.offset_db:+g} dB): no sound is that loud, is it a 'no data' sentinel? "
+                    '(gaps="error"; gaps="mask" masks such rows like NaN rows)'
+                )
             else:
                 problem = 'row holds NaN or Inf levels (gaps="error"; use gaps="mask" or "split")'
             yield from fail(k, problem)
@@ -602,8 +643,10 @@ class _Framer:
             if back.size:
                 k = int(back[0])
                 before = int(t[k - 1]) if k else self.t_prev
-                yield from fail(k, f"time stamps go backwards ({_fmt_ns(int(t[k]))} after {_fmt_ns(before)}); "
-                                   "sort the archive first")
+                yield from fail(
+                    k,
+                    f"time stamps go backwards ({_fmt_ns(int(t[k]))} after {_fmt_ns(before)}); sort the archive first",
+                )
             steps = ((dt + P / 2) // P).astype(np.int64)
 
         # segment starts; in "split" mode bad rows are left out and the row after one starts a segment
@@ -624,14 +667,22 @@ class _Framer:
         dup = (steps == 0) & ~starts
         if dup.any() and opts.duplicates == "error":
             k = int(np.argmax(dup))
-            yield from fail(k, f"duplicated frame: {_fmt_ns(int(t[k]))} falls in the same "
-                               f"{self.spec.frame_period:g}-s slot as the previous row "
-                               '(duplicates="drop" keeps the first)', t)
+            yield from fail(
+                k,
+                f"duplicated frame: {_fmt_ns(int(t[k]))} falls in the same "
+                f"{self.spec.frame_period:g}-s slot as the previous row "
+                '(duplicates="drop" keeps the first)',
+                t,
+            )
         gap = (steps >= 2) & ~starts & ~dup
         if opts.gaps == "error" and gap.any():
             k = int(np.argmax(gap))
-            yield from fail(k, f"{int(steps[k]) - 1} missing frame(s) before {_fmt_ns(int(t[k]))} "
-                               '(gaps="error"; use gaps="mask" or "split")', t)
+            yield from fail(
+                k,
+                f"{int(steps[k]) - 1} missing frame(s) before {_fmt_ns(int(t[k]))} "
+                '(gaps="error"; use gaps="mask" or "split")',
+                t,
+            )
 
         # no error: commit the state
         self.stats.rows += n

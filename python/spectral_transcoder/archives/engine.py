@@ -66,8 +66,15 @@ from ..errors import InvalidInputError, SpectralTranscoderError
 from .blocks import ArchiveError, Block, _fmt_ns
 from .writer import MANIFEST_NAME, RUN_NAME, ResultWriter, read_manifest
 
-__all__ = ["run_blocks", "RunSummary", "read_results", "read_run_info", "input_fingerprint", "require_archives",
-           "LEADING_COLUMNS"]
+__all__ = [
+    "run_blocks",
+    "RunSummary",
+    "read_results",
+    "read_run_info",
+    "input_fingerprint",
+    "require_archives",
+    "LEADING_COLUMNS",
+]
 
 LEADING_COLUMNS = ("source", "sensor", "block", "window_start", "window_s", "level_reference", "level_offset_db")
 _CONSUMED = ("offset_s", "window_start", "window_s")
@@ -135,8 +142,9 @@ def _what_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     if old.get("sample_sha256") != new.get("sample_sha256"):
         out.append("its content differs (sha256 of its first and last 64 KiB)")
     if old.get("mtime_ns") != new.get("mtime_ns"):
-        was, now = (_fmt_ns(int(x)) if isinstance(x, int) else str(x) for x in (old.get("mtime_ns"),
-                                                                                new.get("mtime_ns")))
+        was, now = (
+            _fmt_ns(int(x)) if isinstance(x, int) else str(x) for x in (old.get("mtime_ns"), new.get("mtime_ns"))
+        )
         out.append(f"modified {was}, now {now}")
     return out
 
@@ -180,23 +188,32 @@ class _Inputs:
         if not what:
             return None
         n = sum(1 for s, _ in self.done if s == source)
-        text = (f"changed since this output's earlier run read it ({'; '.join(what)}); "
-                f"{n} of its blocks were computed from the old content")
+        text = (
+            f"changed since this output's earlier run read it ({'; '.join(what)}); "
+            f"{n} of its blocks were computed from the old content"
+        )
         if what == [w for w in what if w.startswith("modified")]:
             ns = int(old["mtime_ns"])
             path = shlex.quote(str(self.path(source)))
-            text += (f" (only its modification time differs: if the content is the same, "
-                     f"`touch -d @{ns // 1_000_000_000}.{ns % 1_000_000_000:09d} {path}` restores it)")
+            text += (
+                f" (only its modification time differs: if the content is the same, "
+                f"`touch -d @{ns // 1_000_000_000}.{ns % 1_000_000_000:09d} {path}` restores it)"
+            )
         return text
 
     def check_all(self) -> None:
         """Refuse, before any work, when a known input changed since its blocks were written."""
-        bad = [f"{self.path(src)}: {msg}" for src, msg in ((src, self.changed(src)) for src in list(self.paths)
-                                                          if src in self.recorded) if msg]
+        bad = [
+            f"{self.path(src)}: {msg}"
+            for src, msg in ((src, self.changed(src)) for src in list(self.paths) if src in self.recorded)
+            if msg
+        ]
         if bad:
             raise InvalidInputError(
-                "resuming would mix results of two versions of an input file:\n  " + "\n  ".join(bad)
-                + "\nWrite to a new output folder, or put the file(s) back as they were")
+                "resuming would mix results of two versions of an input file:\n  "
+                + "\n  ".join(bad)
+                + "\nWrite to a new output folder, or put the file(s) back as they were"
+            )
 
 
 def _read_seconds(block: Block) -> float:
@@ -272,7 +289,8 @@ def _result_table(result: Any, block: Block) -> Any | None:
             cols[str(name)] = col
     else:
         raise InvalidInputError(
-            f"the block function must return a pyarrow Table or a mapping of columns, got {type(result).__name__}")
+            f"the block function must return a pyarrow Table or a mapping of columns, got {type(result).__name__}"
+        )
     if n is None:
         raise InvalidInputError("block function: no column with one value per window (all scalars)")
     if n == 0:
@@ -283,7 +301,8 @@ def _result_table(result: Any, block: Block) -> Any | None:
     if "window_s" not in cols or ("offset_s" in cols) == ("window_start" in cols):
         raise InvalidInputError(
             "the block function must return window_s and exactly one of offset_s (seconds from block.start) "
-            f"or window_start; it returned {list(cols)}")
+            f"or window_start; it returned {list(cols)}"
+        )
     clash = [c for c in LEADING_COLUMNS if c in cols and c not in _CONSUMED]
     if clash:
         raise InvalidInputError(f"block function: columns {clash} are reserved (the engine adds them)")
@@ -314,8 +333,14 @@ def _result_table(result: Any, block: Block) -> Any | None:
 
 def _block_info(block: Block) -> dict[str, Any]:
     p = block.position
-    return {"frame_start": p.frame_start, "frame_stop": p.frame_stop, "segment": p.segment,
-            "start": str(block.start) + "Z", "frames": block.n_frames, "valid": block.n_valid}
+    return {
+        "frame_start": p.frame_start,
+        "frame_stop": p.frame_stop,
+        "segment": p.segment,
+        "start": str(block.start) + "Z",
+        "frames": block.n_frames,
+        "valid": block.n_valid,
+    }
 
 
 def run_blocks(
@@ -355,10 +380,12 @@ def run_blocks(
     if on_block_error not in ("raise", "skip_source"):
         raise InvalidInputError(f"on_block_error must be 'raise' or 'skip_source', got {on_block_error!r}")
     require_archives(progress)
-    info: dict[str, Any] = {"options": {
-        "input": blocks.describe() if hasattr(blocks, "describe") else None,
-        "user": dict(metadata) if metadata is not None else {},
-    }}
+    info: dict[str, Any] = {
+        "options": {
+            "input": blocks.describe() if hasattr(blocks, "describe") else None,
+            "user": dict(metadata) if metadata is not None else {},
+        }
+    }
     try:
         from .. import __version__ as version
     except ImportError:  # pragma: no cover
@@ -370,8 +397,7 @@ def run_blocks(
             total_seconds = blocks.duration_hint()
         except Exception:  # noqa: BLE001 - only a progress hint
             total_seconds = None
-    writer = ResultWriter(output, run_info=info, manifest=manifest, blocks_per_part=blocks_per_part,
-                          resume=resume)
+    writer = ResultWriter(output, run_info=info, manifest=manifest, blocks_per_part=blocks_per_part, resume=resume)
     summary = RunSummary(output=str(output))
     inputs = _Inputs(blocks, writer.inputs, writer.done)
     failed: dict[str, dict[str, Any]] = {}  # source -> its failure (on_block_error="skip_source")
@@ -384,8 +410,15 @@ def run_blocks(
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=total_seconds, unit="s", unit_scale=True, desc=progress_label or _input_label(blocks),
-                       dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
+            bar = tqdm(
+                total=total_seconds,
+                unit="s",
+                unit_scale=True,
+                desc=progress_label or _input_label(blocks),
+                dynamic_ncols=True,
+                file=sys.stderr,
+                smoothing=0.1,
+            )
         seen: set[tuple[str, int]] = set()
         for block in blocks:
             key = block.key
@@ -398,9 +431,12 @@ def run_blocks(
                 given[block.source] = 0
                 changed = inputs.changed(block.source)  # a source that check_all could not name
                 if changed:
-                    raise ArchiveError(inputs.path(block.source) or block.source, None,
-                                       changed + "; resuming would mix results of two versions of the file. "
-                                       "Write to a new output folder, or put the file back as it was")
+                    raise ArchiveError(
+                        inputs.path(block.source) or block.source,
+                        None,
+                        changed + "; resuming would mix results of two versions of the file. "
+                        "Write to a new output folder, or put the file back as it was",
+                    )
             given[block.source] += 1
             if writer.is_done(key):
                 summary.blocks_skipped += 1
@@ -416,7 +452,9 @@ def run_blocks(
                 failed[block.source] = {
                     "path": inputs.path(block.source) or block.source,
                     "position": f"block {block.position.index} ({_fmt_ns(int(block.start.astype(np.int64)))})",
-                    "message": str(exc), "blocks_read": given[block.source] - 1}
+                    "message": str(exc),
+                    "blocks_read": given[block.source] - 1,
+                }
                 if hasattr(blocks, "skip_source"):
                     blocks.skip_source(block.source)  # stop reading it
                 continue
@@ -433,8 +471,10 @@ def run_blocks(
             if bar is not None:
                 wall = time.perf_counter() - t0
                 bar.update(_read_seconds(block))
-                bar.set_postfix_str(f"{summary.audio_seconds / max(wall, 1e-9):.0f}x real time, "
-                                    f"{summary.blocks_done} blocks", refresh=False)
+                bar.set_postfix_str(
+                    f"{summary.audio_seconds / max(wall, 1e-9):.0f}x real time, {summary.blocks_done} blocks",
+                    refresh=False,
+                )
         ok = True
     finally:
         try:

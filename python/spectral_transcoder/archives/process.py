@@ -161,19 +161,27 @@ class ProcessOptions:
             raise InvalidInputError(f"top_k must be an integer >= 1, got {self.top_k!r}")
         if not isinstance(self.probabilities, bool):
             raise InputTypeError(f"probabilities must be True or False, got {self.probabilities!r}")
-        if self.n_threads is not None and (isinstance(self.n_threads, bool) or not isinstance(self.n_threads, int)
-                                           or self.n_threads < 0):
-            raise InvalidInputError(f"n_threads must be None or an integer >= 0 (0 = physical cores), "
-                                    f"got {self.n_threads!r}")
-        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
-                                            or self.batch_size < 1):
-            raise InvalidInputError(f"batch_size must be None (one run per block) or an integer >= 1, "
-                                    f"got {self.batch_size!r}")
+        if self.n_threads is not None and (
+            isinstance(self.n_threads, bool) or not isinstance(self.n_threads, int) or self.n_threads < 0
+        ):
+            raise InvalidInputError(
+                f"n_threads must be None or an integer >= 0 (0 = physical cores), got {self.n_threads!r}"
+            )
+        if self.batch_size is not None and (
+            isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1
+        ):
+            raise InvalidInputError(
+                f"batch_size must be None (one run per block) or an integer >= 1, got {self.batch_size!r}"
+            )
 
     def result_dict(self) -> dict[str, Any]:
         """The options that change the rows (recorded in the output)."""
-        return {"windows": self.windows, "top_k": self.top_k, "probabilities": self.probabilities,
-                "gap_rows": self.gap_rows}
+        return {
+            "windows": self.windows,
+            "top_k": self.top_k,
+            "probabilities": self.probabilities,
+            "gap_rows": self.gap_rows,
+        }
 
 
 @dataclass(frozen=True)
@@ -193,8 +201,10 @@ def _model_ref(model: str | os.PathLike, kind: Literal["transcoder", "classifier
     from ..pinv import pinv_target
 
     if not isinstance(model, (str, os.PathLike)):
-        raise InputTypeError(f"{kind} must be a registry name, a path or 'pinv:TARGET' (the models are loaded "
-                             f"by each worker), got {type(model).__name__}")
+        raise InputTypeError(
+            f"{kind} must be a registry name, a path or 'pinv:TARGET' (the models are loaded "
+            f"by each worker), got {type(model).__name__}"
+        )
     target = pinv_target(model) if kind == "transcoder" else None
     if target is not None:
         from ..specs import get_mel_spec
@@ -209,8 +219,9 @@ def _model_ref(model: str | os.PathLike, kind: Literal["transcoder", "classifier
     return ModelRef(kind, path=str(path), sha256=sha)
 
 
-def make_task(*, classifier: str | os.PathLike, transcoder: str | os.PathLike | None = None,
-              **options: Any) -> ProcessTask:
+def make_task(
+    *, classifier: str | os.PathLike, transcoder: str | os.PathLike | None = None, **options: Any
+) -> ProcessTask:
     """Resolve the models (registry names, paths or ``"pinv:TARGET"``; ``transcoder=None``
     takes the registry's default for the classifier), load them in this process and check
     that they fit each other; ``options`` are :class:`ProcessOptions` fields."""
@@ -222,14 +233,17 @@ def make_task(*, classifier: str | os.PathLike, transcoder: str | os.PathLike | 
     if transcoder is None:
         name = registry.default_transcoder(read_metadata(clf.path)[0].name)
         if name is None:
-            raise ModelError(f"no default transcoder for the classifier {str(classifier)!r}: pass transcoder= (a "
-                             "name from `spectral-transcoder models list`, a path, or 'pinv:TARGET')")
+            raise ModelError(
+                f"no default transcoder for the classifier {str(classifier)!r}: pass transcoder= (a "
+                "name from `spectral-transcoder models list`, a path, or 'pinv:TARGET')"
+            )
         transcoder = name
     task = ProcessTask(_model_ref(transcoder, "transcoder"), clf, opts)
     _, model = loaded_models(task)  # specs, kinds, checksums and labels are checked before any work
     if opts.top_k > len(model.labels):
-        raise InvalidInputError(f"top_k={opts.top_k} but the classifier {model.model_id} has "
-                                f"{len(model.labels)} classes")
+        raise InvalidInputError(
+            f"top_k={opts.top_k} but the classifier {model.model_id} has {len(model.labels)} classes"
+        )
     return task
 
 
@@ -281,15 +295,16 @@ def _load(task: ProcessTask) -> tuple[Any, Any]:
     if t.pinv_target is not None:
         tr = Transcoder.pinv(t.pinv_target)
     else:
-        tr = Transcoder.from_file(t.path, n_threads=o.n_threads, batch_size=o.batch_size or big,
-                                  expected_sha256=t.sha256)
-    clf = Classifier.from_file(c.path, n_threads=o.n_threads, batch_size=o.batch_size or big,
-                               expected_sha256=c.sha256)
+        tr = Transcoder.from_file(
+            t.path, n_threads=o.n_threads, batch_size=o.batch_size or big, expected_sha256=t.sha256
+        )
+    clf = Classifier.from_file(c.path, n_threads=o.n_threads, batch_size=o.batch_size or big, expected_sha256=c.sha256)
     diff = _spec_diff(tr.output_spec, clf.input_spec)
     if diff:
         raise SpecMismatchError(
             f"the transcoder {tr.model_id} produces Mel spec {tr.output_spec.name!r} but the classifier "
-            f"{clf.model_id} expects {clf.input_spec.name!r} (they differ in: {', '.join(diff)})")
+            f"{clf.model_id} expects {clf.input_spec.name!r} (they differ in: {', '.join(diff)})"
+        )
     if not clf.labels:
         raise ModelError(f"the classifier {clf.model_id} has no labels in its metadata")
     return tr, clf
@@ -313,7 +328,8 @@ def check_band_spec(transcoder: Any, spec: BandSpec, where: str = "") -> BandSpe
             f"{spec.frame_period:g}-s frames) cannot be classified with the transcoder {tr.model_id}, whose input "
             f"spec is {tr.input_spec.name!r} ({tr.input_spec.n_bands} bands, {tr.input_spec.frame_period:g}-s "
             f"frames): {exc}. No transcoder exists yet for this band set; it needs its own BandSpec and a "
-            "transcoder trained on it.") from None
+            "transcoder trained on it."
+        ) from None
 
 
 def _check_windows(task: ProcessTask, spec: BandSpec, block_frames: int, where: str = "") -> None:
@@ -324,7 +340,8 @@ def _check_windows(task: ProcessTask, spec: BandSpec, block_frames: int, where: 
         raise InvalidInputError(
             f"{where + ': ' if where else ''}blocks of {block_frames * spec.frame_period:g} s cannot hold whole "
             f"{g * spec.frame_period:g}-s windows: choose block_seconds as a multiple of "
-            f"{g * spec.frame_period:g} (or windows='1s')")
+            f"{g * spec.frame_period:g} (or windows='1s')"
+        )
 
 
 def _fixed_list(values: np.ndarray, ok: np.ndarray, value_type: Any) -> Any:
@@ -366,16 +383,19 @@ def _timed_block(block: Any, task: ProcessTask) -> tuple[Any, dict[str, float]]:
         t3 = clock()
         times["pinv"], times["cnn"], times["classifier"] = t1 - t0, t2 - t1, t3 - t2
         if not np.isfinite(p).all():
-            raise ModelError(f"{block.source}: block {block.position.index}: the classifier {clf.model_id} "
-                             "returned non-finite probabilities")
+            raise ModelError(
+                f"{block.source}: block {block.position.index}: the classifier {clf.model_id} "
+                "returned non-finite probabilities"
+            )
         probs[ok] = p
     t0 = clock()
     d = spec.chunk_duration
     parts = []  # (window, offset_s, window_s, chunks, probs)
     if block.gap_before_s > 0:  # the outage before this segment: one row, so "no data" never reads as silence
         g_s = float(block.gap_before_s)
-        parts.append(("gap", np.array([-g_s]), np.array([g_s]), np.zeros(1, np.int16),
-                      np.zeros((1, n_classes), np.float32)))
+        parts.append(
+            ("gap", np.array([-g_s]), np.array([g_s]), np.zeros(1, np.int16), np.zeros((1, n_classes), np.float32))
+        )
     if opts.windows in ("1s", "both"):
         parts.append(("1s", np.arange(n) * d, np.full(n, d), ok.astype(np.int16), probs))
     if opts.windows in ("10s", "both"):
@@ -452,8 +472,7 @@ class _Wrapped:
     wraps (its options, size, failures, statistics, files and formats), so that a wrapped
     reader is recorded and reported as the reader itself."""
 
-    _FORWARDED = ("describe", "duration_hint", "errors", "stats", "source", "source_paths", "formats",
-                  "skip_source")
+    _FORWARDED = ("describe", "duration_hint", "errors", "stats", "source", "source_paths", "formats", "skip_source")
 
     def __init__(self, inner: Iterable[Any]):
         self.inner = inner
@@ -488,8 +507,7 @@ class _Pipelined(_Wrapped):
     ``concurrent.futures`` executor). Blocks come out in input order; ``fn(block)``
     returns the block's precomputed result. At most ``depth`` results are pending."""
 
-    def __init__(self, inner: Iterable[Any], submit: Callable[[Any], Any], depth: int,
-                 done: set[tuple[str, int]]):
+    def __init__(self, inner: Iterable[Any], submit: Callable[[Any], Any], depth: int, done: set[tuple[str, int]]):
         super().__init__(inner)
         self.submit, self.depth, self.done = submit, max(1, depth), done
         self.ready: dict[tuple[str, int], Any] = {}
@@ -530,15 +548,17 @@ def _open_inputs(inputs: Any, block_seconds: float | None, read_options: dict[st
         if read_options or block_seconds is not None:
             raise InvalidInputError(
                 "read options (block_seconds, gaps, reference, ...) apply to paths; an opened reader or an "
-                f"iterable of blocks comes with its own, got {sorted(read_options) + (['block_seconds'] if block_seconds is not None else [])}")
+                f"iterable of blocks comes with its own, got {sorted(read_options) + (['block_seconds'] if block_seconds is not None else [])}"
+            )
         return inputs
     bad = [p for p in inputs if not isinstance(p, (str, os.PathLike))]
     if bad:
         raise InputTypeError(f"inputs must be archive paths, got {type(bad[0]).__name__}")
     if not inputs:
         raise InvalidInputError("inputs: no archive given")
-    return open_many(inputs, block_seconds=DEFAULT_BLOCK_SECONDS if block_seconds is None else block_seconds,
-                     **read_options)
+    return open_many(
+        inputs, block_seconds=DEFAULT_BLOCK_SECONDS if block_seconds is None else block_seconds, **read_options
+    )
 
 
 def _preflight(task: ProcessTask, blocks: Any) -> None:
@@ -642,18 +662,32 @@ def process(
 
         block_threads, n_threads = _check_n_threads(n_threads), 1  # blocks in parallel, not ops
     pipelined = distributed or block_threads > 1
-    task = make_task(classifier=classifier, transcoder=transcoder, windows=windows, top_k=top_k,
-                     probabilities=probabilities, gap_rows=gap_rows, n_threads=n_threads, batch_size=batch_size)
+    task = make_task(
+        classifier=classifier,
+        transcoder=transcoder,
+        windows=windows,
+        top_k=top_k,
+        probabilities=probabilities,
+        gap_rows=gap_rows,
+        n_threads=n_threads,
+        batch_size=batch_size,
+    )
     tr, clf = loaded_models(task)
     blocks = _open_inputs(inputs, block_seconds, read_options)
     _preflight(task, blocks)
-    metadata = {"process": {
-        "transcoder": tr.model_id, "transcoder_sha256": task.transcoder.sha256,
-        "classifier": clf.model_id, "classifier_sha256": task.classifier.sha256,
-        "band_spec": tr.input_spec.name, "mel_spec": tr.output_spec.name, **task.options.result_dict(),
-        "group_seconds": _group_chunks(tr.input_spec) * tr.input_spec.chunk_duration,
-        "labels": [[lb.index, lb.mid, lb.name] for lb in clf.labels],
-    }}
+    metadata = {
+        "process": {
+            "transcoder": tr.model_id,
+            "transcoder_sha256": task.transcoder.sha256,
+            "classifier": clf.model_id,
+            "classifier_sha256": task.classifier.sha256,
+            "band_spec": tr.input_spec.name,
+            "mel_spec": tr.output_spec.name,
+            **task.options.result_dict(),
+            "group_seconds": _group_chunks(tr.input_spec) * tr.input_spec.chunk_duration,
+            "labels": [[lb.index, lb.mid, lb.name] for lb in clf.labels],
+        }
+    }
     stages = collections.Counter({"read": 0.0, "pinv": 0.0, "cnn": 0.0, "classifier": 0.0, "rows": 0.0})
     reader = _TimedReader(blocks)
     t_start = time.perf_counter()  # reset once a cluster is up: its start-up is not the run's
@@ -665,6 +699,7 @@ def process(
 
     n_workers = 1
     if not pipelined:
+
         def fn(block: Any) -> Any:
             nonlocal fn_seconds
             t0 = time.perf_counter()
@@ -673,12 +708,27 @@ def process(
             fn_seconds += time.perf_counter() - t0
             return table
 
-        run = run_blocks(reader, fn, output, progress=progress, blocks_per_part=blocks_per_part,
-                         metadata=metadata, resume=resume, on_block_error="skip_source")
+        run = run_blocks(
+            reader,
+            fn,
+            output,
+            progress=progress,
+            blocks_per_part=blocks_per_part,
+            metadata=metadata,
+            resume=resume,
+            on_block_error="skip_source",
+        )
     else:
         with _block_executor(task, scheduler, workers, block_threads) as (submit, n_workers):
-            done = {(e["source"], int(e["index"])) for e in read_manifest(Path(output) / MANIFEST_NAME)
-                    for e in e.get("blocks", [])} if resume else set()
+            done = (
+                {
+                    (e["source"], int(e["index"]))
+                    for e in read_manifest(Path(output) / MANIFEST_NAME)
+                    for e in e.get("blocks", [])
+                }
+                if resume
+                else set()
+            )
             t_start = time.perf_counter()
             pipe = _Pipelined(reader, submit, depth=2 * n_workers + 2, done=done)
 
@@ -690,20 +740,30 @@ def process(
                 fn_seconds += time.perf_counter() - t0
                 return table
 
-            run = run_blocks(pipe, fn, output, progress=progress, blocks_per_part=blocks_per_part,
-                             metadata=metadata, resume=resume, on_block_error="skip_source")
+            run = run_blocks(
+                pipe,
+                fn,
+                output,
+                progress=progress,
+                blocks_per_part=blocks_per_part,
+                metadata=metadata,
+                resume=resume,
+                on_block_error="skip_source",
+            )
     wall = time.perf_counter() - t_start
     stages["read"] = reader.seconds
     if pipelined:
         stages["wait"] = fn_seconds
     stages["write"] = max(0.0, wall - reader.seconds - fn_seconds)  # what is left of the driver's time
-    return ProcessSummary(run=run, transcoder=tr.model_id, classifier=clf.model_id,
-                          stages=dict(stages), workers=n_workers)
+    return ProcessSummary(
+        run=run, transcoder=tr.model_id, classifier=clf.model_id, stages=dict(stages), workers=n_workers
+    )
 
 
 @contextlib.contextmanager
-def _block_executor(task: ProcessTask, scheduler: Any, workers: int | None,
-                    block_threads: int) -> Iterator[tuple[Callable[[Any], Any], int]]:
+def _block_executor(
+    task: ProcessTask, scheduler: Any, workers: int | None, block_threads: int
+) -> Iterator[tuple[Callable[[Any], Any], int]]:
     """``(submit(block) -> future of _timed_block's result, blocks computed at once)``: on
     a Dask cluster when ``scheduler`` or ``workers`` is given, else on ``block_threads``
     threads of this process (the models' ONNX Runtime sessions are safe to share)."""
@@ -714,8 +774,7 @@ def _block_executor(task: ProcessTask, scheduler: Any, workers: int | None,
             yield (lambda b: pool.submit(_timed_block, b, task)), block_threads
         return
     with _dask_client(scheduler, workers) as client:
-        yield ((lambda b: client.submit(_timed_block, b, task, pure=False)),
-               max(1, sum(client.nthreads().values())))
+        yield ((lambda b: client.submit(_timed_block, b, task, pure=False)), max(1, sum(client.nthreads().values())))
 
 
 class _dask_client:
@@ -731,7 +790,8 @@ class _dask_client:
             from dask.distributed import Client, LocalCluster
         except ImportError as exc:
             raise InvalidInputError(
-                "workers= / scheduler= need dask.distributed: pip install 'dask[distributed]'") from exc
+                "workers= / scheduler= need dask.distributed: pip install 'dask[distributed]'"
+            ) from exc
         if self.scheduler is not None:
             if hasattr(self.scheduler, "submit"):
                 return self.scheduler
@@ -740,8 +800,13 @@ class _dask_client:
             return client
         import logging
 
-        cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                               dashboard_address=":0", silence_logs=logging.ERROR)
+        cluster = LocalCluster(
+            n_workers=self.workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
+        )
         self.owned.append(cluster)
         client = Client(cluster)
         self.owned.append(client)

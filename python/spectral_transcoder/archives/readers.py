@@ -102,8 +102,15 @@ class BlockReader:
 
     format: ClassVar[str] = ""
 
-    def __init__(self, path: str | os.PathLike, *, spec: str | BandSpec, sensor: str | None,
-                 source: str | None, options: dict[str, Any]):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        spec: str | BandSpec,
+        sensor: str | None,
+        source: str | None,
+        options: dict[str, Any],
+    ):
         self.path = str(path)
         self.band_spec = get_band_spec(spec)
         self.options = BlockOptions.from_kwargs(options, where=f"{self.path}: ")
@@ -131,8 +138,14 @@ class BlockReader:
     def describe(self) -> dict[str, Any]:
         """What was read and how (JSON-able, for output metadata): everything that changes
         the blocks, not the knobs that only change speed or memory."""
-        return {"format": self.format, "source": self.source, "sensor": self.sensor,
-                "band_spec": self.band_spec.to_dict(), "options": self.options.result_dict(), **self._extra()}
+        return {
+            "format": self.format,
+            "source": self.source,
+            "sensor": self.sensor,
+            "band_spec": self.band_spec.to_dict(),
+            "options": self.options.result_dict(),
+            **self._extra(),
+        }
 
     def source_paths(self) -> dict[str, str]:
         """Source id -> file path (for the engine's check that an input did not change)."""
@@ -186,8 +199,15 @@ class BlockReader:
     def __iter__(self) -> Iterator[Block]:
         ref = self.level_reference
         self.stats = ReadStats()
-        framer = _Framer(path=self.path, source=self.source, sensor=self.sensor, spec=self.band_spec,
-                         opts=self.options, reference=ref, stats=self.stats)
+        framer = _Framer(
+            path=self.path,
+            source=self.source,
+            sensor=self.sensor,
+            spec=self.band_spec,
+            opts=self.options,
+            reference=ref,
+            stats=self.stats,
+        )
         late: ArchiveError | None = None
         try:
             for ev in self._guard(self._events()):
@@ -232,8 +252,10 @@ def _times_to_ns(reader: BlockReader, col: Any, time_unit: str | None, row0: int
         return col.cast(pa.timestamp("ns")).cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64)
     if pa.types.is_integer(t) or pa.types.is_floating(t):
         if time_unit is None:
-            raise reader._fail(f"the time column is numeric ({t}): pass {option('time_unit')} one of "
-                               f"{sorted(_TIME_UNITS)} (since the Unix epoch, UTC)")
+            raise reader._fail(
+                f"the time column is numeric ({t}): pass {option('time_unit')} one of "
+                f"{sorted(_TIME_UNITS)} (since the Unix epoch, UTC)"
+            )
         v = col.to_numpy(zero_copy_only=False)
         if pa.types.is_integer(t):
             return v.astype(np.int64) * _TIME_UNITS[time_unit]
@@ -269,8 +291,9 @@ def _is_list(t: Any) -> bool:
 class _TabularReader(BlockReader):
     """Shared column logic of the Parquet and CSV readers."""
 
-    def _resolve_columns(self, schema: Any, time_column: str | None, band_columns: Sequence[str] | None,
-                         levels_column: str | None) -> None:
+    def _resolve_columns(
+        self, schema: Any, time_column: str | None, band_columns: Sequence[str] | None, levels_column: str | None
+    ) -> None:
         import pyarrow as pa
 
         names = list(schema.names)
@@ -319,8 +342,11 @@ class _TabularReader(BlockReader):
             wrong = present & (np.nan_to_num(lengths.astype(np.float64), nan=nb) != nb)
             if wrong.any():
                 k = int(np.argmax(wrong))
-                raise self._fail(f"the list in column {self.levels_column!r} has {int(lengths[k])} values "
-                                 f"but the band spec {self.band_spec.name!r} has {nb}", f"row {row0 + k}")
+                raise self._fail(
+                    f"the list in column {self.levels_column!r} has {int(lengths[k])} values "
+                    f"but the band spec {self.band_spec.name!r} has {nb}",
+                    f"row {row0 + k}",
+                )
             out = np.full((n, nb), np.nan, dtype=np.float32)
             if present.any():
                 vals = col.filter(pa.array(present)).flatten().cast(pa.float64()).to_numpy(zero_copy_only=False)
@@ -351,8 +377,12 @@ class _TabularReader(BlockReader):
         self._pos = f"row {row0} (end of data)"
 
     def _extra(self) -> dict[str, Any]:
-        return {"time_column": self.time_column, "band_columns": self.band_columns,
-                "levels_column": self.levels_column, "time_unit": self.time_unit}
+        return {
+            "time_column": self.time_column,
+            "band_columns": self.band_columns,
+            "levels_column": self.levels_column,
+            "time_unit": self.time_unit,
+        }
 
 
 class ParquetReader(_TabularReader):
@@ -366,10 +396,19 @@ class ParquetReader(_TabularReader):
 
     format = "parquet"
 
-    def __init__(self, path: str | os.PathLike, *, spec: str | BandSpec = "cense_fast",
-                 time_column: str | None = None, band_columns: Sequence[str] | None = None,
-                 levels_column: str | None = None, time_unit: str | None = None,
-                 sensor: str | None = None, source: str | None = None, **options: Any):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        spec: str | BandSpec = "cense_fast",
+        time_column: str | None = None,
+        band_columns: Sequence[str] | None = None,
+        levels_column: str | None = None,
+        time_unit: str | None = None,
+        sensor: str | None = None,
+        source: str | None = None,
+        **options: Any,
+    ):
         super().__init__(path, spec=spec, sensor=sensor, source=source, options=options)
         if time_unit is not None and time_unit not in _TIME_UNITS:
             raise InvalidInputError(f"time_unit must be one of {sorted(_TIME_UNITS)}, got {time_unit!r}")
@@ -416,10 +455,20 @@ class CsvReader(_TabularReader):
 
     format = "csv"
 
-    def __init__(self, path: str | os.PathLike, *, spec: str | BandSpec = "cense_fast",
-                 time_column: str | None = None, band_columns: Sequence[str] | None = None,
-                 time_unit: str | None = None, delimiter: str = ",", header: bool | None = None,
-                 sensor: str | None = None, source: str | None = None, **options: Any):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        spec: str | BandSpec = "cense_fast",
+        time_column: str | None = None,
+        band_columns: Sequence[str] | None = None,
+        time_unit: str | None = None,
+        delimiter: str = ",",
+        header: bool | None = None,
+        sensor: str | None = None,
+        source: str | None = None,
+        **options: Any,
+    ):
         super().__init__(path, spec=spec, sensor=sensor, source=source, options=options)
         if time_unit is not None and time_unit not in _TIME_UNITS:
             raise InvalidInputError(f"time_unit must be one of {sorted(_TIME_UNITS)}, got {time_unit!r}")
@@ -440,7 +489,8 @@ class CsvReader(_TabularReader):
                 f"{self.path}: the first row holds numbers, not column names ({first}, ...): it is read as data, "
                 f"the file as one with no header; column f0 is the time, the others the bands "
                 f"(pass {option('header', True)} if the first row is a header)",
-                InputWarning, stacklevel=_outside_stacklevel(),
+                InputWarning,
+                stacklevel=_outside_stacklevel(),
             )
         if not self.header and time_column is None and schema.names:
             time_column = schema.names[0]
@@ -470,8 +520,9 @@ class CsvReader(_TabularReader):
         import pyarrow.csv as pcsv
 
         try:
-            with pcsv.open_csv(self.path, read_options=self._read_options(),
-                               parse_options=pcsv.ParseOptions(delimiter=self.delimiter)) as r:
+            with pcsv.open_csv(
+                self.path, read_options=self._read_options(), parse_options=pcsv.ParseOptions(delimiter=self.delimiter)
+            ) as r:
                 return r.schema
         except Exception as exc:  # noqa: BLE001
             raise self._fail(f"not a readable CSV file ({type(exc).__name__}: {exc})", "header") from exc
@@ -479,18 +530,24 @@ class CsvReader(_TabularReader):
     def _read_options(self) -> Any:
         import pyarrow.csv as pcsv
 
-        return pcsv.ReadOptions(block_size=max(1 << 16, self.options.batch_rows * 256),
-                                autogenerate_column_names=not self.header)
+        return pcsv.ReadOptions(
+            block_size=max(1 << 16, self.options.batch_rows * 256), autogenerate_column_names=not self.header
+        )
 
     def _events(self) -> Iterator[tuple]:
         import pyarrow as pa
         import pyarrow.csv as pcsv
 
-        conv = pcsv.ConvertOptions(column_types=self._types, include_columns=[self.time_column] + self.band_columns,
-                                   strings_can_be_null=True)
+        conv = pcsv.ConvertOptions(
+            column_types=self._types, include_columns=[self.time_column] + self.band_columns, strings_can_be_null=True
+        )
         try:
-            with pcsv.open_csv(self.path, read_options=self._read_options(),
-                               parse_options=pcsv.ParseOptions(delimiter=self.delimiter), convert_options=conv) as r:
+            with pcsv.open_csv(
+                self.path,
+                read_options=self._read_options(),
+                parse_options=pcsv.ParseOptions(delimiter=self.delimiter),
+                convert_options=conv,
+            ) as r:
                 yield from self._tabular_events(r)
         except pa.ArrowInvalid as exc:
             # pyarrow names the column (by number) and the text, not the row: find the cell
@@ -508,8 +565,11 @@ class CsvReader(_TabularReader):
         are mostly numbers."""
         import pyarrow as pa
 
-        text = [f.name for f in schema if (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
-                and f.name != exclude]
+        text = [
+            f.name
+            for f in schema
+            if (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)) and f.name != exclude
+        ]
         if only is not None:
             candidates = [c for c in text if c in only]
         else:
@@ -523,9 +583,12 @@ class CsvReader(_TabularReader):
     def _mostly_numbers(self, column: str) -> bool:
         import pyarrow.csv as pcsv
 
-        with pcsv.open_csv(self.path, read_options=self._read_options(),
-                           parse_options=pcsv.ParseOptions(delimiter=self.delimiter),
-                           convert_options=pcsv.ConvertOptions(include_columns=[column])) as r:
+        with pcsv.open_csv(
+            self.path,
+            read_options=self._read_options(),
+            parse_options=pcsv.ParseOptions(delimiter=self.delimiter),
+            convert_options=pcsv.ConvertOptions(include_columns=[column]),
+        ) as r:
             cells = [c for c in r.read_next_batch().column(0).to_pylist() if c is not None]
         return bool(cells) and sum(map(_is_number, cells)) >= len(cells) / 2
 
@@ -546,8 +609,9 @@ class CsvReader(_TabularReader):
                 if row >= start_row and j < len(cells):
                     cell = cells[j]
                     if cell.strip() not in nulls and not _is_number(cell):
-                        return self._fail(f"{cell!r} is not a number",
-                                          f"row {row} (line {rows.line_num}), column {column!r}")
+                        return self._fail(
+                            f"{cell!r} is not a number", f"row {row} (line {rows.line_num}), column {column!r}"
+                        )
         return None
 
     def duration_hint(self) -> float | None:
@@ -595,8 +659,7 @@ class _ClipReader(BlockReader):
     """Arrays of (clips, frames, bands): clip ``c`` is a segment starting at
     ``clip_starts[c]``, else ``start + c * frames * frame_period`` (contiguous clips)."""
 
-    def _setup_clips(self, shape: tuple[int, ...], start: Any, clip_starts: Sequence[Any] | None,
-                     what: str) -> None:
+    def _setup_clips(self, shape: tuple[int, ...], start: Any, clip_starts: Sequence[Any] | None, what: str) -> None:
         if len(shape) == 2:
             shape = (1, *shape)
             self._squeeze = True
@@ -644,9 +707,18 @@ class Hdf5Reader(_ClipReader):
 
     format = "hdf5"
 
-    def __init__(self, path: str | os.PathLike, *, spec: str | BandSpec = "cense_fast",
-                 dataset: str = "fast_125ms", start: Any = None, clip_starts: Sequence[Any] | None = None,
-                 sensor: str | None = None, source: str | None = None, **options: Any):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        spec: str | BandSpec = "cense_fast",
+        dataset: str = "fast_125ms",
+        start: Any = None,
+        clip_starts: Sequence[Any] | None = None,
+        sensor: str | None = None,
+        source: str | None = None,
+        **options: Any,
+    ):
         super().__init__(path, spec=spec, sensor=sensor, source=source, options=options)
         self.dataset = dataset
         with self._open() as f:
@@ -694,9 +766,18 @@ class ArrayReader(_ClipReader):
 
     format = "npy"
 
-    def __init__(self, path_or_array: str | os.PathLike | np.ndarray, *, spec: str | BandSpec = "cense_fast",
-                 key: str | None = None, start: Any = None, clip_starts: Sequence[Any] | None = None,
-                 sensor: str | None = None, source: str | None = None, **options: Any):
+    def __init__(
+        self,
+        path_or_array: str | os.PathLike | np.ndarray,
+        *,
+        spec: str | BandSpec = "cense_fast",
+        key: str | None = None,
+        start: Any = None,
+        clip_starts: Sequence[Any] | None = None,
+        sensor: str | None = None,
+        source: str | None = None,
+        **options: Any,
+    ):
         if isinstance(path_or_array, np.ndarray):
             self._array: np.ndarray | None = path_or_array
             path = "<array>"
@@ -718,8 +799,12 @@ class ArrayReader(_ClipReader):
                 pass
         else:
             shape = self._mmap().shape
-        self._setup_clips(tuple(shape), start, clip_starts, "array" if self._array is not None else
-                          (f"member {self.key!r}" if self._npz else "array"))
+        self._setup_clips(
+            tuple(shape),
+            start,
+            clip_starts,
+            "array" if self._array is not None else (f"member {self.key!r}" if self._npz else "array"),
+        )
 
     def _mmap(self) -> np.ndarray:
         try:
@@ -761,8 +846,9 @@ class ArrayReader(_ClipReader):
                     shape, fortran, dtype = np.lib.format._read_array_header(self.fh, version)  # noqa: SLF001
             except Exception as exc:  # noqa: BLE001
                 self.zf.close()
-                raise r._fail(f"member {r.key!r} is not a valid .npy ({type(exc).__name__}: {exc})",
-                              "array header") from exc
+                raise r._fail(
+                    f"member {r.key!r} is not a valid .npy ({type(exc).__name__}: {exc})", "array header"
+                ) from exc
             if dtype.kind not in "fiu" or dtype.hasobject:
                 self.zf.close()
                 raise r._fail(f"member {r.key!r} has dtype {dtype}; expected real dB levels")
@@ -831,7 +917,7 @@ def _parse_properties(text: str) -> dict[str, str]:
             j += 1
             if esc:
                 if ch == "u" and j + 4 <= len(line):
-                    chars.append(chr(int(line[j:j + 4], 16)))
+                    chars.append(chr(int(line[j : j + 4], 16)))
                     j += 4
                 else:
                     chars.append({"t": "\t", "n": "\n", "r": "\r", "f": "\f"}.get(ch, ch))
@@ -927,8 +1013,12 @@ def snap_to_grid(times_ns: np.ndarray, period_ns: int, tolerance_ns: int) -> tup
     out = np.where(snap, t[0] + np.rint(grid).astype(np.int64), t)
     shift = np.abs(out - t)
     return out, SnapReport(
-        n=n, snapped=int(np.count_nonzero(shift)), max_shift_s=float(shift.max()) / NS_PER_S, period_s=float(b) / NS_PER_S,
-        phase_s=((int(t[0]) + int(round(a))) % NS_PER_S) / NS_PER_S, collisions=int(moved.sum()),
+        n=n,
+        snapped=int(np.count_nonzero(shift)),
+        max_shift_s=float(shift.max()) / NS_PER_S,
+        period_s=float(b) / NS_PER_S,
+        phase_s=((int(t[0]) + int(round(a))) % NS_PER_S) / NS_PER_S,
+        collisions=int(moved.sum()),
         left=int(np.count_nonzero(~snap)),
     )
 
@@ -956,14 +1046,25 @@ class NoiseCaptureReader(BlockReader):
     META, TRACK = "meta.properties", "track.geojson"
     _NON_BANDS = ("leq_mean", "leq_utc", "leq_id")
 
-    def __init__(self, path: str | os.PathLike, *, spec: str | BandSpec = "noisecapture",
-                 snap_tolerance: float | None = 0.25,
-                 sensor: str | None = None, source: str | None = None, **options: Any):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        spec: str | BandSpec = "noisecapture",
+        snap_tolerance: float | None = 0.25,
+        sensor: str | None = None,
+        source: str | None = None,
+        **options: Any,
+    ):
         super().__init__(path, spec=spec, sensor=sensor, source=source, options=options)
-        if snap_tolerance is not None and not (isinstance(snap_tolerance, (int, float))
-                                               and not isinstance(snap_tolerance, bool) and 0 < snap_tolerance < 0.5):
-            raise InvalidInputError(f"snap_tolerance must be None or a fraction of the frame period in (0, 0.5), "
-                                    f"got {snap_tolerance!r}")
+        if snap_tolerance is not None and not (
+            isinstance(snap_tolerance, (int, float))
+            and not isinstance(snap_tolerance, bool)
+            and 0 < snap_tolerance < 0.5
+        ):
+            raise InvalidInputError(
+                f"snap_tolerance must be None or a fraction of the frame period in (0, 0.5), got {snap_tolerance!r}"
+            )
         self.snap_tolerance = None if snap_tolerance is None else float(snap_tolerance)
         self.snap_report: SnapReport | None = None
         self._snapped: np.ndarray | None = None
@@ -989,8 +1090,11 @@ class NoiseCaptureReader(BlockReader):
             raise
         except Exception as exc:  # noqa: BLE001 - BadZipFile, CRC error, JSONDecodeError...
             raise self._fail(f"unreadable NoiseCapture export ({type(exc).__name__}: {exc})") from exc
-        if not isinstance(doc, dict) or doc.get("type") != "FeatureCollection" or not isinstance(
-                doc.get("features"), list):
+        if (
+            not isinstance(doc, dict)
+            or doc.get("type") != "FeatureCollection"
+            or not isinstance(doc.get("features"), list)
+        ):
             raise self._fail("track.geojson is not a GeoJSON FeatureCollection", self.TRACK)
         return props, doc["features"]
 
@@ -1012,7 +1116,10 @@ class NoiseCaptureReader(BlockReader):
             missing = [key for key in self.band_keys if key not in props]
             raise self._fail(
                 f"{len(bands)} band levels where the band spec {self.band_spec.name!r} has {len(self.band_keys)}"
-                + (f"; unexpected {extra}" if extra else "") + (f"; missing {missing}" if missing else ""), where)
+                + (f"; unexpected {extra}" if extra else "")
+                + (f"; missing {missing}" if missing else ""),
+                where,
+            )
         values = [props[key] for key in self.band_keys]
         for key, v in zip(self.band_keys, values):
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
@@ -1041,8 +1148,10 @@ class NoiseCaptureReader(BlockReader):
         if report.max_shift_s > 0.05 * self.band_spec.frame_period or report.collisions or report.left:
             extra = ""
             if report.collisions:
-                extra += (f"; {report.collisions} of them shared a slot with the previous stamp, more than "
-                          f"{tolerance_s:g} s after it, and went to the next free slot")
+                extra += (
+                    f"; {report.collisions} of them shared a slot with the previous stamp, more than "
+                    f"{tolerance_s:g} s after it, and went to the next free slot"
+                )
             if report.left:
                 extra += f"; {report.left} stamp(s) further than {tolerance_s:g} s from the grid were left as recorded"
             warnings.warn(
@@ -1050,7 +1159,8 @@ class NoiseCaptureReader(BlockReader):
                 f"{report.period_s:.4g} s ({report.phase_s:.3f} s after the second), largest shift "
                 f"{report.max_shift_s:.3f} s{extra} (the phone's stamps jitter; pass "
                 f"{option('snap_tolerance', None)} to keep them as recorded)",
-                InputWarning, stacklevel=_outside_stacklevel(),
+                InputWarning,
+                stacklevel=_outside_stacklevel(),
             )
         return self._snapped
 
@@ -1059,20 +1169,29 @@ class NoiseCaptureReader(BlockReader):
         step = self.options.batch_rows
         snapped = self._snap()
         for a in range(0, len(feats), step):
-            chunk = feats[a:a + step]
+            chunk = feats[a : a + step]
             self._pos = f"{self.TRACK} features {a}..{a + len(chunk) - 1}"
             parsed = [self._feature(a + k, f) for k, f in enumerate(chunk)]
             times = np.array([p[0] for p in parsed], dtype=np.int64)
             if snapped is not None:  # every feature of the batch passed its check: its stamp is there
-                times = snapped[a:a + len(chunk)].copy()
+                times = snapped[a : a + len(chunk)].copy()
             levels = np.array([[np.nan if v is None else v for v in p[1]] for p in parsed], dtype=np.float32)
             yield ("rows", levels.reshape(len(chunk), -1), a, times)
 
     def _extra(self) -> dict[str, Any]:
-        keep = ("version_name", "version_number", "record_utc", "time_length", "gain_calibration",
-                "device_manufacturer", "device_model")
-        return {"noisecapture": {k: self.properties[k] for k in keep if k in self.properties},
-                "snap_tolerance": self.snap_tolerance}
+        keep = (
+            "version_name",
+            "version_number",
+            "record_utc",
+            "time_length",
+            "gain_calibration",
+            "device_manufacturer",
+            "device_model",
+        )
+        return {
+            "noisecapture": {k: self.properties[k] for k in keep if k in self.properties},
+            "snap_tolerance": self.snap_tolerance,
+        }
 
 
 # ------------------------------------------------------------------------ audio
@@ -1093,9 +1212,19 @@ class AudioReader(BlockReader):
 
     format = "audio"
 
-    def __init__(self, path: str | os.PathLike, *, spec: str | BandSpec = "cense_fast",
-                 channel: int | None = None, start: Any = None, read_seconds: float = 10.0,
-                 n_threads: int = 0, sensor: str | None = None, source: str | None = None, **options: Any):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        spec: str | BandSpec = "cense_fast",
+        channel: int | None = None,
+        start: Any = None,
+        read_seconds: float = 10.0,
+        n_threads: int = 0,
+        sensor: str | None = None,
+        source: str | None = None,
+        **options: Any,
+    ):
         super().__init__(path, spec=spec, sensor=sensor, source=source, options=options)
         import soundfile as sf
 
@@ -1109,8 +1238,14 @@ class AudioReader(BlockReader):
         spec = self.band_spec
         try:  # the same rules as third_octave on the whole file
             check_band_sample_rate(self.sample_rate, spec, "the file's sample rate")
-            check_min_duration(self.n_samples, self.sample_rate, spec.frame_length, spec.sample_rate,
-                               "the file", f"the band spec {spec.name!r}")
+            check_min_duration(
+                self.n_samples,
+                self.sample_rate,
+                spec.frame_length,
+                spec.sample_rate,
+                "the file",
+                f"the band spec {spec.name!r}",
+            )
         except InvalidInputError as exc:
             raise self._fail(str(exc), "file header") from None
         if channel is not None and not (isinstance(channel, int) and 0 <= channel < self.channels):
@@ -1120,8 +1255,11 @@ class AudioReader(BlockReader):
         self.channel, self.read_seconds, self.n_threads = channel, float(read_seconds), n_threads
         # libsndfile reads a truncated WAV/AIFF up to its end and notes "data : N (should be M)"
         m = re.search(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)", info.extra_info or "")
-        self._truncated = (f"the file is truncated: its header announces {m.group(1)} bytes of data, "
-                           f"it holds {m.group(2)}") if m else None
+        self._truncated = (
+            (f"the file is truncated: its header announces {m.group(1)} bytes of data, it holds {m.group(2)}")
+            if m
+            else None
+        )
         self.start_known = start is not None
         self.start = to_datetime64(start) if start is not None else np.datetime64(0, "ns")
 
@@ -1138,14 +1276,16 @@ class AudioReader(BlockReader):
         L, H, sr_out = spec.frame_length, spec.hop_length, spec.sample_rate
 
         def analyse(x: np.ndarray, k: int) -> np.ndarray:
-            lv = third_octave(np.ascontiguousarray(x, dtype=np.float32), sr_out, spec=spec,
-                              n_threads=self.n_threads)
+            lv = third_octave(np.ascontiguousarray(x, dtype=np.float32), sr_out, spec=spec, n_threads=self.n_threads)
             assert lv.shape[0] == k, (lv.shape, k)
             return lv
 
         yield ("segment", int(self.start.astype(np.int64)), None)
-        rs = None if self.sample_rate == sr_out else soxr.ResampleStream(
-            self.sample_rate, sr_out, 1, dtype="float32", quality="HQ")
+        rs = (
+            None
+            if self.sample_rate == sr_out
+            else soxr.ResampleStream(self.sample_rate, sr_out, 1, dtype="float32", quality="HQ")
+        )
         buf = np.zeros(0, dtype=np.float32)
         emitted = 0  # frames emitted
         total = 0  # samples at sr_out so far
@@ -1164,42 +1304,65 @@ class AudioReader(BlockReader):
                 if len(buf) >= L:
                     k = (len(buf) - L) // H + 1
                     if not last:
-                        yield ("rows", analyse(buf[:(k - 1) * H + L], k), emitted, None)
+                        yield ("rows", analyse(buf[: (k - 1) * H + L], k), emitted, None)
                         emitted += k
-                        buf = buf[k * H:]
+                        buf = buf[k * H :]
                 if last:
                     break
         if pos_in != self.n_samples:
-            raise self._fail(f"the file ends after {pos_in} of {self.n_samples} samples (truncated?)",
-                             f"sample {pos_in}")
+            raise self._fail(
+                f"the file ends after {pos_in} of {self.n_samples} samples (truncated?)", f"sample {pos_in}"
+            )
         truncated = self._truncated
         n_total = spec.n_frames(total)
         rest = n_total - emitted
         if rest > 0:
             need = (rest - 1) * H + L
             tail = np.zeros(need, dtype=np.float32)
-            tail[:min(need, len(buf))] = buf[:need]
+            tail[: min(need, len(buf))] = buf[:need]
             self._pos = f"frames {emitted}..{n_total - 1} (end)"
             yield ("rows", analyse(tail, rest), emitted, None)
         if truncated:  # the frames it holds are given first, then the error
             yield ("error", truncated, f"sample {pos_in}")
 
     def _extra(self) -> dict[str, Any]:
-        return {"start_known": self.start_known, "start": str(self.start) + "Z", "sample_rate": self.sample_rate,
-                "channels": self.channels, "channel": self.channel}
+        return {
+            "start_known": self.start_known,
+            "start": str(self.start) + "Z",
+            "sample_rate": self.sample_rate,
+            "channels": self.channels,
+            "channel": self.channel,
+        }
 
 
 # ---------------------------------------------------------------------- dispatch
 _READERS: dict[str, type[BlockReader]] = {
-    ".parquet": ParquetReader, ".pq": ParquetReader, ".csv": CsvReader,
-    ".h5": Hdf5Reader, ".hdf5": Hdf5Reader, ".hdf": Hdf5Reader,
-    ".npy": ArrayReader, ".npz": ArrayReader, ".zip": NoiseCaptureReader,
-    ".wav": AudioReader, ".flac": AudioReader, ".ogg": AudioReader, ".oga": AudioReader,
-    ".aif": AudioReader, ".aiff": AudioReader, ".mp3": AudioReader,
+    ".parquet": ParquetReader,
+    ".pq": ParquetReader,
+    ".csv": CsvReader,
+    ".h5": Hdf5Reader,
+    ".hdf5": Hdf5Reader,
+    ".hdf": Hdf5Reader,
+    ".npy": ArrayReader,
+    ".npz": ArrayReader,
+    ".zip": NoiseCaptureReader,
+    ".wav": AudioReader,
+    ".flac": AudioReader,
+    ".ogg": AudioReader,
+    ".oga": AudioReader,
+    ".aif": AudioReader,
+    ".aiff": AudioReader,
+    ".mp3": AudioReader,
 }
 _SPEED_OPTIONS = ("n_threads", "read_seconds")  # change speed, never results
-_FORMATS = {"parquet": ParquetReader, "csv": CsvReader, "hdf5": Hdf5Reader, "npy": ArrayReader,
-            "noisecapture": NoiseCaptureReader, "audio": AudioReader}
+_FORMATS = {
+    "parquet": ParquetReader,
+    "csv": CsvReader,
+    "hdf5": Hdf5Reader,
+    "npy": ArrayReader,
+    "noisecapture": NoiseCaptureReader,
+    "audio": AudioReader,
+}
 
 
 def open_archive(path: str | os.PathLike, *, format: str | None = None, **options: Any) -> BlockReader:
@@ -1216,8 +1379,11 @@ def open_archive(path: str | os.PathLike, *, format: str | None = None, **option
     else:
         ext = Path(str(path)).suffix.lower()
         if ext not in _READERS:
-            raise ArchiveError(str(path), None, f"unknown archive extension {ext!r}; known: "
-                               f"{sorted(_READERS)} (or pass {option('format')})")
+            raise ArchiveError(
+                str(path),
+                None,
+                f"unknown archive extension {ext!r}; known: {sorted(_READERS)} (or pass {option('format')})",
+            )
         cls = _READERS[ext]
     if not os.path.exists(path):
         raise ArchiveError(str(path), None, "no such file")
@@ -1234,8 +1400,7 @@ class ArchiveFailure:
     blocks_read: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "position": self.position, "message": self.message,
-                "blocks_read": self.blocks_read}
+        return {"path": self.path, "position": self.position, "message": self.message, "blocks_read": self.blocks_read}
 
 
 class ArchiveSet:
@@ -1293,11 +1458,13 @@ class ArchiveSet:
     def describe(self) -> dict[str, Any]:
         """The options shared by every file (JSON-able, for output metadata); not the
         file list, so that a resumed run may be given more files."""
-        reader_opts = {k: (v.to_dict() if isinstance(v, BandSpec) else v) for k, v in self.options.items()
-                       if k not in BlockOptions.__dataclass_fields__ and k not in _SPEED_OPTIONS}
+        reader_opts = {
+            k: (v.to_dict() if isinstance(v, BandSpec) else v)
+            for k, v in self.options.items()
+            if k not in BlockOptions.__dataclass_fields__ and k not in _SPEED_OPTIONS
+        }
         reader_opts.setdefault("spec", "(each format's default)")
-        return {"format": "many", "reader_options": reader_opts,
-                "block_options": self.block_options.result_dict()}
+        return {"format": "many", "reader_options": reader_opts, "block_options": self.block_options.result_dict()}
 
     def __iter__(self) -> Iterator[Block]:
         self.errors = []

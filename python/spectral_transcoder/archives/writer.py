@@ -98,7 +98,7 @@ def read_manifest(path: str | os.PathLike, *, repair: bool = False) -> list[dict
             if not isinstance(entry, dict) or "blocks" not in entry:
                 raise ValueError("not a manifest entry")
         except ValueError as exc:
-            if data[nl + 1:].strip():
+            if data[nl + 1 :].strip():
                 raise ArchiveError(str(path), f"byte {pos}", f"corrupt manifest line: {exc}") from None
             break
         entries.append(entry)
@@ -132,8 +132,11 @@ def _differences(old: Any, new: Any, path: tuple[str, ...] = ()) -> list[tuple[t
         for k in sorted(set(old) | set(new), key=str):
             out += _differences(old.get(k, _MISSING), new.get(k, _MISSING), path + (str(k),))
         return out
-    same = json.dumps(old, sort_keys=True, default=str) == json.dumps(new, sort_keys=True, default=str) \
-        if old is not _MISSING and new is not _MISSING else old is new
+    same = (
+        json.dumps(old, sort_keys=True, default=str) == json.dumps(new, sort_keys=True, default=str)
+        if old is not _MISSING and new is not _MISSING
+        else old is new
+    )
     return [] if same else [(path, old, new)]
 
 
@@ -147,8 +150,8 @@ def describe_differences(old: Any, new: Any, limit: int = 12) -> list[str]:
     lines = []
     for path, a, b in _differences(old, new):
         for prefix in _NOISE:
-            if path[:len(prefix)] == prefix and len(path) > len(prefix):
-                path = path[len(prefix):]
+            if path[: len(prefix)] == prefix and len(path) > len(prefix):
+                path = path[len(prefix) :]
                 break
         name = ".".join(path) or "options"
         if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
@@ -179,8 +182,15 @@ class ResultWriter:
     earlier run is refused; ``_lock`` is removed on every way out but ``kill -9``.
     """
 
-    def __init__(self, output: str | os.PathLike, *, run_info: dict[str, Any],
-                 manifest: str | os.PathLike | None = None, blocks_per_part: int = 16, resume: bool = True):
+    def __init__(
+        self,
+        output: str | os.PathLike,
+        *,
+        run_info: dict[str, Any],
+        manifest: str | os.PathLike | None = None,
+        blocks_per_part: int = 16,
+        resume: bool = True,
+    ):
         if isinstance(blocks_per_part, bool) or not isinstance(blocks_per_part, int) or blocks_per_part < 1:
             raise InvalidInputError(f"blocks_per_part must be an integer >= 1, got {blocks_per_part!r}")
         self.dir = Path(output)
@@ -216,9 +226,11 @@ class ResultWriter:
             raise
 
     def _not_ours(self) -> str:
-        return (f"output {str(self.dir)!r} is not empty and holds no earlier run of this command (no {RUN_NAME} "
-                f"or {self.manifest_path.name}); nothing was written or deleted there. Choose a new or empty "
-                "folder for the results")
+        return (
+            f"output {str(self.dir)!r} is not empty and holds no earlier run of this command (no {RUN_NAME} "
+            f"or {self.manifest_path.name}); nothing was written or deleted there. Choose a new or empty "
+            "folder for the results"
+        )
 
     # ------------------------------------------------------------------ setup
     def _lock(self) -> int | None:
@@ -262,7 +274,8 @@ class ResultWriter:
         entries = read_manifest(self.manifest_path, repair=True)
         if (run_path.exists() or entries) and not resume:
             raise InvalidInputError(
-                f"output {str(self.dir)!r} already holds results; resume=True continues it, or choose a new output")
+                f"output {str(self.dir)!r} already holds results; resume=True continues it, or choose a new output"
+            )
         self.schema = None
         stored: dict[str, Any] = {}
         if run_path.exists():
@@ -274,7 +287,8 @@ class ResultWriter:
                 diff = "\n  ".join(describe_differences(old, new)) or "(the stored options are unreadable)"
                 raise InvalidInputError(
                     f"output {str(self.dir)!r} was written with other options; resuming would mix them:\n  {diff}\n"
-                    "Resume with the same options, or choose a new output folder")
+                    "Resume with the same options, or choose a new output folder"
+                )
             if stored.get("schema"):
                 self.schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(stored["schema"])))
         # an output written before run ids existed gets one now (its old files stay unproven, untouched)
@@ -312,12 +326,17 @@ class ResultWriter:
                 f"output {str(self.dir)!r} holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, "
                 "which its manifest does not list and which this run did not write: left alone, but Parquet "
                 "readers of the folder will read them (archives.read_results reads only the manifest's parts)",
-                stacklevel=3)
+                stacklevel=3,
+            )
         for name, size in committed.items():
             path = self.dir / name
             if not path.exists() or path.stat().st_size != size:
-                raise ArchiveError(str(path), None, "a committed part is missing or changed since it was written; "
-                                   "the output is damaged (remove the manifest line or start a new output)")
+                raise ArchiveError(
+                    str(path),
+                    None,
+                    "a committed part is missing or changed since it was written; "
+                    "the output is damaged (remove the manifest line or start a new output)",
+                )
         self._next_part = last + 1
 
     @staticmethod
@@ -342,8 +361,12 @@ class ResultWriter:
         info["run_id"] = self.run_id
         info["schema"] = base64.b64encode(self.schema.serialize().to_pybytes()).decode() if self.schema else None
         # the run's own temporary name: a resume after a kill finds and removes a leftover
-        atomic_write_bytes(self.dir / RUN_NAME, json.dumps(info, sort_keys=True, indent=1, default=str).encode(),
-                           tmp_name=_tmp_name(self.run_id, RUN_NAME), fsync=True)
+        atomic_write_bytes(
+            self.dir / RUN_NAME,
+            json.dumps(info, sort_keys=True, indent=1, default=str).encode(),
+            tmp_name=_tmp_name(self.run_id, RUN_NAME),
+            fsync=True,
+        )
 
     def _conform(self, table: Any) -> Any:
         """Cast ``table`` to the run's schema (fixing it on first use)."""
@@ -354,15 +377,22 @@ class ResultWriter:
         if table.schema.names != self.schema.names:
             raise InvalidInputError(
                 f"the block function returned columns {table.schema.names}, but this run's schema is "
-                f"{self.schema.names}; the schema is fixed per run")
+                f"{self.schema.names}; the schema is fixed per run"
+            )
         try:
             return table.cast(self.schema)
         except Exception as exc:  # noqa: BLE001 - ArrowInvalid / ArrowNotImplementedError
-            raise InvalidInputError(f"the block function's columns do not fit the run's schema {self.schema}: {exc}") \
-                from exc
+            raise InvalidInputError(
+                f"the block function's columns do not fit the run's schema {self.schema}: {exc}"
+            ) from exc
 
-    def add(self, key: tuple[str, int], info: dict[str, Any], table: Any | None,
-            input_fingerprint: dict[str, Any] | None = None) -> None:
+    def add(
+        self,
+        key: tuple[str, int],
+        info: dict[str, Any],
+        table: Any | None,
+        input_fingerprint: dict[str, Any] | None = None,
+    ) -> None:
         """Record block ``key`` with its result rows (one row group); None or empty = no rows.
         ``input_fingerprint``: what the block's source file was when it was read (recorded
         with the block's manifest line, so a resume can tell a changed file)."""
