@@ -17,18 +17,18 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
-from spectral_transcoder import get_band_spec, get_mel_spec, tables  # noqa: E402
-from spectral_transcoder.analysis import third_octave  # noqa: E402
-from spectral_transcoder.frontends import mel as mel_frontend  # noqa: E402
-from spectral_transcoder.pinv import band_power_gain, interpolation_matrix, pinv_chunks, pinv_matrix  # noqa: E402
+from spectral_transcoder import get_band_spec, get_mel_spec, tables
+from spectral_transcoder.analysis import third_octave
+from spectral_transcoder.frontends import mel as mel_frontend
+from spectral_transcoder.pinv import band_power_gain, interpolation_matrix, pinv_chunks, pinv_matrix
 
 
 @dataclass

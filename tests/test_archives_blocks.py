@@ -8,10 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 
 import spectral_transcoder as st
+from archives_testutil import NS, T0, grid_times, levels, valid_frames, write_parquet
 from spectral_transcoder import archives
 from spectral_transcoder.archives.blocks import broadband_db
-
-from archives_testutil import NS, T0, grid_times, levels, valid_frames, write_parquet
 
 P = 0.125  # cense_fast frame period
 
@@ -47,7 +46,7 @@ def _check_shapes(blocks, spec, block_frames):
 def test_frames_land_on_their_slots(tmp_path_factory, steps, jitter, bad, batch_rows, gaps):
     tmp_path = tmp_path_factory.mktemp("grid")
     n = len(steps)
-    slots = np.cumsum([0] + steps[1:])
+    slots = np.cumsum([0, *steps[1:]])
     rng = np.random.default_rng(n)
     times = (int(T0.astype(np.int64)) + np.rint((slots + rng.uniform(-jitter, jitter, n)) * P * NS)).astype(np.int64)
     lv = levels(n, seed=n)
@@ -156,7 +155,7 @@ def test_duplicates_and_time_order(tmp_path):
     with pytest.raises(archives.ArchiveError, match=r"row 8 .*duplicated frame"):
         _blocks(tmp_path, times, lv)
     reader, blocks = _blocks(tmp_path, times, lv, name="b.parquet", duplicates="drop")
-    t, got = valid_frames(blocks)
+    _t, got = valid_frames(blocks)
     np.testing.assert_array_equal(got, np.delete(lv, 8, axis=0))  # the first of the pair is kept
     assert reader.stats.dropped_duplicates == 1 and sum(b.dropped_duplicates for b in blocks) == 1
     back = grid_times(20)

@@ -14,10 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import spectral_transcoder as st
-from spectral_transcoder import archives
-
 from archives_testutil import NS, T0, grid_times, levels, per_second, write_parquet
 from conftest import kill_9_after_manifest_lines
+from spectral_transcoder import archives
 
 TESTS = Path(__file__).resolve().parent
 PACKAGE_PARENT = Path(st.__file__).resolve().parent.parent  # the child imports the package this process uses

@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 
 import spectral_transcoder as st
-from spectral_transcoder import archives
-
 from archives_testutil import (
     NC_FREQS,
     NS,
@@ -22,6 +20,7 @@ from archives_testutil import (
     write_noisecapture,
     write_parquet,
 )
+from spectral_transcoder import archives
 
 
 def _frames(reader):
@@ -65,7 +64,7 @@ def test_parquet_named_columns_and_errors(tmp_path):
     reader = archives.open_archive(path, band_columns=names)
     assert reader.band_columns == names and len(list(reader)) == 1
     with pytest.raises(archives.ArchiveError, match="band columns .*'nope'.* not found"):
-        archives.open_archive(path, band_columns=names[:-1] + ["nope"])
+        archives.open_archive(path, band_columns=[*names[:-1], "nope"])
     with pytest.raises(archives.ArchiveError, match="time_unit"):
         list(archives.open_archive(write_parquet(tmp_path / "i.parquet", grid_times(n), levels(n), time_type="int_ms")))
     # a list column with a wrong length names the row
@@ -138,7 +137,7 @@ def test_hdf5_fast_to_ears_layout(tmp_path):
     blocks = list(reader)
     assert len(blocks) == 5 * 3 and blocks[0].start == np.datetime64("2024-05-01T08:00:00", "ns")
     assert blocks[3].start == np.datetime64("2024-05-01T08:01:00", "ns")  # clip 1 follows clip 0
-    t, got = valid_frames(blocks)
+    _t, got = valid_frames(blocks)
     np.testing.assert_array_equal(got, lv.reshape(-1, 29))
     assert reader.describe()["start_known"] is True
     with h5py.File(tmp_path / "w.h5", "w") as f:
@@ -280,7 +279,7 @@ def test_audio_stream_equals_whole_file(tmp_path, rate, channels, seconds):
     assert blocks[0].start == np.datetime64("2024-01-01T00:00:00", "ns") and len(t) == whole.shape[0]
     assert reader.duration_hint() == pytest.approx(seconds, abs=1e-4)
     if channels == 2:
-        t1, right = valid_frames(archives.open_archive(path, channel=1))
+        _t1, right = valid_frames(archives.open_archive(path, channel=1))
         np.testing.assert_array_equal(right, third_octave(y[:, 1], rate))
 
 

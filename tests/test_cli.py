@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from _tiny_models import classifier_metadata, make_classifier, make_transcoder, transcoder_metadata
-from conftest import subprocess_env, shared_file
+from conftest import shared_file, subprocess_env
 from spectral_transcoder import cli, registry
 from spectral_transcoder.specs import get_band_spec, get_mel_spec, spec_from_json
 

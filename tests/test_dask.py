@@ -13,11 +13,11 @@ import pytest
 
 pytest.importorskip("dask.distributed")
 
-import spectral_transcoder as st  # noqa: E402
-from _tiny_models import make_classifier, make_transcoder  # noqa: E402
-from archives_testutil import NS, T0, grid_times, levels, write_parquet  # noqa: E402
-from spectral_transcoder import archives  # noqa: E402
-from spectral_transcoder.archives import process as P  # noqa: E402
+import spectral_transcoder as st
+from _tiny_models import make_classifier, make_transcoder
+from archives_testutil import NS, T0, grid_times, levels, write_parquet
+from spectral_transcoder import archives
+from spectral_transcoder.archives import process as P
 
 PACKAGE_PARENT = str(Path(st.__file__).resolve().parent.parent)
 

@@ -130,7 +130,7 @@ def _cli_read_options() -> dict[str, str]:
         else:
             value = "7.5" if action.type is float else "x"
         extra = ["--spl-offset", "94"] if opt == "--reference" and value == "SPL" else []
-        got = cli_process._read_options(parser.parse_args(base + [opt, value] + extra), blocks=True)
+        got = cli_process._read_options(parser.parse_args([*base, opt, value, *extra]), blocks=True)
         changed = [k for k in got if k != "spl_offset" or opt == "--spl-offset" if got.get(k) != default.get(k)]
         assert len(changed) == 1, (opt, changed)
         out[opt] = changed[0]
@@ -176,7 +176,7 @@ def tiny_run(tmp_path_factory) -> tuple[Path, pa.Table, int, int]:
 
 
 def test_the_output_columns_and_types_are_the_documented_ones(tiny_run):
-    out, table, k, n_classes = tiny_run
+    _out, table, k, n_classes = tiny_run
     rows = _table(_section(_doc(), "4.2 Columns"))
     names = [_code(r[0])[0] for r in rows]
     assert names == table.column_names, "the documented output columns differ from what process writes"

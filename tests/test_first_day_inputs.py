@@ -9,20 +9,18 @@ or be read correctly with a warning that says what was done.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from _tiny_models import make_classifier, make_transcoder, transcoder_metadata
-from archives_testutil import NC_FREQS, NS, T0, grid_times, write_csv, write_noisecapture
-from conftest import REPO, shared_file, subprocess_env
 import spectral_transcoder as st
+from _tiny_models import make_classifier, make_transcoder, transcoder_metadata
+from archives_testutil import NC_FREQS, T0, grid_times, write_csv, write_noisecapture
+from conftest import REPO, shared_file, subprocess_env
 from spectral_transcoder import archives, cli
 from spectral_transcoder.errors import InputWarning, LevelWarning
 from spectral_transcoder.pinv import PartialChunkWarning
@@ -100,13 +98,13 @@ def test_time_major_and_too_short_audio(via, tmp_path, capsys):
     else:
         wav = tmp_path / "stereo.wav"
         sf.write(wav, stereo, 48000, subtype="FLOAT")
-        code, out, err = _run(capsys, "analyze", wav, "-o", tmp_path / "s.npz")
+        code, _out, err = _run(capsys, "analyze", wav, "-o", tmp_path / "s.npz")
         assert code == 0, err
         with np.load(tmp_path / "s.npz") as z:  # the command line mixes the channels down itself
             np.testing.assert_array_equal(z["levels"], st.third_octave(stereo.mean(axis=1), 48000))
         short = tmp_path / "short.wav"
         sf.write(short, _noise(0.05, 48000), 48000)
-        code, out, err = _run(capsys, "analyze", short, "-o", tmp_path / "x.npz")
+        code, _out, err = _run(capsys, "analyze", short, "-o", tmp_path / "x.npz")
         assert code == 1 and "short.wav" in err and "shorter than one analysis frame" in err
         assert "Traceback" not in err
 
@@ -127,10 +125,10 @@ def test_levels_far_above_full_scale(via, shift, tiny, tmp_path, capsys):
         assert res.probs.shape == (5, 5)
     else:
         src = _npz(tmp_path / "spl.npz", lv)
-        code, out, err = _run(capsys, "transcode", src, "-o", tmp_path / "m.npz", "--transcoder", tiny["tr"])
+        code, _out, err = _run(capsys, "transcode", src, "-o", tmp_path / "m.npz", "--transcoder", tiny["tr"])
         assert code == 1 and "spl.npz" in err
         assert "--reference SPL --spl-offset" in err and "--reference auto" in err and "reference=" not in err
-        code, out, err = _run(
+        code, _out, err = _run(
             capsys, "transcode", src, "-o", tmp_path / "m.npz", "--transcoder", tiny["tr"], "--reference", "auto"
         )
         assert code == 0, err
@@ -144,7 +142,7 @@ def test_levels_slightly_above_full_scale_warn(via, tiny, tmp_path, capsys):
         with pytest.warns(LevelWarning, match=r"\+4 dB.*frame 3.*1000 Hz"):
             st.classify(lv, classifier=tiny["clf"], transcoder=tiny["tr"])
     else:
-        code, out, err = _run(
+        code, _out, err = _run(
             capsys, "transcode", _npz(tmp_path / "l.npz", lv), "-o", tmp_path / "m.npz", "--transcoder", tiny["tr"]
         )
         assert code == 0 and "warning:" in err and "+4 dB" in err
@@ -183,7 +181,7 @@ def test_band_limited_audio_is_warned_about(via, tmp_path, capsys):
     else:
         wav = tmp_path / "us8k.wav"
         sf.write(wav, x, 22050)
-        code, out, err = _run(capsys, "analyze", wav, "-o", tmp_path / "x.npz")
+        code, _out, err = _run(capsys, "analyze", wav, "-o", tmp_path / "x.npz")
         assert code == 0 and "warning:" in err and "nothing above 11025 Hz" in err
 
 
@@ -212,9 +210,9 @@ def test_csv_without_header(via, tiny, tmp_path, capsys):
         np.testing.assert_allclose(got, lv, atol=1e-5)
         assert blocks[0].start == T0
     else:
-        code, out, err = _classify_cli(tiny, capsys, [with_header], tmp_path / "ref")
+        code, _out, err = _classify_cli(tiny, capsys, [with_header], tmp_path / "ref")
         assert code == 0, err
-        code, out, err = _classify_cli(tiny, capsys, [bare], tmp_path / "got")
+        code, _out, err = _classify_cli(tiny, capsys, [bare], tmp_path / "got")
         assert code == 0, err
         assert "warning:" in err and "no header" in err
         ref, got = archives.read_results(tmp_path / "ref"), archives.read_results(tmp_path / "got")
@@ -236,10 +234,10 @@ def test_input_shorter_than_one_chunk_is_reported(via, tiny, tmp_path, capsys):
     else:
         wav = tmp_path / "half.wav"
         sf.write(wav, _noise(0.5, 32000), 32000)
-        code, out, err = _run(capsys, "analyze", wav, "-o", tmp_path / "h.npz")
+        code, out, _err = _run(capsys, "analyze", wav, "-o", tmp_path / "h.npz")
         assert code == 0 and "shorter than one 1-s chunk" in out and "padded" in out
         src = _npz(tmp_path / "l.npz", lv)
-        code, out, err = _run(
+        code, out, _err = _run(
             capsys, "transcode", src, "-o", tmp_path / "m.npz", "--transcoder", tiny["tr"], "--partial", "drop"
         )
         assert code == 0 and "shorter than one 1-s chunk" in out and "dropped" in out and "empty" in out
@@ -254,17 +252,17 @@ def test_levels_npy_file(via, tiny, tmp_path, capsys):
         with pytest.raises(st.InputTypeError, match=r"x\.npy.*np\.load"):
             st.classify(str(tmp_path / "x.npy"), classifier=tiny["clf"], transcoder=tiny["tr"])
     else:
-        code, out, err = _run(
+        code, _out, err = _run(
             capsys, "transcode", tmp_path / "x.npy", "-o", tmp_path / "a.npz", "--transcoder", tiny["tr"]
         )
         assert code == 0, err
-        code, out, err = _run(
+        code, _out, err = _run(
             capsys, "transcode", _npz(tmp_path / "x.npz", lv), "-o", tmp_path / "b.npz", "--transcoder", tiny["tr"]
         )
         with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
             np.testing.assert_array_equal(a["mel"], b["mel"])
         (tmp_path / "x.txt").write_text("1,2,3\n")
-        code, out, err = _run(
+        code, _out, err = _run(
             capsys, "transcode", tmp_path / "x.txt", "-o", tmp_path / "c.npz", "--transcoder", tiny["tr"]
         )
         assert code == 1 and "x.txt" in err and ".npy" in err and "Traceback" not in err
@@ -324,7 +322,7 @@ def test_csv_cell_typo_names_the_cell(via, row, tiny, tmp_path, capsys):
         with pytest.raises(archives.ArchiveError, match=want):  # small read blocks: the typo is in a later one
             list(archives.open_archive(path, batch_rows=256))
     else:
-        code, out, err = _classify_cli(tiny, capsys, [path], tmp_path / "out")
+        code, _out, err = _classify_cli(tiny, capsys, [path], tmp_path / "out")
         assert code == 1
         import re
 
@@ -348,16 +346,16 @@ def test_errors_speak_the_callers_language(via, tiny, tmp_path, capsys):
             archives.open_archive(h5)
     else:
         src = _npz(tmp_path / "l.npz", lv)
-        code, out, err = _run(
+        code, _out, err = _run(
             capsys, "transcode", src, "-o", tmp_path / "m.npz", "--transcoder", tiny["tr"], "--partial", "error"
         )
         assert code == 1 and "--partial drop" in err and "--partial pad" in err and "partial='" not in err
-        code, out, err = _classify_cli(tiny, capsys, [h5], tmp_path / "out")
+        code, _out, err = _classify_cli(tiny, capsys, [h5], tmp_path / "out")
         assert code == 1 and "no dataset 'fast_125ms'" in err
         # the command line has a flag for the dataset, and the message names it
         assert "--dataset levels" in err
         assert "pass dataset=)" not in err and not err.rstrip().endswith("pass dataset=")
-        code, out, err = _classify_cli(tiny, capsys, [h5], tmp_path / "out2", "--dataset", "levels")
+        code, _out, err = _classify_cli(tiny, capsys, [h5], tmp_path / "out2", "--dataset", "levels")
         assert code == 0, err
 
 
@@ -468,7 +466,7 @@ def test_plot_audio_panel_is_the_audio_as_recorded(via, tiny, tmp_path, capsys, 
         )
         assert r["ground_truth"]
     else:
-        code, out, err = _run(
+        code, _out, err = _run(
             capsys,
             "plot",
             tmp_path / "rec.npy",
@@ -528,7 +526,7 @@ def test_noisecapture_jittered_stamps_are_snapped(via, tiny, tmp_path, capsys):
         with pytest.raises(archives.ArchiveError, match=r"dup\.zip, row 30 .*duplicated frame"):
             list(archives.open_archive(path))
     else:
-        code, out, err = _run(
+        code, _out, err = _run(
             capsys,
             "classify",
             real,

@@ -9,12 +9,12 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from _tiny_models import make_classifier, make_transcoder  # noqa: E402
-from archives_testutil import NS, T0, grid_times, levels, write_parquet  # noqa: E402
-from spectral_transcoder import cli  # noqa: E402
-from spectral_transcoder.errors import InvalidInputError, SpecMismatchError  # noqa: E402
-from spectral_transcoder.plot import pipeline_figure, plot_file, read_window  # noqa: E402
-from spectral_transcoder.specs import get_band_spec, get_mel_spec  # noqa: E402
+from _tiny_models import make_classifier, make_transcoder
+from archives_testutil import NS, T0, grid_times, levels, write_parquet
+from spectral_transcoder import cli
+from spectral_transcoder.errors import InvalidInputError, SpecMismatchError
+from spectral_transcoder.plot import pipeline_figure, plot_file, read_window
+from spectral_transcoder.specs import get_band_spec, get_mel_spec
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

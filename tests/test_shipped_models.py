@@ -12,9 +12,9 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import shared_file
 
 import spectral_transcoder as st
+from conftest import shared_file
 from spectral_transcoder import registry
 from spectral_transcoder.models import Classifier, Transcoder
 from spectral_transcoder.pinv import split_chunks

@@ -18,8 +18,7 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 h5py = pytest.importorskip("h5py")
 
-from conftest import subprocess_env, shared_file  # noqa: E402
-
+from conftest import shared_file, subprocess_env  # noqa: E402
 from spectral_transcoder import tables  # noqa: E402
 from spectral_transcoder.errors import ModelError  # noqa: E402
 from spectral_transcoder.metadata import ModelMetadata  # noqa: E402
@@ -56,7 +55,7 @@ def _models_dir() -> Path:
     return shared_file("models")
 
 
-def _session(path: Path) -> "ort.InferenceSession":
+def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
@@ -115,7 +114,7 @@ def transcoder(request, converted):
 
 
 def test_transcoder_metadata(transcoder):
-    name, path, c = transcoder
+    name, path, _c = transcoder
     meta = _metadata(path)
     assert meta.kind == "transcoder" and meta.name == name
     assert meta.input_spec.name == "cense_fast" and meta.output_spec.name == TRANSCODER_GOLDEN[name][2]
@@ -143,7 +142,7 @@ def test_transcoder_matches_golden(transcoder, golden_clip):
 
 
 def test_transcoder_pinv_matrix_matches_reference(transcoder, reference_matrices):
-    name, path, c = transcoder
+    name, path, _c = transcoder
     meta = _metadata(path)
     a = np.asarray(meta.pinv["matrix"])
     fb = tables.mel_filterbank(meta.output_spec, meta.input_spec.sample_rate, meta.input_spec.frame_length)
@@ -350,7 +349,7 @@ def test_efficientat_matches_golden(converted):
     for mel_key, probs_key, emb_key in (("mel", "probs", "embedding"), ("mel_1s", "probs_1s", "embedding_1s")):
         x = np.ascontiguousarray(g[mel_key].T[None])  # golden is (mel, time): ONNX input is time-major
         _assert_ort_matches_torch(sess, c.module, x)
-        probs, logits, emb = sess.run(None, {"mel": x})
+        probs, _logits, emb = sess.run(None, {"mel": x})
         err = float(np.max(np.abs(probs[0] - g[probs_key])))
         emb_err = np.max(np.abs(emb[0] - g[emb_key]))
         print(f"efficientat {probs_key}: max |err| vs golden = {err:.3g}; embedding {emb_err:.3g}")

@@ -11,8 +11,8 @@ import pytest
 sf = pytest.importorskip("soundfile")
 pytest.importorskip("torch")
 
-from training.augment import SCENE_RATE, SceneConfig, SourcePool, synthesize_scene  # noqa: E402
 from spectral_transcoder.pinv import context_windows  # noqa: E402
+from training.augment import SCENE_RATE, SceneConfig, SourcePool, synthesize_scene  # noqa: E402
 
 RATE = 16000
 
@@ -268,7 +268,7 @@ def test_fit_runs_resumes_and_selects_by_fidelity(tmp_path, pool_records, shared
     assert load_fit(tmp_path / "run-texture")[0].config["texture"] is True
     with pytest.raises(ValueError, match="lr"):
         fit(out, tmp_path / "run", FitConfig(**{**fc.__dict__, "steps": 4, "lr": 1.0}), models_dir=models)
-    model, ck = load_fit(tmp_path / "run")
+    _model, ck = load_fit(tmp_path / "run")
     assert ck["report"]["all"]["n_clips"] == 2
     # The direct student trains on the same engine from the stored teacher logits, and is
     # scored beside the transcoder from its own probabilities (no Mel, so no Mel MSE).

@@ -140,7 +140,7 @@ def test_collapsed_model_is_visible():
     assert s["macro_ptopafc"] < s["clip_ptopafc"] - 0.2 and s["collapse_excess"] == pytest.approx(50.0)
     assert selection_score(r) == pytest.approx((0.5 + 1 / k) / 2)
     table = compare_table({"collapsed": r}, label_names=[f"L{i}" for i in range(C)])
-    row = [ln for ln in table.splitlines() if ln.startswith("| collapsed")][0]
+    row = next(ln for ln in table.splitlines() if ln.startswith("| collapsed"))
     assert "| 25.0 |" in row and "100.0 (L0)" in row
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st  # noqa: E402
 from spectral_transcoder.metadata import ModelMetadata  # noqa: E402
 from spectral_transcoder.specs import get_band_spec, get_mel_spec  # noqa: E402
 from training.export import export_onnx  # noqa: E402
-from training.nets import CNNTranscoder, Cnn14, EfficientATMN, ResNet38, YAMNet, count_parameters  # noqa: E402
+from training.nets import Cnn14, CNNTranscoder, EfficientATMN, ResNet38, YAMNet, count_parameters  # noqa: E402
 from training.nets.yamnet import same_padding  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -148,7 +148,7 @@ def cnn_onnx(tmp_path_factory):
 
 
 def test_cnn_onnx_file(cnn_onnx):
-    m, path = cnn_onnx
+    _m, path = cnn_onnx
     model = onnx.load(str(path))
     onnx.checker.check_model(model)
     assert model.opset_import[0].version >= 17

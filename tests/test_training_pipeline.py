@@ -20,7 +20,6 @@ torch = pytest.importorskip("torch")
 sf = pytest.importorskip("soundfile")
 
 from conftest import shared_file  # noqa: E402
-
 from spectral_transcoder import frontends  # noqa: E402
 from spectral_transcoder.analysis import third_octave  # noqa: E402
 from spectral_transcoder.errors import InvalidInputError, ModelError, SpecMismatchError  # noqa: E402
@@ -382,7 +381,7 @@ def test_best_checkpoint_is_the_lowest_validation_loss(cache, tmp_path):
     )
     vals = [h["val_loss"] for h in res.history]
     assert res.best_epoch == int(np.argmin(vals)) and res.best_val_loss == min(vals)
-    model, _, ck = load_run(tmp_path / "a")
+    _model, _, ck = load_run(tmp_path / "a")
     assert ck["epoch"] == res.best_epoch
     # lr 0: the weights never change, the loss never improves, epoch 0 stays the best
     res0 = train(cache, tmp_path / "b", TrainConfig(mode="mels", epochs=2, lr=0.0, **TINY), progress=False, log=None)
@@ -534,8 +533,8 @@ def test_a_run_can_start_from_another_runs_best_weights(cache, tmp_path):
 
 
 def test_texture_matching_needs_feature_maps():
-    from training.nets import Cnn14
     from training.losses import loss_fn
+    from training.nets import Cnn14
 
     t = dataclasses.replace(tiny_teacher(), module=Cnn14())
     with pytest.raises(InvalidInputError, match="feature maps"):

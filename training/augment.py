@@ -25,8 +25,9 @@ an event would be.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -91,12 +92,12 @@ class SourcePool:
     durations: dict[str, np.ndarray]
 
     @classmethod
-    def from_records(cls, records: Sequence[Any]) -> "SourcePool":
+    def from_records(cls, records: Sequence[Any]) -> SourcePool:
         """From index records with ``path``, ``domain`` and ``duration_s`` (attributes or keys)."""
         paths: dict[str, list[str]] = {}
         durs: dict[str, list[float]] = {}
         for r in records:
-            get = (lambda k: r[k]) if isinstance(r, dict) else (lambda k: getattr(r, k))
+            get = (lambda k: r[k]) if isinstance(r, dict) else (lambda k: getattr(r, k))  # noqa: B023 - used right here
             paths.setdefault(get("domain"), []).append(str(get("path")))
             durs.setdefault(get("domain"), []).append(float(get("duration_s")))
         return cls(paths, {k: np.asarray(v) for k, v in durs.items()})
@@ -105,7 +106,7 @@ class SourcePool:
         """A (domain, path, duration) with the domain drawn by weight, then a file with
         probability growing as the square root of its duration (long files give many
         distinct crops, without drowning the many short ones)."""
-        names = [d for d in domains if d in self.paths and self.paths[d]]
+        names = [d for d in domains if self.paths.get(d)]
         if not names:
             names = [d for d in self.paths if self.paths[d]]
             w = np.ones(len(names))

@@ -9,8 +9,9 @@ reconstructors and dtypes are allow-listed for them, which keeps the loader safe
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from spectral_transcoder.errors import SpectralTranscoderError
 

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ from spectral_transcoder.specs import BandSpec, MelSpec, get_band_spec, get_mel_
 from .checkpoints import CheckpointError, check_source_file, load_state_dict_strict, sha256_file, torch_load
 from .export import DEFAULT_OPSET, export_onnx
 from .labels import audioset_labels, yamnet_labels
-from .nets import CNNTranscoder, Cnn14, EfficientATMN, ResNet38, YAMNet
+from .nets import Cnn14, CNNTranscoder, EfficientATMN, ResNet38, YAMNet
 from .nets.pann import MIN_FRAMES as PANN_MIN_FRAMES
 
 __all__ = [

@@ -25,9 +25,10 @@ import hashlib
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -356,8 +357,10 @@ def _process_file(
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     try:
         audio, sr = read_audio(path)
-    except Exception as exc:  # soundfile / libsndfile raise several types on corrupt data
-        raise _Skip(f"unreadable audio ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+    except Exception as exc:  # noqa: BLE001 - soundfile / libsndfile raise several types on corrupt data
+        raise _Skip(
+            f"unreadable audio ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
     if not np.isfinite(audio).all():
         raise _Skip("the audio holds NaN or Inf samples")
     duration = audio.shape[0] / sr if sr else 0.0

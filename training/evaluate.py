@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -204,7 +205,7 @@ def audio_reference(
     wanted = {SPLITS.index(s) for s in splits}
     entries = sorted((e["id"], k, e) for k, e in store.manifest["files"].items() if SPLITS.index(e["split"]) in wanted)
     lv, mels, ids = [], [], []
-    for fid, key, e in progress_bar(entries, progress, "files"):
+    for fid, _key, e in progress_bar(entries, progress, "files"):
         audio, sr = read_audio(e["path"])
         ch = file_chunks(audio, sr, store.band_spec, mel_spec, peak_normalise=cfg["peak_normalise"])
         lv.append(ch["levels"])
@@ -221,7 +222,8 @@ def audio_reference(
     cached = cached_reference(store, splits)
     note = ""
     if cached.levels.shape == levels.shape and np.array_equal(cached.file_ids, file_ids):
-        note = f"recomputed from audio; levels vs cache max |diff| {float(np.max(np.abs(cached.levels - levels), initial=0.0)):.3g} dB"
+        diff = float(np.max(np.abs(cached.levels - levels), initial=0.0))
+        note = f"recomputed from audio; levels vs cache max |diff| {diff:.3g} dB"
     else:
         note = "recomputed from audio; chunk layout differs from the cache (files changed on disk?)"
     return Reference(mel_spec, levels, mel, probs, file_ids, {fid: k for fid, k, _ in entries}, note)
@@ -276,7 +278,7 @@ def evaluate_methods(
         r = _metrics(ref, est, probs)
         r.update({"mel_spec": m.mel_spec.name, "description": m.description})
         if ref is not cache_ref and np.array_equal(ref.file_ids, cache_ref.file_ids):
-            ids, q = file_means(cache_ref.probs, cache_ref.file_ids)
+            _, q = file_means(cache_ref.probs, cache_ref.file_ids)
             _, p = file_means(probs, ref.file_ids)
             r["kl_vs_cache"] = kl_divergence(q, p)
             r["ptopafc_vs_cache"] = ptopafc(q, p)

@@ -93,7 +93,7 @@ def export_fit(
 ## Fidelity on the held-out test split
 
 {tables}
-{("## Status" + chr(10) + notes.strip() + chr(10)) if notes.strip() else ""}"""
+{("## Status" + chr(10) + notes.strip() + chr(10)) if notes.strip() else ""}"""  # noqa: E501 - the card's Markdown lines
     Path(output).with_suffix(".md").write_text(card, encoding="utf-8")
     return md
 

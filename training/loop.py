@@ -28,9 +28,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -290,7 +291,8 @@ def fit(
             log(
                 f"step {step}: loss {row['loss']:.4f} train top1 {100 * row['top1']:.1f} % | valid clip "
                 f"{100 * a['clip_ptopafc']:.1f} % macro {100 * a['macro_ptopafc']:.1f} % chunk "
-                f"{100 * a['chunk_agreement']:.1f} % KL {a['kl']:.5f} commonest {100 * a['model_commonest_share']:.1f} % "
+                f"{100 * a['chunk_agreement']:.1f} % KL {a['kl']:.5f} "
+                f"commonest {100 * a['model_commonest_share']:.1f} % "
                 f"(teacher {100 * a['teacher_commonest_share']:.1f} %) | by domain "
                 + " ".join(f"{d} {100 * v:.0f}" for d, v in row["val_domain_clip"].items())
                 + f" | score {score:.3f} | {store.n_examples} examples"

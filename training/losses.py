@@ -21,7 +21,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ class Batches:
     ``device``: a dict with the teacher's probabilities (``probs``) and/or the
     ground-truth Mel (``mel``)."""
 
-    _TARGETS = {
+    _TARGETS: ClassVar[dict[str, tuple[str, ...]]] = {
         "mels": ("mel",),
         "hybrid": ("mel", "probs"),
         "embed_mse": ("mel", "probs"),

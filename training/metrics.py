@@ -15,7 +15,8 @@ and :func:`domain_table` render Markdown; :func:`selection_score` ranks checkpoi
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -109,7 +110,8 @@ def _chunk_mse(reference: np.ndarray, estimate: np.ndarray, block: int = 1024) -
 
 
 def mel_mse(reference: np.ndarray, estimate: np.ndarray, file_ids: np.ndarray) -> float:
-    """Per file, the mean squared difference over chunks x frames x bins of ``(N, T, M)`` Mels, then averaged over files."""
+    """Per file, the mean squared difference over chunks x frames x bins of ``(N, T, M)`` Mels, then averaged over
+    files."""
     # Every chunk has T x M values, so a file's mean is the mean of its chunks' means.
     _, per_file = file_means(_chunk_mse(reference, estimate), file_ids)
     return float(per_file.mean())

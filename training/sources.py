@@ -22,10 +22,11 @@ import re
 import sys
 import tempfile
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -157,7 +158,7 @@ _COMMON = re.compile(r"common-licenses/((?:L?GPL|GFDL|Artistic|Apache|MPL|CC0)[-
 LICENCE_OVERRIDES = {"singularity-music": "CC-BY-SA-3.0"}  # free-form files read by hand
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _copyright(package: str, root: Path) -> tuple[list[tuple[re.Pattern[str], str]], str]:
     """``(DEP-5 rules, package summary)``: each rule is (regex on the path's end, licence)."""
     path = root / "usr/share/doc" / package / "copyright"

@@ -1,6 +1,7 @@
 """The paper-style trainer of the CNN transcoder (docs/conventions.md §5): training loop and run folders.
 
-``python -m training train CACHE_DIR -o RUN_DIR --mode logits|mels|hybrid|distill|logit_mse|embed_mse|feature_stats [--calibrate]``
+``python -m training train CACHE_DIR -o RUN_DIR [--calibrate]
+--mode logits|mels|hybrid|distill|logit_mse|embed_mse|feature_stats``
 
 The network is h3's :class:`~training.nets.CNNTranscoder` (paper configuration by
 default) applied to the PINV of the cached third-octave levels. The PINV is the
@@ -31,9 +32,10 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import InvalidInputError, ModelError
 from .metadata import ModelMetadata
@@ -134,7 +135,7 @@ def _open_model(
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         session = ort.InferenceSession(data, sess_options=so, providers=list(providers or default_providers()))
-    except Exception as exc:  # ORT raises its own pybind types (InvalidProtobuf, Fail, ...)
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own pybind types (InvalidProtobuf, Fail, ...)
         raise ModelError(
             f"model file {str(p)!r} ({len(data)} bytes) is not a loadable ONNX model (truncated or corrupt?): "
             f"{type(exc).__name__}: {exc}"

@@ -81,7 +81,7 @@ def check_audio_rate(sample_rate: float, name: str = "sample_rate", what: str = 
         )
 
 
-def check_band_sample_rate(sample_rate: float, spec: "BandSpec", name: str = "sample_rate") -> None:
+def check_band_sample_rate(sample_rate: float, spec: BandSpec, name: str = "sample_rate") -> None:
     """Refuse a slip of the sample rate (:func:`check_audio_rate`), and warn
     (:class:`~spectral_transcoder.errors.InputWarning`) when the audio's Nyquist frequency
     is below the upper edge of the band spec's top band.
@@ -276,7 +276,7 @@ LEVEL_MEDIAN_ERROR_ABOVE_FS_DB = 0.0
 LEVEL_WARN_ABOVE_FS_DB = 0.0
 
 
-def check_level_range(levels: np.ndarray, band_spec: "BandSpec", *, name: str = "levels", where: str = "") -> None:
+def check_level_range(levels: np.ndarray, band_spec: BandSpec, *, name: str = "levels", where: str = "") -> None:
     """Refuse (or warn about) levels far above what full-scale audio can give.
 
     ``levels``: ``(..., frames, n_bands)`` dB in ``band_spec``'s convention (dB re full

@@ -119,7 +119,7 @@ def third_octave(
     return levels.reshape(*lead, levels.shape[1], levels.shape[2])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _window32(spec: BandSpec) -> np.ndarray:
     w = np.ascontiguousarray(tables.band_window(spec), dtype=np.float32)
     w.setflags(write=False)

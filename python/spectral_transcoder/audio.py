@@ -81,7 +81,7 @@ def load_audio(
             data = f.read(n, dtype="float32", always_2d=True)
     except InvalidInputError:
         raise
-    except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / TypeError
+    except Exception as exc:  # noqa: BLE001 - soundfile raises LibsndfileError / RuntimeError / TypeError
         raise InvalidInputError(f"cannot read audio file {str(p)!r}: {exc}") from None
     x = data[:, channel] if channel is not None else data.mean(axis=1, dtype=np.float32)
     x = np.ascontiguousarray(x, dtype=np.float32)

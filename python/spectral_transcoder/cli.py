@@ -16,8 +16,8 @@ import os
 import sys
 import textwrap
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -463,7 +463,7 @@ def _run_models_list(args: argparse.Namespace) -> int:
     for (kind, name), e in sorted(avail.items()):
         rows.append((kind, name, f"available ({e.origin})", str(e.path)))
     rows.sort(key=lambda r: (r[0], r[1]))
-    widths = [max(len(r[i]) for r in rows + [("KIND", "NAME", "STATUS", "")]) for i in range(3)]
+    widths = [max(len(r[i]) for r in [*rows, ("KIND", "NAME", "STATUS", "")]) for i in range(3)]
     print(f"registry: {registry.home()}")
     print(f"{'KIND':<{widths[0]}}  {'NAME':<{widths[1]}}  {'STATUS':<{widths[2]}}  FILE / WHAT")
     for r in rows:
@@ -475,9 +475,8 @@ def _run_models_list(args: argparse.Namespace) -> int:
 
 def _describe(path: Path, expected_sha256: str | None, label: str) -> None:
     from .models import read_metadata
-    from .specs import MelSpec
-
     from .registry import sha256_file
+    from .specs import MelSpec, Spec
 
     check = ""
     if expected_sha256 is not None:  # before parsing: a damaged file may not parse at all
@@ -489,13 +488,16 @@ def _describe(path: Path, expected_sha256: str | None, label: str) -> None:
         check = " (matches the registry)"
     meta, sha = read_metadata(path)
 
-    def spec_line(s: object) -> str:
+    def spec_line(s: Spec | None) -> str:
         if s is None:
             return "-"
         if isinstance(s, MelSpec):
             extra = f", patches of {s.patch_frames} frames" if s.patch_frames else ""
             return f"{s.name} (Mel: {s.sample_rate} Hz, {s.n_mels} bins, {s.chunk_frames} frames per 1-s chunk{extra})"
-        return f"{s.name} (bands: {s.sample_rate} Hz, {s.n_bands} bands, {s.frames_per_chunk} frames per chunk, db_offset {s.db_offset:g})"  # type: ignore[attr-defined]
+        return (
+            f"{s.name} (bands: {s.sample_rate} Hz, {s.n_bands} bands, {s.frames_per_chunk} frames per chunk, "
+            f"db_offset {s.db_offset:g})"
+        )
 
     labels = meta.labels
     first = ", ".join(lb.name for lb in labels[:3]) + (", ..." if len(labels) > 3 else "")
@@ -535,6 +537,9 @@ def _run_models_info(args: argparse.Namespace) -> int:
 
 
 # The other subcommands live in their own modules; importing them registers them. Imported last so
-# that `--help` lists this module's commands first (they import _cli_base, never this module).
+# that `--help` lists this module's commands first (they import _cli_base, never this module), in this
+# order (hence the isort split).
 from . import cli_process as _cli_process  # noqa: E402,F401  (process/classify, plot, bench)
+
+# isort: split
 from . import cli_griffin_lim as _cli_griffin_lim  # noqa: E402,F401  (griffin-lim)

@@ -17,8 +17,9 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -507,7 +508,7 @@ def make_level_archive(
 
 def _rss_tree(proc: Any) -> int:
     total = 0
-    for p in [proc] + proc.children(recursive=True):
+    for p in [proc, *proc.children(recursive=True)]:
         try:
             total += p.memory_info().rss
         except Exception:  # noqa: BLE001 - a child may end between the listing and the read
@@ -544,7 +545,7 @@ class RssSampler:
             self.samples.append((time.perf_counter() - t0, self._read()))
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
         return self

@@ -16,8 +16,9 @@ Tensor conventions (all models):
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from .errors import ModelError
 from .specs import BandSpec, MelSpec, Spec, spec_from_json
@@ -91,7 +92,7 @@ class ModelMetadata:
         return props
 
     @classmethod
-    def from_props(cls, props: Mapping[str, str], where: str = "model") -> "ModelMetadata":
+    def from_props(cls, props: Mapping[str, str], where: str = "model") -> ModelMetadata:
         """Parse ONNX ``metadata_props``; raise :class:`ModelError` naming what is missing."""
         missing = [k for k in REQUIRED_KEYS if k not in props]
         if missing:

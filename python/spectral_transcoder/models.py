@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -90,7 +91,7 @@ def _run_batched(model: _ModelFile, x: np.ndarray, batch_size: int, levels: np.n
             feed = {k: np.concatenate([v, np.repeat(v[-1:], fixed - m, axis=0)]) for k, v in feed.items()}
         try:
             (y,) = model.session.run([model.output_name], {k: np.ascontiguousarray(v) for k, v in feed.items()})
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own pybind types
             raise ModelError(
                 f"{model.path}: ONNX Runtime failed on an input of shape {tuple(xb.shape)} "
                 f"(model input {model.input_shape}): {type(exc).__name__}: {exc}"
@@ -149,7 +150,7 @@ class Transcoder:
 
     # ------------------------------------------------------------ constructors
     @classmethod
-    def pinv(cls, target: str | MelSpec = "pann", band_spec: str | BandSpec = "cense_fast") -> "Transcoder":
+    def pinv(cls, target: str | MelSpec = "pann", band_spec: str | BandSpec = "cense_fast") -> Transcoder:
         """The PINV alone (no CNN): ``band_spec`` levels -> ``target`` Mels."""
         return cls(input_spec=get_band_spec(band_spec), output_spec=get_mel_spec(target))
 
@@ -162,7 +163,7 @@ class Transcoder:
         batch_size: int = 32,
         providers: Sequence[str] | None = None,
         expected_sha256: str | None = None,
-    ) -> "Transcoder":
+    ) -> Transcoder:
         """Load an ONNX transcoder CNN (``st.kind = transcoder``).
 
         ``n_threads``: ONNX Runtime intra-op threads (None: physical cores).
@@ -190,13 +191,13 @@ class Transcoder:
         )
 
     @classmethod
-    def load(cls, name: str, **kwargs: Any) -> "Transcoder":
+    def load(cls, name: str, **kwargs: Any) -> Transcoder:
         """Load a transcoder by registry name (``pann-cnn-logits``, ...); see :meth:`from_file` for kwargs."""
         entry = registry.resolve(name, "transcoder")
         return cls.from_file(entry.path, expected_sha256=entry.sha256, **kwargs)
 
     @classmethod
-    def coerce(cls, transcoder: "Transcoder | str | os.PathLike", **kwargs: Any) -> "Transcoder":
+    def coerce(cls, transcoder: Transcoder | str | os.PathLike, **kwargs: Any) -> Transcoder:
         """An instance passes through; ``"pinv:TARGET"`` is the PINV alone (:meth:`pinv`); a path
         to an existing or ``.onnx`` file is loaded; anything else is a registry name."""
         if isinstance(transcoder, Transcoder):
@@ -395,7 +396,7 @@ class Classifier:
         batch_size: int = 16,
         providers: Sequence[str] | None = None,
         expected_sha256: str | None = None,
-    ) -> "Classifier":
+    ) -> Classifier:
         """Load an ONNX classifier. ``n_threads``: ONNX Runtime intra-op threads (None:
         physical cores); ``batch_size``: inputs (or patches) per run."""
         model = _open_model(
@@ -404,13 +405,13 @@ class Classifier:
         return cls(model, batch_size=batch_size)
 
     @classmethod
-    def load(cls, name: str, **kwargs: Any) -> "Classifier":
+    def load(cls, name: str, **kwargs: Any) -> Classifier:
         """Load a classifier by registry name (``yamnet``, ``pann-resnet38``, ...)."""
         entry = registry.resolve(name, "classifier")
         return cls.from_file(entry.path, expected_sha256=entry.sha256, **kwargs)
 
     @classmethod
-    def coerce(cls, classifier: "Classifier | str | os.PathLike", **kwargs: Any) -> "Classifier":
+    def coerce(cls, classifier: Classifier | str | os.PathLike, **kwargs: Any) -> Classifier:
         """An instance passes through; a path to an existing file is loaded; anything else is a registry name."""
         if isinstance(classifier, Classifier):
             return classifier

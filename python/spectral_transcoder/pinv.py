@@ -92,7 +92,7 @@ def band_power_gain(band_spec: str | BandSpec, mel_spec: str | MelSpec) -> float
     return (n / math.sqrt(2.0)) ** 2 * c
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def interpolation_matrix(n_in: int, n_out: int) -> np.ndarray:
     """Linear time interpolation from ``n_in`` to ``n_out`` frames, shape (n_out, n_in), float64.
 
@@ -115,7 +115,7 @@ def interpolation_matrix(n_in: int, n_out: int) -> np.ndarray:
     return w
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _default_matrix(band: BandSpec, mel: MelSpec) -> np.ndarray:
     # rcond 1e-15: the band matrix has full row rank, nothing is truncated (§3 step 3).
     phi_plus = np.linalg.pinv(tables.band_basis(band), rcond=1e-15)
@@ -287,7 +287,8 @@ def pinv_chunks(
     Returns
     -------
     numpy.ndarray
-        float32, shape ``(..., T, n_mels)`` with ``T = target.frames_for_chunk(band_spec.chunk_duration)`` (``chunk_frames`` for 1-s chunks), time-major,
+        float32, shape ``(..., T, n_mels)`` with ``T = target.frames_for_chunk(band_spec.chunk_duration)``
+        (``chunk_frames`` for 1-s chunks), time-major,
         in the target's units: ``10 log10(max(mel, log_floor))`` dB for ``log="db"``
         (PANN), ``ln(mel + log_floor)`` for ``log="ln"`` (YAMNet), then
         ``(· + norm_offset) / norm_scale``. The Mel value is computed from band power
@@ -402,14 +403,14 @@ def pinv(
 
 
 # ------------------------------------------------------------------ helpers
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _interp32(n_in: int, n_out: int) -> np.ndarray:
     w = interpolation_matrix(n_in, n_out).astype(np.float32)
     w.setflags(write=False)
     return w
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _default_matrix32(band: BandSpec, mel: MelSpec) -> np.ndarray:
     a = _default_matrix(band, mel).astype(np.float32)
     a.setflags(write=False)

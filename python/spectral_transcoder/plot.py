@@ -12,9 +12,10 @@ the error says so before any work), with the non-interactive Agg backend when no
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

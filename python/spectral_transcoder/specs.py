@@ -13,9 +13,11 @@ Presets (what each constant means: ``docs/conventions.md`` §1-2):
 ``cense_slow``            the 1-s variant: 32758-sample frames every 32000 samples
 ``noisecapture``          NoiseCapture app exports: 23 bands 100 Hz-16 kHz, one frame per second (48 kHz, Hann)
 ``pann``                  PANN: 32 kHz, STFT 1024/320 centred, power, Slaney mel 64 x 50-14000 Hz, 10 log10
-``yamnet``                official YAMNet TF front end: 16 kHz, 400/160 not centred, magnitude, TF-HTK mel, ln(x + 0.001)
+``yamnet``                official YAMNet TF front end: 16 kHz, 400/160 not centred, magnitude, TF-HTK mel,
+                          ln(x + 0.001)
 ``yamnet_torchport``      the paper's YAMNet port: centred reflect STFT, magnitude, torchaudio HTK mel, ln(x + 0.001)
-``efficientat``           EfficientAT mn04: pre-emphasis 0.97, symmetric Hann 800 in 1024, Kaldi mel 128 x 0-15000 Hz, (ln(x + 1e-5) + 4.5) / 5
+``efficientat``           EfficientAT mn04: pre-emphasis 0.97, symmetric Hann 800 in 1024, Kaldi mel 128 x 0-15000 Hz,
+                          (ln(x + 1e-5) + 4.5) / 5
 ========================  =============================================================
 
 Specs are frozen dataclasses; derive variants with :func:`dataclasses.replace`
@@ -30,7 +32,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 
@@ -234,7 +236,7 @@ class MelSpec:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
-Spec = Union[BandSpec, MelSpec]
+Spec: TypeAlias = BandSpec | MelSpec
 
 BAND_SPECS: dict[str, BandSpec] = {
     "cense_fast": BandSpec(name="cense_fast", sample_rate=32000, frame_length=4096, hop_length=4000),

@@ -32,7 +32,7 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------- third octaves
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def band_window(spec: BandSpec) -> np.ndarray:
     """Analysis window of a :class:`BandSpec`, shape (frame_length,), float64.
 
@@ -61,7 +61,7 @@ def band_energy_correction(spec: BandSpec) -> float:
     return float(1.0 / np.sqrt(np.mean(w * w)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def band_bin_ranges(spec: BandSpec) -> tuple[np.ndarray, np.ndarray]:
     """First and last rfft bin of each band, both inclusive, int64 arrays (n_bands,).
 
@@ -78,7 +78,7 @@ def band_bin_ranges(spec: BandSpec) -> tuple[np.ndarray, np.ndarray]:
     return _readonly(lo), _readonly(hi)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def band_basis(spec: BandSpec) -> np.ndarray:
     """0/1 band-membership matrix, shape (n_bands, frame_length // 2 + 1), float64."""
     lo, hi = band_bin_ranges(spec)
@@ -89,7 +89,7 @@ def band_basis(spec: BandSpec) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------- STFT
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def stft_window(spec: MelSpec) -> np.ndarray:
     """Analysis window of a :class:`MelSpec`, zero-padded centred to n_fft, float64 (n_fft,)."""
     n = spec.win_length
@@ -134,7 +134,7 @@ def _triangles(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.maximum(0.0, np.minimum(lower, upper))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mel_filterbank(spec: MelSpec, sample_rate: int | None = None, n_fft: int | None = None) -> np.ndarray:
     """Mel filterbank of ``spec``'s design, shape (n_fft // 2 + 1, n_mels), float64.
 

@@ -15,6 +15,7 @@ A PyTorch ``padding=1`` at stride 2 would shift the sampling grid.
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -66,10 +66,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import itertools
 import math
 import numbers
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -308,7 +310,7 @@ class BlockOptions:
             raise InvalidInputError(f"batch_rows must be an integer >= 1, got {self.batch_rows!r}")
 
     @classmethod
-    def from_kwargs(cls, options: dict[str, Any], where: str = "") -> "BlockOptions":
+    def from_kwargs(cls, options: dict[str, Any], where: str = "") -> BlockOptions:
         """Build from keyword arguments; an unknown name is an error listing the valid ones."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - names)
@@ -407,7 +409,7 @@ class _PercentileHistogram:
 
 
 def make_reference(
-    opts: BlockOptions, measure: "Iterator[tuple[np.ndarray, np.ndarray]] | None" = None, where: str = ""
+    opts: BlockOptions, measure: Iterator[tuple[np.ndarray, np.ndarray]] | None = None, where: str = ""
 ) -> LevelReference:
     """Build the :class:`LevelReference` for ``opts``. For ``"auto"``, ``measure`` yields
     ``(levels (n, bands), seconds since the source start of each row)`` batches of the
@@ -711,8 +713,8 @@ class _Framer:
             return
 
         data = np.where(ok[:, None], lv + self.offset, np.float32(np.nan)).astype(np.float32, copy=False)
-        cut = list(np.flatnonzero(starts)) + [len(lv)]
-        pieces = ([(0, cut[0])] if cut[0] > 0 else []) + list(zip(cut[:-1], cut[1:]))
+        cut = [*np.flatnonzero(starts), len(lv)]
+        pieces = ([(0, cut[0])] if cut[0] > 0 else []) + list(itertools.pairwise(cut))
         for a, b in pieces:
             st = steps[a:b].copy()
             if starts[a]:

@@ -85,9 +85,10 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -248,10 +249,10 @@ def make_task(
 
 
 # ------------------------------------------------------------------ worker-local models
-_CACHE: "collections.OrderedDict[tuple, tuple[Any, Any]]" = collections.OrderedDict()
+_CACHE: collections.OrderedDict[tuple, tuple[Any, Any]] = collections.OrderedDict()
 _CACHE_LOCK = threading.Lock()
 _CACHE_SIZE = 4
-_LOADS: "collections.Counter[tuple]" = collections.Counter()
+_LOADS: collections.Counter[tuple] = collections.Counter()
 
 
 def _cache_key(task: ProcessTask) -> tuple:
@@ -348,7 +349,7 @@ def _fixed_list(values: np.ndarray, ok: np.ndarray, value_type: Any) -> Any:
     """(n, k) values -> fixed_size_list<value_type>[k], null where ``ok`` is False."""
     import pyarrow as pa
 
-    n, k = values.shape
+    _, k = values.shape
     flat = pa.array(values.reshape(-1), type=value_type)
     mask = None if ok.all() else pa.array(~ok)
     return pa.FixedSizeListArray.from_arrays(flat, k, mask=mask)
@@ -548,7 +549,8 @@ def _open_inputs(inputs: Any, block_seconds: float | None, read_options: dict[st
         if read_options or block_seconds is not None:
             raise InvalidInputError(
                 "read options (block_seconds, gaps, reference, ...) apply to paths; an opened reader or an "
-                f"iterable of blocks comes with its own, got {sorted(read_options) + (['block_seconds'] if block_seconds is not None else [])}"
+                "iterable of blocks comes with its own, got "
+                f"{sorted(read_options) + (['block_seconds'] if block_seconds is not None else [])}"
             )
         return inputs
     bad = [p for p in inputs if not isinstance(p, (str, os.PathLike))]

@@ -38,9 +38,10 @@ import os
 import re
 import warnings
 import zipfile
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Iterator, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -166,7 +167,7 @@ class BlockReader:
             raise
         except MemoryError:
             raise
-        except Exception as exc:  # noqa: BLE001 - libraries raise many types on corrupt files
+        except Exception as exc:  # libraries raise many types on corrupt files
             raise self._fail(f"cannot read ({type(exc).__name__}: {exc})") from exc
 
     @property
@@ -425,7 +426,7 @@ class ParquetReader(_TabularReader):
             # pre_buffer=False: with pre-buffering (pyarrow's default) the reader keeps every
             # row group it has read until the file is closed, so memory grows with the file.
             return pq.ParquetFile(self.path, pre_buffer=False)
-        except Exception as exc:  # noqa: BLE001 - ArrowInvalid, OSError...
+        except Exception as exc:  # ArrowInvalid, OSError...
             raise self._fail(f"not a readable Parquet file ({type(exc).__name__}: {exc})", "file footer") from exc
 
     def duration_hint(self) -> float | None:
@@ -524,7 +525,7 @@ class CsvReader(_TabularReader):
                 self.path, read_options=self._read_options(), parse_options=pcsv.ParseOptions(delimiter=self.delimiter)
             ) as r:
                 return r.schema
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._fail(f"not a readable CSV file ({type(exc).__name__}: {exc})", "header") from exc
 
     def _read_options(self) -> Any:
@@ -539,7 +540,7 @@ class CsvReader(_TabularReader):
         import pyarrow.csv as pcsv
 
         conv = pcsv.ConvertOptions(
-            column_types=self._types, include_columns=[self.time_column] + self.band_columns, strings_can_be_null=True
+            column_types=self._types, include_columns=[self.time_column, *self.band_columns], strings_can_be_null=True
         )
         try:
             with pcsv.open_csv(
@@ -741,7 +742,7 @@ class Hdf5Reader(_ClipReader):
 
         try:
             return h5py.File(self.path, "r")
-        except Exception as exc:  # noqa: BLE001 - OSError on truncated/corrupt files
+        except Exception as exc:  # OSError on truncated/corrupt files
             raise self._fail(f"not a readable HDF5 file ({type(exc).__name__}: {exc})", "file header") from exc
 
     def _events(self) -> Iterator[tuple]:
@@ -795,7 +796,7 @@ class ArrayReader(_ClipReader):
                 raise InvalidInputError(f"levels must be real numbers, got dtype {self._array.dtype}")
             shape = self._array.shape
         elif self._npz:
-            with self._open_member() as (fh, shape, dtype, fortran):
+            with self._open_member() as (_fh, shape, _dtype, _fortran):
                 pass
         else:
             shape = self._mmap().shape
@@ -809,14 +810,14 @@ class ArrayReader(_ClipReader):
     def _mmap(self) -> np.ndarray:
         try:
             a = np.load(self.path, mmap_mode="r", allow_pickle=False)
-        except Exception as exc:  # noqa: BLE001 - truncated: "mmap length is greater than file size"
+        except Exception as exc:  # truncated: "mmap length is greater than file size"
             raise self._fail(f"not a readable .npy file ({type(exc).__name__}: {exc})", "file header") from exc
         if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiu":
             raise self._fail(f"expected an array of real dB levels, got dtype {getattr(a, 'dtype', type(a))}")
         return a
 
     class _Member:
-        def __init__(self, reader: "ArrayReader"):
+        def __init__(self, reader: ArrayReader):
             self.reader = reader
 
         def __enter__(self) -> tuple[Any, tuple[int, ...], np.dtype, bool]:
@@ -824,7 +825,7 @@ class ArrayReader(_ClipReader):
             try:
                 self.zf = zipfile.ZipFile(r.path)
                 names = [n[:-4] for n in self.zf.namelist() if n.endswith(".npy")]
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise r._fail(f"not a readable .npz file ({type(exc).__name__}: {exc})", "zip directory") from exc
             if r.key is None:
                 pick = names if len(names) == 1 else [n for n in ("levels", "fast_125ms") if n in names]
@@ -843,8 +844,8 @@ class ArrayReader(_ClipReader):
                 elif version == (2, 0):
                     shape, fortran, dtype = np.lib.format.read_array_header_2_0(self.fh)
                 else:  # format 3.0 (utf-8 field names): numpy has no public reader for its header
-                    shape, fortran, dtype = np.lib.format._read_array_header(self.fh, version)  # noqa: SLF001
-            except Exception as exc:  # noqa: BLE001
+                    shape, fortran, dtype = np.lib.format._read_array_header(self.fh, version)
+            except Exception as exc:
                 self.zf.close()
                 raise r._fail(
                     f"member {r.key!r} is not a valid .npy ({type(exc).__name__}: {exc})", "array header"
@@ -857,7 +858,7 @@ class ArrayReader(_ClipReader):
         def __exit__(self, *exc: Any) -> None:
             self.zf.close()
 
-    def _open_member(self) -> "ArrayReader._Member":
+    def _open_member(self) -> ArrayReader._Member:
         return ArrayReader._Member(self)
 
     def _events(self) -> Iterator[tuple]:
@@ -1088,7 +1089,7 @@ class NoiseCaptureReader(BlockReader):
                 doc = json.loads(zf.read(self.TRACK).decode("utf-8"))
         except ArchiveError:
             raise
-        except Exception as exc:  # noqa: BLE001 - BadZipFile, CRC error, JSONDecodeError...
+        except Exception as exc:  # BadZipFile, CRC error, JSONDecodeError...
             raise self._fail(f"unreadable NoiseCapture export ({type(exc).__name__}: {exc})") from exc
         if (
             not isinstance(doc, dict)
@@ -1230,7 +1231,7 @@ class AudioReader(BlockReader):
 
         try:
             info = sf.info(self.path)
-        except Exception as exc:  # noqa: BLE001 - LibsndfileError / RuntimeError
+        except Exception as exc:  # LibsndfileError / RuntimeError
             raise self._fail(f"not a readable audio file ({type(exc).__name__}: {exc})", "file header") from exc
         self.sample_rate, self.channels, self.n_samples = int(info.samplerate), int(info.channels), int(info.frames)
         if self.n_samples <= 0:

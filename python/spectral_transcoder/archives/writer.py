@@ -130,7 +130,7 @@ def _differences(old: Any, new: Any, path: tuple[str, ...] = ()) -> list[tuple[t
     if isinstance(old, dict) and isinstance(new, dict):
         out: list[tuple[tuple[str, ...], Any, Any]] = []
         for k in sorted(set(old) | set(new), key=str):
-            out += _differences(old.get(k, _MISSING), new.get(k, _MISSING), path + (str(k),))
+            out += _differences(old.get(k, _MISSING), new.get(k, _MISSING), (*path, str(k)))
         return out
     same = (
         json.dumps(old, sort_keys=True, default=str) == json.dumps(new, sort_keys=True, default=str)
@@ -160,7 +160,7 @@ def describe_differences(old: Any, new: Any, limit: int = 12) -> list[str]:
         else:
             lines.append(f"{name}: was {_brief(a)}, now {_brief(b)}")
     if len(lines) > limit:
-        lines = lines[:limit] + [f"... and {len(lines) - limit} more"]
+        lines = [*lines[:limit], f"... and {len(lines) - limit} more"]
     return lines
 
 
@@ -381,7 +381,7 @@ class ResultWriter:
             )
         try:
             return table.cast(self.schema)
-        except Exception as exc:  # noqa: BLE001 - ArrowInvalid / ArrowNotImplementedError
+        except Exception as exc:  # ArrowInvalid / ArrowNotImplementedError
             raise InvalidInputError(
                 f"the block function's columns do not fit the run's schema {self.schema}: {exc}"
             ) from exc
@@ -418,7 +418,7 @@ class ResultWriter:
         name = f"part-{self._next_part:06d}.parquet"
         self._next_part += 1
         tmp = self.dir / _tmp_name(self.run_id, name)
-        fh = open(tmp, "wb")
+        fh = open(tmp, "wb")  # noqa: SIM115 - the part stays open across writes; closed with its ParquetWriter
         meta = {"st.run": json.dumps(self.run_info, sort_keys=True, default=str), RUN_ID_KEY: self.run_id}
         writer = pq.ParquetWriter(fh, self.schema.with_metadata(meta))
         self._part = (writer, fh, tmp, self.dir / name)
@@ -471,7 +471,7 @@ class ResultWriter:
         finally:
             self._unlock()
 
-    def __enter__(self) -> "ResultWriter":
+    def __enter__(self) -> ResultWriter:
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
