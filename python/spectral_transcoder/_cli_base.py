@@ -13,8 +13,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ._io import atomic_path
 
@@ -38,7 +40,9 @@ class Command:
 COMMANDS: dict[str, Command] = {}
 
 
-def register_command(name: str, *, help: str, description: str = "") -> Callable:
+def register_command(
+    name: str, *, help: str, description: str = ""
+) -> Callable[[Callable[[argparse.ArgumentParser], Handler]], Callable[[argparse.ArgumentParser], Handler]]:
     """Decorator: register ``setup(parser) -> handler`` as the subcommand ``name``."""
 
     def deco(setup: Callable[[argparse.ArgumentParser], Handler]) -> Callable[[argparse.ArgumentParser], Handler]:
@@ -76,9 +80,10 @@ def npz_str(z: np.lib.npyio.NpzFile, key: str) -> str | None:
     return str(z[key][()]) if key in z.files else None
 
 
-def save_npz(path: str | os.PathLike, **arrays: object) -> None:
+def save_npz(path: str | os.PathLike[str], **arrays: npt.ArrayLike) -> None:
     """Write ``arrays`` to a compressed ``.npz`` atomically (a killed run leaves no half file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, suffix=".npz") as tmp:  # ends in .npz: numpy appends none, whatever path's name
-        np.savez_compressed(tmp, **arrays)
+        kwds: dict[str, Any] = arrays  # numpy's stub would also match a key to allow_pickle: bool
+        np.savez_compressed(tmp, **kwds)

@@ -18,7 +18,7 @@ from pathlib import Path
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "replace_file", "fsync_dir", "sha256_file"]
 
 
-def sha256_file(path: str | os.PathLike) -> str:
+def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks (any size, bounded memory)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -27,7 +27,7 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def fsync_dir(path: str | os.PathLike) -> None:
+def fsync_dir(path: str | os.PathLike[str]) -> None:
     """Flush a folder's entries (a rename in it) to disk, where the platform allows it."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -39,7 +39,7 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def replace_file(tmp: str | os.PathLike, path: str | os.PathLike, *, fsync: bool = False) -> None:
+def replace_file(tmp: str | os.PathLike[str], path: str | os.PathLike[str], *, fsync: bool = False) -> None:
     """Move the finished file ``tmp`` over ``path`` in one step. With ``fsync``, the data
     reaches the disk before the rename and the rename before the return (what a
     crash-safe protocol needs: a power cut cannot leave a renamed but empty file)."""
@@ -53,7 +53,7 @@ def replace_file(tmp: str | os.PathLike, path: str | os.PathLike, *, fsync: bool
 
 @contextmanager
 def atomic_path(
-    path: str | os.PathLike, *, suffix: str | None = None, tmp_name: str | None = None, fsync: bool = False
+    path: str | os.PathLike[str], *, suffix: str | None = None, tmp_name: str | None = None, fsync: bool = False
 ) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` for a writer that needs a file name
     (``np.savez``, ``soundfile.write``, ``shutil.copyfile``); on a clean exit it replaces
@@ -76,14 +76,14 @@ def atomic_path(
 
 
 def atomic_write_bytes(
-    path: str | os.PathLike, data: bytes, *, tmp_name: str | None = None, fsync: bool = False
+    path: str | os.PathLike[str], data: bytes, *, tmp_name: str | None = None, fsync: bool = False
 ) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
     with atomic_path(path, tmp_name=tmp_name, fsync=fsync) as tmp:
         tmp.write_bytes(data)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "utf-8", fsync: bool = False) -> None:
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8", fsync: bool = False) -> None:
     """Write ``text`` to ``path`` atomically (see :func:`atomic_path`)."""
     with atomic_path(path, fsync=fsync) as tmp:
         tmp.write_text(text, encoding=encoding)

@@ -92,19 +92,19 @@ class _ModelFile:
     session: Any
     metadata: ModelMetadata
     input_name: str
-    input_shape: tuple  # ints for static dims, str / None for dynamic ones
+    input_shape: tuple[int | str | None, ...]  # ints for static dims, str / None for dynamic ones
     output_name: str
     levels_input: str | None = None  # a context transcoder's second input: the chunks' levels
 
 
-def read_metadata(path: str | os.PathLike) -> tuple[ModelMetadata, str]:
+def read_metadata(path: str | os.PathLike[str]) -> tuple[ModelMetadata, str]:
     """Metadata and sha256 of a model file, without optimising its graph."""
     f = _open_model(path, n_threads=1, providers=["CPUExecutionProvider"], optimize=False)
     return f.metadata, f.sha256
 
 
 def _open_model(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     *,
     n_threads: int | None,
     providers: Sequence[str] | None,

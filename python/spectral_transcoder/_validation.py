@@ -11,6 +11,7 @@ import numbers
 import os
 import sys
 import warnings
+from types import FrameType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -110,7 +111,8 @@ def check_band_sample_rate(sample_rate: float, spec: BandSpec, name: str = "samp
 def _outside_stacklevel() -> int:
     """``stacklevel`` that points a warning at the first caller outside this package."""
     # frame 2 is the function that called the one issuing the warning: stacklevel 2
-    frame, level = sys._getframe(2), 2
+    frame: FrameType | None = sys._getframe(2)
+    level = 2
     package_dir = os.path.dirname(os.path.abspath(__file__))
     while frame is not None and frame.f_code.co_filename.startswith(package_dir):
         frame, level = frame.f_back, level + 1

@@ -18,7 +18,7 @@ __all__ = ["load_audio"]
 
 
 def load_audio(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     *,
     sample_rate: int | None = None,
     channel: int | None = None,

@@ -18,6 +18,7 @@ import textwrap
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -352,7 +353,8 @@ def _run_transcode(args: argparse.Namespace) -> int:
     from .reference import apply_reference
 
     levels, spec_json, source = _load_levels(args.levels)
-    spec = spec_from_json(spec_json) if spec_json else get_band_spec(args.spec)
+    # the BandSpec `analyze` records (not checked to be one, as before)
+    spec = cast(BandSpec, spec_from_json(spec_json)) if spec_json else get_band_spec(args.spec)
     if args.db_offset is not None:
         spec = dataclasses.replace(spec, db_offset=args.db_offset)
     target = pinv_target(args.transcoder)

@@ -440,7 +440,7 @@ def synthetic_levels(seconds: float = 60.0, seed: int = 0) -> list[np.ndarray]:
     return [third_octave(np.asarray(s, dtype=np.float32), sr) for s in scenes]
 
 
-def audio_levels(paths: Iterable[str | os.PathLike]) -> list[np.ndarray]:
+def audio_levels(paths: Iterable[str | os.PathLike[str]]) -> list[np.ndarray]:
     """Levels (frames, 29) dBFS of each audio file, peak-normalised first (as the
     transcoders' training audio)."""
     from .analysis import third_octave
@@ -457,7 +457,7 @@ def audio_levels(paths: Iterable[str | os.PathLike]) -> list[np.ndarray]:
 
 
 def make_level_archive(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     clips: Sequence[np.ndarray],
     *,
     seconds: float,
@@ -567,8 +567,8 @@ class RssSampler:
 
 
 def run_bench(
-    archive: str | os.PathLike,
-    output: str | os.PathLike,
+    archive: str | os.PathLike[str],
+    output: str | os.PathLike[str],
     *,
     classifier: str,
     transcoder: str | None,

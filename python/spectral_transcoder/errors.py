@@ -140,8 +140,8 @@ def to_cli_language(message: str, flags: Mapping[str, str] | None = None) -> str
     if not table:
         return message
 
-    def repl(m: re.Match) -> str:
-        flag = table.get(m.group(1))
+    def repl(m: re.Match[str]) -> str:
+        flag: str | None = table.get(m.group(1))
         if flag is None:
             return m.group(0)
         value = m.group(2)

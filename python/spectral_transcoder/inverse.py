@@ -252,7 +252,8 @@ class _SpecStft:
         """complex (B, T, n_fft // 2 + 1) -> (B, n): the least-squares signal,
         ``fold(OLA(window * irfft)) / fold(OLA(window ** 2))``."""
         frames = np.fft.irfft(spectra, n=self.n_fft, axis=-1) * self.window
-        return self._fold(self._overlap_add(frames)) / self.norm
+        x: np.ndarray = self._fold(self._overlap_add(frames)) / self.norm
+        return x
 
 
 def _deemphasis(y: np.ndarray, a: float) -> np.ndarray:

@@ -27,20 +27,24 @@ from . import registry
 
 # Sessions and model files live in _onnx, which the registry shares; these names stay public here.
 from ._onnx import (
-    _check_n_threads,  # noqa: F401  (archives.process imports it from here)
+    _check_n_threads as _check_n_threads,  # re-exported: archives.process imports it from here
+)
+from ._onnx import (
     _ModelFile,
     _open_model,
     default_providers,
     physical_cores,
-    read_metadata,  # noqa: F401
     session_options,
+)
+from ._onnx import (
+    read_metadata as read_metadata,  # re-exported
 )
 from ._validation import as_float32_levels, as_float32_mel, check_level_range
 from .errors import InputTypeError, InvalidInputError, ModelError, SpecMismatchError, option
 from .metadata import Label, ModelMetadata
 from .pinv import pinv_target
 from .reference import apply_reference
-from .specs import BandSpec, MelSpec, get_band_spec, get_mel_spec
+from .specs import BandSpec, MelSpec, Spec, get_band_spec, get_mel_spec
 
 __all__ = [
     "Transcoder",
@@ -100,7 +104,7 @@ def _run_batched(model: _ModelFile, x: np.ndarray, batch_size: int, levels: np.n
     return np.concatenate(outs, axis=0)
 
 
-def _spec_diff(a: object, b: object) -> list[str]:
+def _spec_diff(a: Spec, b: Spec) -> list[str]:
     """Fields (other than the preset name) in which two specs differ."""
     if type(a) is not type(b):
         return ["type"]
@@ -157,7 +161,7 @@ class Transcoder:
     @classmethod
     def from_file(
         cls,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         *,
         n_threads: int | None = None,
         batch_size: int = 32,
@@ -197,7 +201,7 @@ class Transcoder:
         return cls.from_file(entry.path, expected_sha256=entry.sha256, **kwargs)
 
     @classmethod
-    def coerce(cls, transcoder: Transcoder | str | os.PathLike, **kwargs: Any) -> Transcoder:
+    def coerce(cls, transcoder: Transcoder | str | os.PathLike[str], **kwargs: Any) -> Transcoder:
         """An instance passes through; ``"pinv:TARGET"`` is the PINV alone (:meth:`pinv`); a path
         to an existing or ``.onnx`` file is loaded; anything else is a registry name."""
         if isinstance(transcoder, Transcoder):
@@ -354,7 +358,8 @@ class Transcoder:
                 )
             lv = np.ascontiguousarray(levels, np.float32).reshape(flat.shape[0], *np.shape(levels)[-2:])
         if flat.shape[0] == 0:
-            return x.copy()
+            empty: np.ndarray = x.copy()
+            return empty
         y = _run_batched(self._model, flat, self.batch_size, lv)
         if y.shape != flat.shape:
             raise ModelError(f"{self._model.path}: the CNN returned shape {y.shape} for input {flat.shape}")
@@ -390,7 +395,7 @@ class Classifier:
     @classmethod
     def from_file(
         cls,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         *,
         n_threads: int | None = None,
         batch_size: int = 16,
@@ -411,7 +416,7 @@ class Classifier:
         return cls.from_file(entry.path, expected_sha256=entry.sha256, **kwargs)
 
     @classmethod
-    def coerce(cls, classifier: Classifier | str | os.PathLike, **kwargs: Any) -> Classifier:
+    def coerce(cls, classifier: Classifier | str | os.PathLike[str], **kwargs: Any) -> Classifier:
         """An instance passes through; a path to an existing file is loaded; anything else is a registry name."""
         if isinstance(classifier, Classifier):
             return classifier
@@ -501,7 +506,7 @@ def _patches(x: np.ndarray, spec: MelSpec) -> np.ndarray:
     return np.ascontiguousarray(patches(x, spec), dtype=np.float32)
 
 
-def _looks_like_path(x: str | os.PathLike) -> bool:
+def _looks_like_path(x: str | os.PathLike[str]) -> bool:
     s = os.fspath(x)
     return isinstance(x, os.PathLike) or s.endswith(".onnx") or os.sep in s or Path(s).is_file()
 
@@ -531,7 +536,7 @@ class ClassificationResult:
     when it was padded, 0 when there is no chunk at all."""
     frames_per_chunk: int
     top_k: int = 5
-    top_labels: list = field(default_factory=list)
+    top_labels: list[Any] = field(default_factory=list)
     """``top(top_k)``, computed once."""
     level_reference: str = "dBFS"
     """The ``reference=`` the levels were given with: ``"dBFS"``, ``"SPL"`` or ``"auto"``."""
@@ -552,9 +557,10 @@ class ClassificationResult:
         """(..., n_classes) mean of all 1-s rows (each second weighs the same)."""
         if self.probs.shape[-2] == 0:
             return np.zeros(self.probs.shape[:-2] + self.probs.shape[-1:], dtype=np.float32)
-        return self.probs.mean(axis=-2, dtype=np.float64).astype(np.float32)
+        mean: np.ndarray = self.probs.mean(axis=-2, dtype=np.float64).astype(np.float32)
+        return mean
 
-    def top(self, k: int = 5) -> list:
+    def top(self, k: int = 5) -> list[Any]:
         """The ``k`` most probable labels of :attr:`mean_probs`, as ``(Label, probability)``
         pairs, best first; nested lists follow the leading batch axes."""
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
@@ -564,7 +570,7 @@ class ClassificationResult:
         return _top(self.mean_probs, self.labels, k)
 
 
-def _top(p: np.ndarray, labels: list[Label], k: int) -> list:
+def _top(p: np.ndarray, labels: list[Label], k: int) -> list[Any]:
     if p.ndim > 1:
         return [_top(row, labels, k) for row in p]
     order = np.argsort(-p, kind="stable")[:k]
@@ -602,8 +608,8 @@ def _warn_less_than_a_chunk(n: int, spec: BandSpec, partial: str) -> None:
 def classify(
     levels: object,
     *,
-    classifier: Classifier | str | os.PathLike,
-    transcoder: Transcoder | str | os.PathLike | None = None,
+    classifier: Classifier | str | os.PathLike[str],
+    transcoder: Transcoder | str | os.PathLike[str] | None = None,
     band_spec: str | BandSpec | None = None,
     top_k: int = 5,
     partial: Partial = "pad",

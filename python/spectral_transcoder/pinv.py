@@ -22,6 +22,7 @@ import math
 import os
 import sys
 import warnings
+from types import FrameType
 
 import numpy as np
 
@@ -456,7 +457,8 @@ def _check_range(x: np.ndarray, band: BandSpec, name: str = "levels") -> None:
 
 def _warn(message: str) -> None:
     # Point the warning at the first caller outside this package.
-    frame, level = sys._getframe(1), 2
+    frame: FrameType | None = sys._getframe(1)
+    level = 2
     package_dir = os.path.dirname(os.path.abspath(__file__))
     while frame is not None and frame.f_code.co_filename.startswith(package_dir):
         frame, level = frame.f_back, level + 1

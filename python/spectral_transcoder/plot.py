@@ -44,7 +44,7 @@ class LevelWindow:
 
 
 def read_window(
-    path: str | os.PathLike, *, start: float = 0.0, duration: float = 30.0, **read_options: Any
+    path: str | os.PathLike[str], *, start: float = 0.0, duration: float = 30.0, **read_options: Any
 ) -> LevelWindow:
     """Levels of ``[start, start + duration)`` seconds from the start of ``path`` (any
     format :func:`~.archives.open_archive` reads, audio included), cut to whole 1-s
@@ -99,7 +99,8 @@ def _mel_on_grid(chunks: np.ndarray, spec: MelSpec, chunk_s: float, n_chunks: in
     t = np.arange(n) * h
     k = np.minimum((t // chunk_s).astype(np.int64), n_chunks - 1)
     j = np.minimum(np.rint((t - k * chunk_s) / h).astype(np.int64), chunks.shape[1] - 1)
-    return chunks[k, j]
+    grid: np.ndarray = chunks[k, j]
+    return grid
 
 
 def pipeline_figure(
@@ -208,12 +209,12 @@ def pipeline_figure(
 
 
 def plot_file(
-    input: str | os.PathLike,
-    output: str | os.PathLike,
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str],
     *,
     classifier: Any,
     transcoder: Any = None,
-    audio: str | os.PathLike | None = None,
+    audio: str | os.PathLike[str] | None = None,
     start: float = 0.0,
     duration: float = 30.0,
     top: int = 8,
@@ -299,7 +300,7 @@ def plot_file(
     }
 
 
-def open_reader_class(path: str | os.PathLike) -> type | None:
+def open_reader_class(path: str | os.PathLike[str]) -> type | None:
     """The reader class :func:`~.archives.open_archive` would use for ``path`` (by extension)."""
     from .archives.readers import _READERS
 
@@ -307,7 +308,7 @@ def open_reader_class(path: str | os.PathLike) -> type | None:
 
 
 def _ground_truth(
-    path: str | os.PathLike, spec: MelSpec, offset_s: float, seconds: float, n_threads: int | None
+    path: str | os.PathLike[str], spec: MelSpec, offset_s: float, seconds: float, n_threads: int | None
 ) -> np.ndarray:
     """The classifier's own Mel ``(frames, n_mels)`` of ``seconds`` of audio from ``offset_s`` s
     (mono mean), the samples as recorded (full scale, no level offset)."""

@@ -18,6 +18,8 @@ which is 0 for the presets.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from .specs import BandSpec
@@ -30,7 +32,7 @@ REFERENCES = ("dBFS", "SPL", "auto")
 def apply_reference(
     levels: np.ndarray,
     band_spec: BandSpec,
-    reference: str = "dBFS",
+    reference: Literal["dBFS", "SPL", "auto"] = "dBFS",
     spl_offset: float | None = None,
     *,
     name: str = "levels",

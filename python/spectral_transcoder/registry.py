@@ -27,7 +27,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ._io import atomic_path, atomic_write_text, sha256_file
 from ._onnx import read_metadata
@@ -259,12 +259,12 @@ def _check_name(name: str) -> None:
         )
 
 
-def read_index(path: Path) -> dict:
+def read_index(path: Path) -> dict[str, Any]:
     """A registry index (``{"format", "models": {kind: {name: record}}}``), empty when absent."""
     if not path.exists():
         return {"format": INDEX_FORMAT, "models": {k: {} for k in KINDS}}
     try:
-        idx = json.loads(path.read_text(encoding="utf-8"))
+        idx: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(idx, dict) or not isinstance(idx.get("models"), dict):
             raise ValueError("no 'models' table")
     except (OSError, ValueError) as exc:
@@ -276,7 +276,7 @@ def read_index(path: Path) -> dict:
     return idx
 
 
-def write_index(path: Path, idx: dict) -> None:
+def write_index(path: Path, idx: dict[str, Any]) -> None:
     """Write an index atomically (readers see the old or the new one, never half)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(idx, indent=2, sort_keys=True) + "\n")
@@ -307,7 +307,7 @@ def _package_entries() -> list[Entry]:
     d = package_dir()
     if not d.is_dir():
         return []
-    recorded: dict = {}
+    recorded: dict[str, Any] = {}
     if (d / "index.json").exists():
         recorded = read_index(d / "index.json")["models"].get("transcoder", {})
     return [
@@ -377,7 +377,7 @@ def default_transcoder(classifier_name: str) -> str | None:
 
 
 # ------------------------------------------------------------------ import
-def import_model(path: str | os.PathLike, *, name: str | None = None) -> Entry:
+def import_model(path: str | os.PathLike[str], *, name: str | None = None) -> Entry:
     """Copy an ONNX model file into the registry and record its sha256.
 
     The file must load in ONNX Runtime and carry ``st.*`` metadata; its kind

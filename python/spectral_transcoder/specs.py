@@ -32,7 +32,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, TypeVar, cast
 
 import numpy as np
 
@@ -99,15 +99,18 @@ class BandSpec:
     @property
     def center_frequencies(self) -> np.ndarray:
         """Exact base-10 centre frequencies in Hz, shape (n_bands,)."""
-        return 1000.0 * 10.0 ** (self.band_indices / 10.0)
+        f: np.ndarray = 1000.0 * 10.0 ** (self.band_indices / 10.0)
+        return f
 
     @property
     def lower_edges(self) -> np.ndarray:
-        return self.center_frequencies * 10.0 ** (-1.0 / 20.0)
+        f: np.ndarray = self.center_frequencies * 10.0 ** (-1.0 / 20.0)
+        return f
 
     @property
     def upper_edges(self) -> np.ndarray:
-        return self.center_frequencies * 10.0 ** (1.0 / 20.0)
+        f: np.ndarray = self.center_frequencies * 10.0 ** (1.0 / 20.0)
+        return f
 
     @property
     def frame_period(self) -> float:
@@ -332,7 +335,10 @@ MEL_SPECS: dict[str, MelSpec] = {
 }
 
 
-def _lookup(kind: str, table: dict, spec: Any, cls: type) -> Any:
+_S = TypeVar("_S", BandSpec, MelSpec)
+
+
+def _lookup(kind: str, table: dict[str, _S], spec: object, cls: type[_S]) -> _S:
     if isinstance(spec, cls):
         return spec
     if isinstance(spec, str):
@@ -341,16 +347,16 @@ def _lookup(kind: str, table: dict, spec: Any, cls: type) -> Any:
         except KeyError:
             raise UnknownSpecError(f"unknown {kind} spec {spec!r}; known presets: {', '.join(sorted(table))}") from None
     if isinstance(spec, dict):
-        return spec_from_json(json.dumps(spec))
+        return cast(_S, spec_from_json(json.dumps(spec)))  # not checked against cls (as before)
     raise UnknownSpecError(f"expected a {kind} spec name or {cls.__name__}, got {type(spec).__name__}")
 
 
-def get_band_spec(spec: str | BandSpec | dict) -> BandSpec:
+def get_band_spec(spec: str | BandSpec | dict[str, Any]) -> BandSpec:
     """Return the :class:`BandSpec` for a preset name (or pass a spec through)."""
     return _lookup("band", BAND_SPECS, spec, BandSpec)
 
 
-def get_mel_spec(spec: str | MelSpec | dict) -> MelSpec:
+def get_mel_spec(spec: str | MelSpec | dict[str, Any]) -> MelSpec:
     """Return the :class:`MelSpec` for a preset name (or pass a spec through)."""
     return _lookup("Mel", MEL_SPECS, spec, MelSpec)
 
@@ -360,7 +366,7 @@ def spec_from_json(text: str | bytes) -> Spec:
     try:
         data = json.loads(text)
         kind = data.pop("type")
-        cls = {"BandSpec": BandSpec, "MelSpec": MelSpec}[kind]
+        cls: type[BandSpec] | type[MelSpec] = {"BandSpec": BandSpec, "MelSpec": MelSpec}[kind]
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:

@@ -131,7 +131,8 @@ def _triangles(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Triangles on axis x (bins,) with corners edges (n_mels + 2,) -> (bins, n_mels)."""
     lower = (x[:, None] - edges[None, :-2]) / (edges[1:-1] - edges[:-2])[None, :]
     upper = (edges[None, 2:] - x[:, None]) / (edges[2:] - edges[1:-1])[None, :]
-    return np.maximum(0.0, np.minimum(lower, upper))
+    tri: np.ndarray = np.maximum(0.0, np.minimum(lower, upper))
+    return tri
 
 
 @functools.cache

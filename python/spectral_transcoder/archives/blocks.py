@@ -209,12 +209,13 @@ class Block:
     def frame_times(self) -> np.ndarray:
         """UTC start time of every frame, (frames,) ``datetime64[ns]``."""
         offs = np.rint(np.arange(self.n_frames) * self.frame_period * NS_PER_S).astype(np.int64)
-        return self.start + offs.astype("timedelta64[ns]")
+        times: np.ndarray = self.start + offs.astype("timedelta64[ns]")
+        return times
 
     def chunk_valid(self) -> np.ndarray:
         """(frames // frames_per_chunk,) bool: True where every frame of the chunk is valid."""
         fpc = self.band_spec.frames_per_chunk
-        return self.valid.reshape(-1, fpc).all(axis=1)
+        return np.asarray(self.valid.reshape(-1, fpc).all(axis=1))
 
 
 @dataclass
@@ -340,7 +341,8 @@ def to_datetime64(value: object, name: str = "start") -> np.datetime64:
     """UTC ``datetime64[ns]`` from a datetime64, a datetime (naive = UTC), an ISO 8601
     string (a zone offset is honoured, none = UTC) or epoch seconds."""
     if isinstance(value, np.datetime64):
-        return value.astype("datetime64[ns]")
+        t: np.datetime64 = value.astype("datetime64[ns]")
+        return t
     if isinstance(value, _dt.datetime):
         if value.tzinfo is not None:
             value = value.astimezone(_dt.timezone.utc).replace(tzinfo=None)
@@ -349,7 +351,7 @@ def to_datetime64(value: object, name: str = "start") -> np.datetime64:
         import pyarrow as pa
 
         text = (value.decode() if isinstance(value, bytes) else value).strip()
-        ns = None
+        ns: int | None = None
         for tz in ("UTC", None):  # with a zone offset, else taken as UTC
             try:
                 ns = pa.array([text]).cast(pa.timestamp("ns", tz=tz)).cast(pa.int64())[0].as_py()
@@ -384,7 +386,8 @@ def broadband_db(levels: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # NaN/Inf rows give NaN/Inf
         m = np.max(lv, axis=-1, keepdims=True)  # factor out the max: no overflow at any level
         m = np.where(np.isfinite(m), m, 0.0)
-        return m[..., 0] + 10.0 * np.log10(np.sum(10.0 ** ((lv - m) / 10.0), axis=-1))
+        db: np.ndarray = m[..., 0] + 10.0 * np.log10(np.sum(10.0 ** ((lv - m) / 10.0), axis=-1))
+        return db
 
 
 class _PercentileHistogram:
@@ -417,6 +420,7 @@ def make_reference(
     if opts.reference == "dBFS":
         return LevelReference(mode="dBFS", offset_db=0.0)
     if opts.reference == "SPL":
+        assert opts.spl_offset is not None  # BlockOptions checks it
         return LevelReference(mode="SPL", offset_db=-float(opts.spl_offset), spl_offset=float(opts.spl_offset))
     hist = _PercentileHistogram()
     assert measure is not None

@@ -120,7 +120,7 @@ def require_archives(progress: bool = False) -> None:
 _SAMPLE_BYTES = 1 << 16
 
 
-def input_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+def input_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What an input file is now: ``size`` (bytes), ``mtime_ns`` and ``sample_sha256``, the
     sha256 of its first and last 64 KiB. Cheap whatever the size (two reads), and enough to
     tell a re-export, an append or a truncation; a change in the middle of a large file with
@@ -347,9 +347,9 @@ def _block_info(block: Block) -> dict[str, Any]:
 def run_blocks(
     blocks: Iterable[Block],
     fn: Callable[[Block], Any],
-    output: str | os.PathLike,
+    output: str | os.PathLike[str],
     *,
-    manifest: str | os.PathLike | None = None,
+    manifest: str | os.PathLike[str] | None = None,
     progress: bool = True,
     blocks_per_part: int = 16,
     metadata: Mapping[str, Any] | None = None,
@@ -494,14 +494,14 @@ def run_blocks(
     return summary
 
 
-def read_run_info(output: str | os.PathLike) -> dict[str, Any]:
+def read_run_info(output: str | os.PathLike[str]) -> dict[str, Any]:
     """The run's stored options (``_run.json``) without the schema."""
-    info = json.loads((Path(output) / RUN_NAME).read_text())
+    info: dict[str, Any] = json.loads((Path(output) / RUN_NAME).read_text())
     info.pop("schema", None)
     return info
 
 
-def read_results(output: str | os.PathLike, *, manifest: str | os.PathLike | None = None) -> Any:
+def read_results(output: str | os.PathLike[str], *, manifest: str | os.PathLike[str] | None = None) -> Any:
     """All committed rows of ``output`` as one ``pyarrow.Table``, in commit order.
 
     Only parts listed in the manifest are read, so this is exact even after a kill

@@ -194,7 +194,7 @@ class ProcessTask:
     options: ProcessOptions = ProcessOptions()
 
 
-def _model_ref(model: str | os.PathLike, kind: Literal["transcoder", "classifier"]) -> ModelRef:
+def _model_ref(model: str | os.PathLike[str], kind: Literal["transcoder", "classifier"]) -> ModelRef:
     """A registry name, a path or ``"pinv:TARGET"`` -> :class:`ModelRef`, with the checksum
     of the file as it is now (the registry's, for a name), which every worker then checks."""
     from .. import registry
@@ -221,7 +221,7 @@ def _model_ref(model: str | os.PathLike, kind: Literal["transcoder", "classifier
 
 
 def make_task(
-    *, classifier: str | os.PathLike, transcoder: str | os.PathLike | None = None, **options: Any
+    *, classifier: str | os.PathLike[str], transcoder: str | os.PathLike[str] | None = None, **options: Any
 ) -> ProcessTask:
     """Resolve the models (registry names, paths or ``"pinv:TARGET"``; ``transcoder=None``
     takes the registry's default for the classifier), load them in this process and check
@@ -232,6 +232,7 @@ def make_task(
     opts = ProcessOptions(**options)
     clf = _model_ref(classifier, "classifier")
     if transcoder is None:
+        assert clf.path is not None  # a classifier is always a file
         name = registry.default_transcoder(read_metadata(clf.path)[0].name)
         if name is None:
             raise ModelError(
@@ -249,13 +250,13 @@ def make_task(
 
 
 # ------------------------------------------------------------------ worker-local models
-_CACHE: collections.OrderedDict[tuple, tuple[Any, Any]] = collections.OrderedDict()
+_CACHE: collections.OrderedDict[tuple[Any, ...], tuple[Any, Any]] = collections.OrderedDict()
 _CACHE_LOCK = threading.Lock()
 _CACHE_SIZE = 4
-_LOADS: collections.Counter[tuple] = collections.Counter()
+_LOADS: collections.Counter[tuple[Any, ...]] = collections.Counter()
 
 
-def _cache_key(task: ProcessTask) -> tuple:
+def _cache_key(task: ProcessTask) -> tuple[Any, ...]:
     o = task.options
     return (task.transcoder, task.classifier, o.n_threads, o.batch_size)
 
@@ -281,7 +282,7 @@ def loaded_models(task: ProcessTask) -> tuple[Any, Any]:
         return models
 
 
-def load_counts() -> dict[tuple, int]:
+def load_counts() -> dict[tuple[Any, ...], int]:
     """How many times this process loaded each task's models (for tests and diagnostics)."""
     with _CACHE_LOCK:
         return dict(_LOADS)
@@ -293,9 +294,11 @@ def _load(task: ProcessTask) -> tuple[Any, Any]:
     o = task.options
     big = 1 << 30  # batch_size None: every chunk of a block in one run
     t, c = task.transcoder, task.classifier
+    assert c.path is not None  # a classifier is always a file; a transcoder a file or a PINV target
     if t.pinv_target is not None:
         tr = Transcoder.pinv(t.pinv_target)
     else:
+        assert t.path is not None
         tr = Transcoder.from_file(
             t.path, n_threads=o.n_threads, batch_size=o.batch_size or big, expected_sha256=t.sha256
         )
@@ -322,7 +325,8 @@ def check_band_spec(transcoder: Any, spec: BandSpec, where: str = "") -> BandSpe
     """``transcoder.check_band_spec(spec)``, with the archive ``where`` named in the error."""
     tr = transcoder
     try:
-        return tr.check_band_spec(spec)
+        checked: BandSpec = tr.check_band_spec(spec)
+        return checked
     except SpecMismatchError as exc:
         raise SpecMismatchError(
             f"{where + ': ' if where else ''}the archive's band spec {spec.name!r} ({spec.n_bands} bands, "
@@ -514,7 +518,7 @@ class _Pipelined(_Wrapped):
         self.ready: dict[tuple[str, int], Any] = {}
 
     def __iter__(self) -> Iterator[Any]:
-        window: collections.deque = collections.deque()
+        window: collections.deque[tuple[Any, Any]] = collections.deque()
         try:
             for block in self.inner:
                 window.append((block, None if block.key in self.done else self.submit(block)))
@@ -530,7 +534,7 @@ class _Pipelined(_Wrapped):
                 fut.cancel()
             self.ready.clear()
 
-    def _next(self, window: collections.deque) -> Any:
+    def _next(self, window: collections.deque[tuple[Any, Any]]) -> Any:
         block, fut = window.popleft()
         if fut is not None:
             self.ready[block.key] = fut
@@ -592,11 +596,11 @@ def _physical_cores() -> int:
 
 
 def process(
-    inputs: str | os.PathLike | Sequence[str | os.PathLike] | Iterable[Any],
-    output: str | os.PathLike,
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | Iterable[Any],
+    output: str | os.PathLike[str],
     *,
-    classifier: str | os.PathLike,
-    transcoder: str | os.PathLike | None = None,
+    classifier: str | os.PathLike[str],
+    transcoder: str | os.PathLike[str] | None = None,
     windows: Windows = "both",
     top_k: int = 5,
     probabilities: bool = False,
@@ -690,7 +694,9 @@ def process(
             "labels": [[lb.index, lb.mid, lb.name] for lb in clf.labels],
         }
     }
-    stages = collections.Counter({"read": 0.0, "pinv": 0.0, "cnn": 0.0, "classifier": 0.0, "rows": 0.0})
+    stages: collections.defaultdict[str, float] = collections.defaultdict(
+        float, {"read": 0.0, "pinv": 0.0, "cnn": 0.0, "classifier": 0.0, "rows": 0.0}
+    )
     reader = _TimedReader(blocks)
     t_start = time.perf_counter()  # reset once a cluster is up: its start-up is not the run's
     fn_seconds = 0.0

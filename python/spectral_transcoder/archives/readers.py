@@ -41,7 +41,7 @@ import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeAlias
 
 import numpy as np
 
@@ -78,6 +78,10 @@ __all__ = [
     "nominal_frequencies",
 ]
 
+#: What a reader's ``_events()`` yields: ``("rows", levels, row0, times_ns | None)``, ``("segment", start_ns, clip)``
+#: or ``("error", problem, position)``.
+_Event: TypeAlias = tuple[Any, ...]
+
 _TIME_UNITS = {"s": NS_PER_S, "ms": 1_000_000, "us": 1_000, "ns": 1}
 _TIME_NAMES = ("timestamp", "time", "datetime", "date_time", "utc", "time_utc", "t")
 
@@ -105,7 +109,7 @@ class BlockReader:
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         *,
         spec: str | BandSpec,
         sensor: str | None,
@@ -122,7 +126,7 @@ class BlockReader:
         self._pos: str | None = None  # where the reader is, for error messages
 
     # -------------------------------------------------------- to implement
-    def _events(self) -> Iterator[tuple]:
+    def _events(self) -> Iterator[_Event]:
         """Yield ``("rows", levels (n, bands), row0, times_ns | None)`` in file order,
         for untimed sources ``("segment", start_ns, clip)`` before each clip, and
         ``("error", problem, position)`` for damage to report once the rest is read."""
@@ -159,7 +163,7 @@ class BlockReader:
     def _fail(self, problem: str, position: str | None = None) -> ArchiveError:
         return ArchiveError(self.path, position if position is not None else self._pos, problem)
 
-    def _guard(self, events: Iterator[tuple]) -> Iterator[tuple]:
+    def _guard(self, events: Iterator[_Event]) -> Iterator[_Event]:
         """Re-raise any library error (corrupt file, I/O...) as an ArchiveError with the position."""
         try:
             yield from events
@@ -247,10 +251,13 @@ def _times_to_ns(reader: BlockReader, col: Any, time_unit: str | None, row0: int
         k = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
         raise reader._fail("missing time stamp", f"row {row0 + k}")
     t = col.type
+    ns: np.ndarray  # pyarrow is untyped
     if pa.types.is_timestamp(t):
-        return col.cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64) * _TIME_UNITS[t.unit]
+        ns = col.cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64) * _TIME_UNITS[t.unit]
+        return ns
     if pa.types.is_date(t):
-        return col.cast(pa.timestamp("ns")).cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64)
+        ns = col.cast(pa.timestamp("ns")).cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64)
+        return ns
     if pa.types.is_integer(t) or pa.types.is_floating(t):
         if time_unit is None:
             raise reader._fail(
@@ -259,12 +266,14 @@ def _times_to_ns(reader: BlockReader, col: Any, time_unit: str | None, row0: int
             )
         v = col.to_numpy(zero_copy_only=False)
         if pa.types.is_integer(t):
-            return v.astype(np.int64) * _TIME_UNITS[time_unit]
+            ns = v.astype(np.int64) * _TIME_UNITS[time_unit]
+            return ns
         bad = ~np.isfinite(v)
         if bad.any():  # a float NaN is a missing stamp too, not a jump backwards
             k = int(np.flatnonzero(bad)[0])
             raise reader._fail(f"missing time stamp ({v[k]})", f"row {row0 + k}")
-        return np.rint(v.astype(np.float64) * _TIME_UNITS[time_unit]).astype(np.int64)
+        ns = np.rint(v.astype(np.float64) * _TIME_UNITS[time_unit]).astype(np.int64)
+        return ns
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         try:
             ts = col.cast(pa.timestamp("ns", tz="UTC"))
@@ -273,24 +282,32 @@ def _times_to_ns(reader: BlockReader, col: Any, time_unit: str | None, row0: int
                 ts = col.cast(pa.timestamp("ns"))
             except pa.ArrowInvalid as exc:
                 raise reader._fail(f"cannot parse the time column as ISO 8601: {exc}", f"rows {row0}..") from None
-        return ts.cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64)
+        ns = ts.cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64)
+        return ns
     raise reader._fail(f"unsupported time column type {t}")
 
 
 def _is_numeric(t: Any) -> bool:
     import pyarrow as pa
 
-    return (pa.types.is_integer(t) or pa.types.is_floating(t)) and not pa.types.is_boolean(t)
+    return bool((pa.types.is_integer(t) or pa.types.is_floating(t)) and not pa.types.is_boolean(t))
 
 
 def _is_list(t: Any) -> bool:
     import pyarrow as pa
 
-    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+    return bool(pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t))
 
 
 class _TabularReader(BlockReader):
     """Shared column logic of the Parquet and CSV readers."""
+
+    # set by _resolve_columns (time_unit by the subclass): either a list column or band columns
+    time_column: str
+    levels_column: str | None
+    band_columns: list[str] | None
+    time_unit: str | None
+    _row0: int
 
     def _resolve_columns(
         self, schema: Any, time_column: str | None, band_columns: Sequence[str] | None, levels_column: str | None
@@ -354,6 +371,7 @@ class _TabularReader(BlockReader):
                 out[present] = vals.reshape(-1, nb)
             return out
         out = np.empty((n, nb), dtype=np.float32)
+        assert self.band_columns is not None  # no levels column: band columns
         for j, name in enumerate(self.band_columns):
             c = batch.column(name)
             if not _is_numeric(c.type) and not pa.types.is_null(c.type):
@@ -361,7 +379,7 @@ class _TabularReader(BlockReader):
             out[:, j] = c.cast(pa.float64()).to_numpy(zero_copy_only=False)
         return out
 
-    def _tabular_events(self, batches: Iterable[Any]) -> Iterator[tuple]:
+    def _tabular_events(self, batches: Iterable[Any]) -> Iterator[_Event]:
         row0 = 0
         it = iter(batches)
         while True:
@@ -399,7 +417,7 @@ class ParquetReader(_TabularReader):
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         *,
         spec: str | BandSpec = "cense_fast",
         time_column: str | None = None,
@@ -416,7 +434,7 @@ class ParquetReader(_TabularReader):
         self.time_unit = time_unit
         require_module("pyarrow", "archives", "reading Parquet archives")  # not "an unreadable file"
         pf = self._open()
-        self._num_rows = pf.metadata.num_rows
+        self._num_rows: int = pf.metadata.num_rows
         self._resolve_columns(pf.schema_arrow, time_column, band_columns, levels_column)
 
     def _open(self) -> Any:
@@ -432,9 +450,9 @@ class ParquetReader(_TabularReader):
     def duration_hint(self) -> float | None:
         return self._num_rows * self.band_spec.frame_period
 
-    def _events(self) -> Iterator[tuple]:
+    def _events(self) -> Iterator[_Event]:
         pf = self._open()
-        cols = [self.time_column] + (self.band_columns or [self.levels_column])
+        cols = [self.time_column, *self.band_columns] if self.band_columns else [self.time_column, self.levels_column]
         try:
             yield from self._tabular_events(pf.iter_batches(batch_size=self.options.batch_rows, columns=cols))
         finally:
@@ -455,10 +473,11 @@ class CsvReader(_TabularReader):
     """
 
     format = "csv"
+    band_columns: list[str]  # a CSV has no list column
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         *,
         spec: str | BandSpec = "cense_fast",
         time_column: str | None = None,
@@ -535,7 +554,7 @@ class CsvReader(_TabularReader):
             block_size=max(1 << 16, self.options.batch_rows * 256), autogenerate_column_names=not self.header
         )
 
-    def _events(self) -> Iterator[tuple]:
+    def _events(self) -> Iterator[_Event]:
         import pyarrow as pa
         import pyarrow.csv as pcsv
 
@@ -554,7 +573,7 @@ class CsvReader(_TabularReader):
             # pyarrow names the column (by number) and the text, not the row: find the cell
             m = re.search(r"column #(\d+): CSV conversion error to \w+: invalid value", str(exc))
             name = self._names[int(m.group(1))] if m and int(m.group(1)) < len(self._names) else None
-            typo = self._bad_cell(name, self._row0) if name in self.band_columns else None
+            typo = self._bad_cell(name, self._row0) if name is not None and name in self.band_columns else None
             if typo is None:
                 raise
             raise typo from None
@@ -684,7 +703,7 @@ class _ClipReader(BlockReader):
     def duration_hint(self) -> float | None:
         return self.n_clips * self.n_frames * self.band_spec.frame_period
 
-    def _clip_events(self, read: Any) -> Iterator[tuple]:
+    def _clip_events(self, read: Any) -> Iterator[_Event]:
         """``read(c, a, b)`` returns frames a..b of clip c as (b - a, bands)."""
         step = self.options.batch_rows
         for c in range(self.n_clips):
@@ -710,7 +729,7 @@ class Hdf5Reader(_ClipReader):
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         *,
         spec: str | BandSpec = "cense_fast",
         dataset: str = "fast_125ms",
@@ -745,7 +764,7 @@ class Hdf5Reader(_ClipReader):
         except Exception as exc:  # OSError on truncated/corrupt files
             raise self._fail(f"not a readable HDF5 file ({type(exc).__name__}: {exc})", "file header") from exc
 
-    def _events(self) -> Iterator[tuple]:
+    def _events(self) -> Iterator[_Event]:
         with self._open() as f:
             ds = f[self.dataset]
             if self._squeeze:
@@ -769,7 +788,7 @@ class ArrayReader(_ClipReader):
 
     def __init__(
         self,
-        path_or_array: str | os.PathLike | np.ndarray,
+        path_or_array: str | os.PathLike[str] | np.ndarray,
         *,
         spec: str | BandSpec = "cense_fast",
         key: str | None = None,
@@ -781,7 +800,7 @@ class ArrayReader(_ClipReader):
     ):
         if isinstance(path_or_array, np.ndarray):
             self._array: np.ndarray | None = path_or_array
-            path = "<array>"
+            path: str | os.PathLike[str] = "<array>"
             if source is None:
                 source = "array"
             sensor = "array" if sensor is None else sensor
@@ -844,7 +863,7 @@ class ArrayReader(_ClipReader):
                 elif version == (2, 0):
                     shape, fortran, dtype = np.lib.format.read_array_header_2_0(self.fh)
                 else:  # format 3.0 (utf-8 field names): numpy has no public reader for its header
-                    shape, fortran, dtype = np.lib.format._read_array_header(self.fh, version)
+                    shape, fortran, dtype = np.lib.format._read_array_header(self.fh, version)  # type: ignore[attr-defined]
             except Exception as exc:
                 self.zf.close()
                 raise r._fail(
@@ -861,7 +880,7 @@ class ArrayReader(_ClipReader):
     def _open_member(self) -> ArrayReader._Member:
         return ArrayReader._Member(self)
 
-    def _events(self) -> Iterator[tuple]:
+    def _events(self) -> Iterator[_Event]:
         if self._array is not None:
             a = self._array if not self._squeeze else self._array[None]
             yield from self._clip_events(lambda c, i, j: a[c, i:j])
@@ -911,7 +930,9 @@ def _parse_properties(text: str) -> dict[str, str]:
         while line.endswith("\\") and not line.endswith("\\\\") and i < len(lines):
             line = line[:-1] + lines[i].lstrip()
             i += 1
-        key, value, j, esc = [], None, 0, False
+        key: list[str] = []
+        value: list[str] | None = None
+        j, esc = 0, False
         chars: list[str] = key
         while j < len(line):
             ch = line[j]
@@ -1049,7 +1070,7 @@ class NoiseCaptureReader(BlockReader):
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         *,
         spec: str | BandSpec = "noisecapture",
         snap_tolerance: float | None = 0.25,
@@ -1076,7 +1097,7 @@ class NoiseCaptureReader(BlockReader):
         if self._features:  # band names and count, checked up front on the first feature
             self._feature(0, self._features[0])
 
-    def _load(self) -> tuple[dict[str, str], list]:
+    def _load(self) -> tuple[dict[str, str], list[Any]]:
         try:
             with zipfile.ZipFile(self.path) as zf:
                 names = zf.namelist()
@@ -1165,7 +1186,7 @@ class NoiseCaptureReader(BlockReader):
             )
         return self._snapped
 
-    def _events(self) -> Iterator[tuple]:
+    def _events(self) -> Iterator[_Event]:
         feats = self._features
         step = self.options.batch_rows
         snapped = self._snap()
@@ -1215,7 +1236,7 @@ class AudioReader(BlockReader):
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         *,
         spec: str | BandSpec = "cense_fast",
         channel: int | None = None,
@@ -1267,7 +1288,7 @@ class AudioReader(BlockReader):
     def duration_hint(self) -> float | None:
         return self.n_samples / self.sample_rate
 
-    def _events(self) -> Iterator[tuple]:
+    def _events(self) -> Iterator[_Event]:
         import soundfile as sf
         import soxr
 
@@ -1356,7 +1377,7 @@ _READERS: dict[str, type[BlockReader]] = {
     ".mp3": AudioReader,
 }
 _SPEED_OPTIONS = ("n_threads", "read_seconds")  # change speed, never results
-_FORMATS = {
+_FORMATS: dict[str, type[BlockReader]] = {
     "parquet": ParquetReader,
     "csv": CsvReader,
     "hdf5": Hdf5Reader,
@@ -1366,7 +1387,7 @@ _FORMATS = {
 }
 
 
-def open_archive(path: str | os.PathLike, *, format: str | None = None, **options: Any) -> BlockReader:
+def open_archive(path: str | os.PathLike[str], *, format: str | None = None, **options: Any) -> BlockReader:
     """Open one archive file; the reader is chosen from the extension (or ``format``:
     one of ``parquet``, ``csv``, ``hdf5``, ``npy``, ``noisecapture``, ``audio``).
 
@@ -1411,7 +1432,7 @@ class ArchiveSet:
     rule, exactly the blocks before the offending row, whatever the read batch size).
     Paths are read in the given order, duplicates removed."""
 
-    def __init__(self, paths: Iterable[str | os.PathLike], **options: Any):
+    def __init__(self, paths: Iterable[str | os.PathLike[str]], **options: Any):
         seen: dict[str, str] = {}
         for p in paths:  # the same file under two spellings is read once
             seen.setdefault(str(Path(p).resolve()), str(p))
@@ -1490,13 +1511,13 @@ class ArchiveSet:
                     self.stats[reader.source] = reader.stats
 
 
-def open_many(paths: Iterable[str | os.PathLike], **options: Any) -> ArchiveSet:
+def open_many(paths: Iterable[str | os.PathLike[str]], **options: Any) -> ArchiveSet:
     """Blocks of many archive files (see :class:`ArchiveSet`); failures are collected
     in ``.errors`` instead of stopping the run. ``options`` as for :func:`open_archive`."""
     return ArchiveSet(paths, **options)
 
 
-def auto_offset(path: str | os.PathLike, **options: Any) -> LevelReference:
+def auto_offset(path: str | os.PathLike[str], **options: Any) -> LevelReference:
     """Measure the ``reference="auto"`` offset of one file (e.g. to apply it to a whole
     sensor's archive with ``reference="SPL", spl_offset=-ref.offset_db``)."""
     options = {**options, "reference": "auto"}

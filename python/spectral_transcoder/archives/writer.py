@@ -77,7 +77,7 @@ def _tmp_name(run_id: str, name: str) -> str:
     return f".st-{run_id}-{name}.tmp"
 
 
-def read_manifest(path: str | os.PathLike, *, repair: bool = False) -> list[dict[str, Any]]:
+def read_manifest(path: str | os.PathLike[str], *, repair: bool = False) -> list[dict[str, Any]]:
     """The committed entries of a manifest. A torn last line (a kill while appending)
     is ignored, and cut from the file when ``repair``; a bad line before the last
     one is corruption and an error."""
@@ -184,10 +184,10 @@ class ResultWriter:
 
     def __init__(
         self,
-        output: str | os.PathLike,
+        output: str | os.PathLike[str],
         *,
         run_info: dict[str, Any],
-        manifest: str | os.PathLike | None = None,
+        manifest: str | os.PathLike[str] | None = None,
         blocks_per_part: int = 16,
         resume: bool = True,
     ):
@@ -420,6 +420,7 @@ class ResultWriter:
         tmp = self.dir / _tmp_name(self.run_id, name)
         fh = open(tmp, "wb")  # noqa: SIM115 - the part stays open across writes; closed with its ParquetWriter
         meta = {"st.run": json.dumps(self.run_info, sort_keys=True, default=str), RUN_ID_KEY: self.run_id}
+        assert self.schema is not None  # set by write() before the first part
         writer = pq.ParquetWriter(fh, self.schema.with_metadata(meta))
         self._part = (writer, fh, tmp, self.dir / name)
 
