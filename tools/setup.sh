@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up (or refresh) the project's virtual environment in .venv:
 # builds the C++ extension and installs the package with its test, training, archives, dask and plot extras
-# (test brings the checkers tools/test.sh runs: ruff and mypy).
+# (test brings the checkers tools/test.sh runs, ruff and mypy, and what tools/sanitize.sh builds with: cmake,
+# ninja, pybind11, pythran).
 # Idempotent and quick to rerun: the install is skipped when the sources it is built from (pyproject.toml,
 # CMakeLists.txt, cpp/, python/, training/) have not changed since the last successful install (stamp in .venv).
 #   bash tools/setup.sh           # install if needed
