@@ -77,15 +77,23 @@ def export_fit(
     levels = torch.randn(2, fpc * (1 + 2 * ctx), band.n_bands, generator=g) * 10 - 50
     export_onnx(model, md, output, example=example, dynamic_frames=False, extra_inputs={"levels": levels})
     tables = format_report(fidelity) if fidelity else "(no fidelity evaluation given)"
+    cfg = meta["config"]
+    texture = (
+        "; a learned within-frame upsampling head renders detail inside each 125-ms frame"
+        if model.config.get("texture")
+        else ""
+    )
+    start = f", started from run `{Path(cfg['init_from']).name}`" if cfg.get("init_from") else ""
+    balance = f"; examples weighted by freq(teacher's top-1 class)^-{cfg['balance']}" if cfg.get("balance") else ""
     card = f"""# `{name}`: context transcoder, cense_fast third-octaves -> `{mel.name}` Mel
 
 - Teacher: {meta["teacher"]["name"]} (`{meta["teacher"]["source"]}`, sha256 {meta["teacher"]["sha256"][:12]}...)
 - Architecture: third-octave trunk at 8 frames/s over the chunk and {ctx} neighbouring second(s) each side,
-  interpolated to the Mel frames, over a learned per-bin affine map of the PINV, plus a thin 2-D refinement
+  interpolated to the Mel frames, over a learned per-bin affine map of the PINV, plus a thin 2-D refinement{texture}
   ({count_parameters(model)} parameters; `{json.dumps(model.config)}`).
-- Training: step {ck["step"]} of {meta["config"]["steps"]}, best validation selection score (mean of clip and
-  macro PtoPa-FC on the engine's `valid` split); losses BCE + softmax distillation (T {meta["config"]["kd_temperature"]})
-  + scene-level BCE + Mel MSE anchor; AdamW, warm-up then cosine decay.
+- Training: step {ck["step"]} of {cfg["steps"]}{start}, the best validation selection score (mean of the
+  domain-balanced clip PtoPa-FC and the macro PtoPa-FC on the engine's `valid` split); losses BCE + softmax
+  distillation (T {cfg["kd_temperature"]}) + scene-level BCE + Mel MSE anchor{balance}; AdamW, warm-up then cosine decay.
 - Data: {DATA_TEXT}
 - Licence of the weights: {WEIGHTS_LICENSE}.
 - Exported {_dt.date.today().isoformat()}.
