@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from spectral_transcoder.metadata import ModelMetadata
+from spectral_transcoder.pinv import pinv_matrix
 from spectral_transcoder.specs import get_band_spec, get_mel_spec
 
 from .checkpoints import sha256_file
@@ -61,6 +62,8 @@ def export_fit(
         source=f"{run.name}/best.pt (step {ck['step']})",
         source_sha256=sha256_file(run / "best.pt"),
         license=f"{WEIGHTS_LICENSE}; trained on audio under the licences of docs/training-data.md",
+        # the PINV the network was trained behind, so that the file describes its whole chain
+        pinv={"matrix": pinv_matrix(band, mel).tolist(), "phi_plus": "spectral_transcoder.pinv.pinv_matrix (float64)"},
         training_data=DATA_TEXT,
         metrics={"best_step": int(ck["step"]), "valid": ck["report"]["all"], **({"test": summary} if summary else {})},
         extra={

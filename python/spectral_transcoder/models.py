@@ -327,6 +327,8 @@ class Transcoder:
         if not self.context_chunks:
             return None
         x = np.asarray(chunks, dtype=np.float32)
+        if x.ndim == 2:  # one chunk on its own: it stands in for its neighbours, as at a stream's ends
+            return context_windows(x[None], self.context_chunks, valid)[0]
         return context_windows(x, self.context_chunks, valid)
 
     def pinv_chunks(self, chunks: object, *, band_spec: str | BandSpec | None = None) -> np.ndarray:
