@@ -235,7 +235,7 @@ def main() -> int:
     full = {k: r for k, r in results.items() if not k.startswith("PINV only")}
     best = max(full, key=lambda k: full[k]["x_real_time"])
     print(
-        f"goal: >= 800x real time with YAMNet with RSS <= 1 GB; best full pipeline here: {full[best]['x_real_time']:.1f}x "
+        f"goal: >= 800x real time (YAMNet), RSS <= 1 GB; best full pipeline: {full[best]['x_real_time']:.1f}x "
         f"({best}, RSS peak {full[best]['rss_peak_mb']:.0f} MB)",
         flush=True,
     )
