@@ -328,7 +328,8 @@ class Transcoder:
             return None
         x = np.asarray(chunks, dtype=np.float32)
         if x.ndim == 2:  # one chunk on its own: it stands in for its neighbours, as at a stream's ends
-            return context_windows(x[None], self.context_chunks, valid)[0]
+            one: np.ndarray = context_windows(x[None], self.context_chunks, valid)[0]
+            return one
         return context_windows(x, self.context_chunks, valid)
 
     def pinv_chunks(self, chunks: object, *, band_spec: str | BandSpec | None = None) -> np.ndarray:
