@@ -90,7 +90,8 @@ def _index(tmp_path: Path, pool_records: list[dict], extra: list[dict]) -> Path:
 
 
 def test_build_resume_and_read(tmp_path, pool_records, shared):
-    from training.engine import HeldoutConfig, HeldoutStore, SceneStore, build_heldout, build_scenes
+    from training.engine import HeldoutConfig, build_heldout, build_scenes
+    from training.engine_store import HeldoutStore, SceneStore
 
     models = str(shared / "models")
     held = [

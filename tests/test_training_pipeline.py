@@ -28,7 +28,8 @@ from spectral_transcoder.specs import get_band_spec, get_mel_spec  # noqa: E402
 from training.cache import SPLITS, ChunkStore, read_manifest  # noqa: E402
 from training.cards import data_licences, export_run, ship  # noqa: E402
 from training.chunks import file_chunks  # noqa: E402
-from training.dataset import BuildConfig, assign_split, build_dataset  # noqa: E402
+from training.dataset import build_dataset  # noqa: E402
+from training.dataset_split import BuildConfig, assign_split  # noqa: E402
 from training.downstream import FCHead, cross_validate, us8k_fold, us8k_label  # noqa: E402
 from training.evaluate import (  # noqa: E402
     Method,

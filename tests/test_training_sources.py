@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 
 from training import sources
+from training.source_catalogue import MIDI_PACKAGES, PACKAGES, package_licence
 from training.sources import SourceRecord, assign_split, build_index, load_index, record_split, write_index
 
 REPO = Path(__file__).resolve().parents[1]
@@ -206,9 +207,9 @@ def test_licences(index):
     assert recs["01-0.wav"]["licence"] == "CC-BY-3.0"  # free-form copyright file
     assert recs["101415-3-0-2.wav"]["licence"] == "CC-BY-NC-3.0"
     assert "research" in recs["park-london-96-2684-a.wav"]["licence"]
-    assert sources.package_licence("megaglest-data", root=index["root"]) == "GPL-2+, CC-BY-SA-3.0"
-    assert sources.package_licence("megaglest-data", "/usr/share/games/x/sounds/a.wav", index["root"]) == "CC-BY-SA-3.0"
-    assert sources.package_licence("no-such-package", root=index["root"]).startswith("unknown")
+    assert package_licence("megaglest-data", root=index["root"]) == "GPL-2+, CC-BY-SA-3.0"
+    assert package_licence("megaglest-data", "/usr/share/games/x/sounds/a.wav", index["root"]) == "CC-BY-SA-3.0"
+    assert package_licence("no-such-package", root=index["root"]).startswith("unknown")
 
 
 def test_skips_are_counted_with_reasons(index):
@@ -297,9 +298,9 @@ def load_index_records(index: dict) -> list[SourceRecord]:
 def test_install_script_lists_the_table_packages():
     script = REPO / "training" / "install_audio_sources.sh"
     out = subprocess.run(["bash", str(script), "--print-packages"], capture_output=True, text=True, check=True)
-    assert set(out.stdout.split()) == set(sources.PACKAGES) | set(sources.MIDI_PACKAGES)
+    assert set(out.stdout.split()) == set(PACKAGES) | set(MIDI_PACKAGES)
     out = subprocess.run(["bash", str(script), "--print-midi-packages"], capture_output=True, text=True, check=True)
-    assert tuple(out.stdout.split()) == sources.MIDI_PACKAGES
+    assert tuple(out.stdout.split()) == MIDI_PACKAGES
 
 
 def test_cli_index(tree, tmp_path, capsys):

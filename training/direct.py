@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .engine import HeldoutStore, SceneStore
+from .engine_store import HeldoutStore, SceneStore
 from .metrics import fidelity_report, selection_score
 from .nets.direct import DirectStudent
 from .runs import add_config_arguments, model_from_checkpoint, save_checkpoint

@@ -37,8 +37,9 @@ import numpy as np
 
 from spectral_transcoder.specs import get_band_spec
 
-from .engine import HeldoutStore
-from .metrics import compare_table, domain_table, fidelity_report
+from .engine_store import HeldoutStore
+from .metrics import fidelity_report
+from .metrics_tables import compare_table, domain_table
 
 __all__ = ["evaluate_fidelity", "resolve_method", "merge_results", "format_report", "add_parser"]
 

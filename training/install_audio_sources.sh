@@ -7,7 +7,7 @@
 #   bash training/install_audio_sources.sh --no-render       # install only
 #
 # Package audio stays where Debian puts it (under /usr/share); `python -m training sources
-# index` finds it through the table in training/sources.py, which must list the same packages.
+# index` finds it through the table in training/source_catalogue.py, which must list the same packages.
 # Rendered audio goes to $ST_AUDIO_SOURCES (default ~/.cache/spectral_transcoder/audio-sources):
 #   midi/<package>/<path under /usr/share>.flac   32 kHz mono FLAC, at most ST_MIDI_MAX_SECONDS
 #                                                 (default 120) s, peak normalised to -1 dBFS
@@ -30,7 +30,7 @@ SPEECH=(
   fillets-ng-data fillets-ng-data-cs fillets-ng-data-nl
   klettres-data ktuberling-data
 )
-# Sound effects (several also ship music or ambiences: the table in sources.py splits them).
+# Sound effects (several also ship music or ambiences: the table in source_catalogue.py splits them).
 # Left out: packages whose clips are nearly all under the index's 0.5 s minimum (bucklespring-data
 # key clicks, gcin-voice syllables), and very large ones (0ad-data, redeclipse-data, flightgear).
 SFX=(

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from spectral_transcoder.pinv import pinv_chunks
 from spectral_transcoder.specs import get_band_spec
 
-from .engine import HeldoutStore, SceneStore, centre_frames
+from .engine_store import HeldoutStore, SceneStore, centre_frames
 from .metrics import fidelity_report, selection_score
 from .nets.context import ContextTranscoder
 from .runs import add_config_arguments, model_from_checkpoint, save_checkpoint

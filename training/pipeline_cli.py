@@ -48,11 +48,11 @@ def register(sub: Any) -> None:
         loop,
         quantize,
         sources,
-        train,
+        train_cli,
     )
 
     dataset.add_parser(sub)
-    train.add_parser(sub)
+    train_cli.add_parser(sub)
     cards.add_parsers(sub)
     quantize.add_parser(sub)
     evaluate.add_parser(sub)

@@ -1,17 +1,19 @@
 """What every training run folder (and dataset cache) shares: options from its config dataclass,
-atomic writes (checkpoints, text and JSON files), a progress bar, and rebuilding a network from a
-checkpoint's ``model_config``."""
+atomic writes (checkpoints, text and JSON files), the RNG states a checkpoint resumes from, a
+progress bar, and rebuilding a network from a checkpoint's ``model_config``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import random
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -19,6 +21,8 @@ __all__ = [
     "save_checkpoint",
     "write_text_atomic",
     "write_json_atomic",
+    "rng_state",
+    "set_rng_state",
     "progress_bar",
     "model_from_checkpoint",
 ]
@@ -56,6 +60,28 @@ def write_text_atomic(path: Path, text: str) -> None:
 def write_json_atomic(path: Path, data: Any) -> None:
     """:func:`write_text_atomic` of ``data`` as JSON (indent 1, keys in insertion order)."""
     write_text_atomic(path, json.dumps(data, indent=1))
+
+
+def rng_state() -> dict[str, Any]:
+    """The torch, CUDA, Python and numpy RNG states, storable in a checkpoint (numpy's as plain lists)."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+
+
+def set_rng_state(s: dict[str, Any]) -> None:
+    """Restore the RNG states of :func:`rng_state` (a resumed run continues the same random streams)."""
+    torch.set_rng_state(s["torch"])
+    if s.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    py = s["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = s["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], np.uint32), n[2], n[3], n[4]))
 
 
 def progress_bar(items: Sequence[Any], enabled: bool, unit: str) -> Iterable[Any]:

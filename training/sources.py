@@ -1,12 +1,13 @@
 """Training-audio sources: an index of real, unannotated audio (the teacher classifiers label it).
 
 Sources: Debian packages installed by ``training/install_audio_sources.sh`` (the files dpkg
-lists for each package of :data:`PACKAGES`, sorted into domains by its first matching rule);
-the MIDI files of :data:`MIDI_PACKAGES` that the script rendered to FLAC under
-``$ST_AUDIO_SOURCES/midi``; the shared data (UrbanSound8K folds: ``urban``, field recordings:
-``field``); and ``--extra [DOMAIN=]DIR`` folders. A record's ``group`` holds the files that must
-never be split between training and held-out data; :func:`assign_split` picks a split per group
-from a sha256 (the same on every machine). Unreadable, too short (< :data:`MIN_DURATION_S`),
+lists for each package of :data:`training.source_catalogue.PACKAGES`, sorted into domains by its
+first matching rule); the MIDI files of :data:`training.source_catalogue.MIDI_PACKAGES` that the
+script rendered to FLAC under ``$ST_AUDIO_SOURCES/midi``; the shared data (UrbanSound8K folds:
+``urban``, field recordings: ``field``); and ``--extra [DOMAIN=]DIR`` folders. A record's ``group``
+(:func:`training.source_catalogue.file_group` for package files) holds the files that must never be
+split between training and held-out data; :func:`assign_split` picks a split per group from a
+sha256 (the same on every machine). Unreadable, too short (< :data:`MIN_DURATION_S`),
 silent and byte-identical files are skipped and counted. CLI: ``python -m training sources index``.
 """
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import functools
 import hashlib
 import json
 import os
@@ -32,18 +32,16 @@ import numpy as np
 import soundfile as sf
 
 from .paths import shared_dir
+from .source_catalogue import PACKAGES, file_group, package_licence
 
 __all__ = [
     "SourceRecord",
-    "PACKAGES",
-    "MIDI_PACKAGES",
     "DOMAINS",
     "build_index",
     "write_index",
     "load_index",
     "assign_split",
     "record_split",
-    "package_licence",
     "add_parser",
 ]
 
@@ -62,75 +60,6 @@ DEFAULT_AUDIO_SOURCES = Path(
     or Path.home() / ".cache" / "spectral_transcoder" / "audio-sources"
 )
 
-Rule = tuple[str, str]  # (domain, fnmatch pattern on the lower-cased path, '*' matches '/'); "" excludes
-_GAME: tuple[Rule, ...] = (("music", "*/music/*"), ("sfx", "*"))
-PACKAGES: dict[str, tuple[Rule, ...]] = {  # package -> rules; the first rule matching a file wins
-    # speech: telephone prompts (8 kHz), dubbed dialogue, spoken letters and words
-    **{
-        p: (("", "*/silence/*"), ("speech", "/usr/share/asterisk/sounds/*"))
-        for p in (
-            "asterisk-core-sounds-en-wav",
-            "asterisk-core-sounds-es-wav",
-            "asterisk-core-sounds-fr-wav",
-            "asterisk-core-sounds-it-wav",
-            "asterisk-core-sounds-ru-wav",
-            "asterisk-prompt-it-menardi-wav",
-        )
-    },
-    "fillets-ng-data": (
-        ("music", "*/fillets-ng/music/*"),
-        ("speech", "*/fillets-ng/sound/*/en/*"),
-        ("speech", "*/borejokes/*"),
-        ("sfx", "*"),
-    ),
-    **{p: (("speech", "*"),) for p in ("fillets-ng-data-cs", "fillets-ng-data-nl", "klettres-data", "ktuberling-data")},
-    # sound effects (with the music, voices and ambiences some of them also ship)
-    "tuxpaint-stamps-default": (("speech", "*_desc*"), ("sfx", "*")),
-    "hedgewars-data": (("speech", "*/sounds/voices/*"), *_GAME),
-    "wesnoth-1.16-data": (("environment", "*/sounds/ambient/*"), ("sfx", "*")),
-    "supertux-data": (("speech", "*/supertux2/speech/*"), *_GAME),
-    **{p: _GAME for p in ("pingus-data", "frozen-bubble-data", "colobot-common-sounds", "lincity-ng-data")},
-    **{p: (("sfx", "*"),) for p in ("sound-theme-freedesktop", "oxygen-sounds", "gnome-audio")},
-    "lomiri-sounds": (("music", "*/ringtones/*"), ("sfx", "*")),
-    "warmux-data": (("speech", "*/sound/default/voices/*"), *_GAME),
-    "megaglest-data": (("environment", "*/tilesets/*/sounds/*"), *_GAME),
-    "freedink-data": (("music", "*/dink/sound/*.ogg"), ("sfx", "*")),
-    # music and instrument samples
-    "hyperrogue-music": (("sfx", "*/hyperrogue/sounds/*"), ("music", "*")),
-    **{
-        p: (("music", "*"),)
-        for p in (
-            "wesnoth-1.16-music",
-            "hydrogen-drumkits",
-            "sonic-pi-samples",
-            "drascula-music",
-            "singularity-music",
-            "fretsonfire-songs-muldjord",
-            "fretsonfire-songs-sectoid",
-            "asterisk-moh-opsound-wav",
-        )
-    },
-}
-MIDI_PACKAGES = (
-    "mma",
-    "simutrans-data",
-    "openttd-openmsx",
-    "planetblupi-music-midi",
-    "kobodeluxe-data",
-    "freedink-data",
-)
-"""Packages whose MIDI files the install script renders (music, grouped by MIDI file)."""
-
-_GROUPS: tuple[tuple[str, str], ...] = (
-    # (regex on the absolute path, fullmatch; group template filled with the regex's groups)
-    (r"/usr/share/asterisk/sounds/[^/]+/(.+)\.[^./]+", "asterisk:{}"),  # drop the language
-    (r".*/fillets-ng/sound/(.+)/[a-z]{2}/([^/]+)\.[^./]+", "fillets-ng:{}/{}"),  # same line, any language
-    (r".*/ktuberling/sounds/[^/]+/([^/]+)\.[^./]+", "ktuberling:{}"),
-    (r".*/tuxpaint/stamps/(.+?)(?:_desc[^/]*)?\.[^./]+", "tuxpaint:{}"),  # a stamp's sound + descriptions
-    (r".*/drascula/[^/]+/([^/]+)\.[^./]+", "drascula:{}"),  # a track in every language
-    (r".*/fretsonfire/data/songs/(.+)/[^/]+", "fretsonfire:{}"),  # song and guitar stems
-    (r".*/hydrogen/data/drumkits/([^/]+)/.+", "hydrogen-drumkit:{}"),  # velocity layers of one kit
-)
 _US8K_NAME = re.compile(r"(\d+)-\d+-\d+-\d+")
 _TAU_NAME = re.compile(r"([a-z_]+-[a-z]+-\d+)-\d+-[a-z0-9]+")
 
@@ -152,59 +81,7 @@ class SourceRecord:
     fold: int | None = None
 
 
-# ------------------------------------------------------------------ licences
-_CC = re.compile(r"creativecommons\.org/licenses/([a-z-]+)/(\d\.\d)", re.I)
-_COMMON = re.compile(r"common-licenses/((?:L?GPL|GFDL|Artistic|Apache|MPL|CC0)[-0-9.]*)")
-LICENCE_OVERRIDES = {"singularity-music": "CC-BY-SA-3.0"}  # free-form files read by hand
-
-
-@functools.cache
-def _copyright(package: str, root: Path) -> tuple[list[tuple[re.Pattern[str], str]], str]:
-    """``(DEP-5 rules, package summary)``: each rule is (regex on the path's end, licence)."""
-    path = root / "usr/share/doc" / package / "copyright"
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return [], "unknown (no copyright file)"
-    rules: list[tuple[re.Pattern[str], str]] = []
-    for para in re.split(r"\n\s*\n", text):
-        files = re.search(r"^Files:\s*(.*(?:\n[ \t].*)*)", para, re.M)
-        lic = re.search(r"^License:[ \t]*(\S.*)$", para, re.M)
-        if files and lic and not all(f.startswith("debian/") for f in files.group(1).split()):
-            # a source pattern also matches by its tails of >= 2 components (data/music/* -> music/*)
-            tails = {
-                "/".join(parts[i:])
-                for f in files.group(1).split()
-                if (parts := f.lstrip("./").split("/"))
-                for i in range(max(1, len(parts) - 1))
-            }
-            alts = "|".join(fnmatch.translate(t) for t in sorted(tails))
-            rules.append((re.compile(rf"(?:^|/)(?:{alts})"), lic.group(1).strip()))
-    names: Counter[str] = Counter(lic for _, lic in rules)
-    if not names:  # free-form copyright file
-        names.update(f"CC-{m.group(1).upper()}-{m.group(2)}" for m in _CC.finditer(text))
-        names.update(m.group(1).rstrip(".-") for m in _COMMON.finditer(text))
-    top = [n for n, _ in names.most_common()]
-    summary = ", ".join(top[:4]) + (f" +{len(top) - 4} more" if len(top) > 4 else "") if top else f"see {path}"
-    return rules, LICENCE_OVERRIDES.get(package, summary)
-
-
-def package_licence(package: str, path: str | None = None, root: str | os.PathLike[str] = "/") -> str:
-    """Short licence from ``/usr/share/doc/<package>/copyright``: for the installed file ``path`` the
-    ``License:`` of the last DEP-5 ``Files:`` paragraph matching the path's end; else the licence names,
-    most frequent first (``debian/*`` left out; free-form files: CC URLs, ``common-licenses`` names)."""
-    rules, summary = _copyright(package, Path(root))
-    return next((lic for rx, lic in reversed(rules) if rx.search(path.lstrip("/"))), summary) if path else summary
-
-
 # ------------------------------------------------------------------ discovery
-def _group(source: str, path: str) -> str:
-    for rx, template in _GROUPS:
-        if m := re.fullmatch(rx, path):
-            return template.format(*m.groups())
-    return f"{source}:{path.lstrip('/')}"
-
-
 def _package_candidates(root: Path, missing: list[str]) -> Iterable[SourceRecord]:
     """The audio files that dpkg lists (``<pkg>.list``, ``<pkg>:<arch>.list``) for each package."""
     info = root / "var/lib/dpkg/info"
@@ -219,7 +96,7 @@ def _package_candidates(root: Path, missing: list[str]) -> Iterable[SourceRecord
             domain = next((d for d, pat in rules if fnmatch.fnmatchcase(name.lower(), pat)), "")
             if domain:
                 yield SourceRecord(
-                    str(full), package, domain, _group(package, name), package_licence(package, name, root)
+                    str(full), package, domain, file_group(package, name), package_licence(package, name, root)
                 )
 
 

@@ -1,7 +1,8 @@
 """The paper-style trainer of the CNN transcoder (docs/conventions.md §5): training loop and run folders.
 
 ``python -m training train CACHE_DIR -o RUN_DIR [--calibrate]
---mode logits|mels|hybrid|distill|logit_mse|embed_mse|feature_stats``
+--mode logits|mels|hybrid|distill|logit_mse|embed_mse|feature_stats`` (the command line is
+:mod:`training.train_cli`)
 
 The network is h3's :class:`~training.nets.CNNTranscoder` (paper configuration by
 default) applied to the PINV of the cached third-octave levels. The PINV is the
@@ -29,7 +30,6 @@ import io
 import json
 import math
 import os
-import random
 import sys
 import time
 from collections.abc import Callable
@@ -47,7 +47,7 @@ from .cache import ChunkStore
 from .checkpoints import sha256_file, torch_load
 from .losses import MODES, Batches, Loss, fit_calibration, loss_fn
 from .nets import CNNTranscoder, count_parameters
-from .runs import progress_bar, save_checkpoint, write_text_atomic
+from .runs import progress_bar, rng_state, save_checkpoint, set_rng_state, write_text_atomic
 from .teachers import Teacher, load_teacher
 
 __all__ = [
@@ -56,7 +56,6 @@ __all__ = [
     "train",
     "load_run",
     "resolve_device",
-    "add_parser",
 ]
 
 RUN_FORMAT = "spectral_transcoder.training.run/1"
@@ -135,26 +134,6 @@ def resolve_device(device: str) -> torch.device:
 
 
 # ---------------------------------------------------------------------- helpers
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": random.getstate(),
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-    }
-
-
-def _set_rng_state(s: dict[str, Any]) -> None:
-    torch.set_rng_state(s["torch"])
-    if s.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-    py = s["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = s["numpy"]
-    np.random.set_state((n[0], np.asarray(n[1], np.uint32), n[2], n[3], n[4]))
-
-
 def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     # Depends on (seed, epoch) only: a resumed run shuffles exactly like an uninterrupted one.
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -344,7 +323,7 @@ def train(
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         start, best, history = int(ck["epoch"]) + 1, dict(ck["best"]), list(ck["history"])
-        _set_rng_state(ck["rng"])
+        set_rng_state(ck["rng"])
         say(f"resuming {run} after epoch {start - 1} (best: epoch {best['epoch']}, val {best['val_loss']:.6g})")
     else:
         t0 = time.perf_counter()
@@ -375,7 +354,7 @@ def train(
                 "epoch": 0,
                 "best": best,
                 "history": history,
-                "rng": _rng_state(),
+                "rng": rng_state(),
                 "config": config.to_dict(),
             },
             last,
@@ -432,7 +411,7 @@ def train(
                 "epoch": epoch,
                 "best": best,
                 "history": history,
-                "rng": _rng_state(),
+                "rng": rng_state(),
                 "config": config.to_dict(),
             },
             last,
@@ -461,107 +440,3 @@ def load_run(
     model = CNNTranscoder(**cfg.arch(int(meta["cache"]["mel_spec"]["n_mels"])))
     model.load_state_dict(ck["model"])
     return model.eval(), meta, ck
-
-
-# ---------------------------------------------------------------------- CLI
-def add_parser(sub: Any) -> None:
-    """Register ``train`` on an argparse subparsers object."""
-    p = sub.add_parser(
-        "train",
-        help="train (or resume) a CNN transcoder on a dataset cache",
-        description="Train the residual CNN on the PINV of the cached third-octave levels: --mode logits "
-        "(BCE against the frozen teacher, the paper's CNN-logits), --mode mels (MSE to the ground-truth Mel), "
-        "--mode hybrid (the paper's mix of both), --mode distill (BCE plus softmax distillation), --mode logit_mse "
-        "(MSE to the teacher's logits), --mode embed_mse (MSE to its embedding, plus BCE) or --mode feature_stats "
-        "(its feature maps' per-channel mean and spread, plus BCE). Rerun the "
-        "same command to resume after the last finished epoch (a larger --epochs continues training).",
-    )
-    p.add_argument("cache_dir", metavar="CACHE_DIR")
-    p.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run directory (created or resumed)")
-    p.add_argument(
-        "--mode",
-        choices=MODES,
-        default="logits",
-        help="loss: logits (the paper's CNN-logits, BCE), mels (CNN-mels, MSE), hybrid (the paper's "
-        "MSE + k BCE mix) or distill (BCE + softmax distillation); default logits",
-    )
-    p.add_argument("--epochs", type=int, default=200, help="epochs (default 200, the paper's)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--layers", type=int, default=5, help="conv layers (default 5)")
-    p.add_argument("--channels", type=int, default=64, help="hidden channels (default 64)")
-    p.add_argument("--kernel-time", type=int, default=3)
-    p.add_argument("--kernel-mel", type=int, default=5)
-    p.add_argument("--dilation", type=int, default=1)
-    p.add_argument(
-        "--calibrate",
-        action="store_true",
-        help="fit a per-bin affine map PINV -> target Mel on the training split, in front of the CNN "
-        "(recommended for magnitude targets such as the official YAMNet front end)",
-    )
-    p.add_argument(
-        "--prop-logit",
-        type=float,
-        default=TrainConfig.prop_logit,
-        help="--mode hybrid: the paper's p in percent (default %(default)s)",
-    )
-    p.add_argument(
-        "--hybrid-k",
-        type=float,
-        default=TrainConfig.hybrid_k,
-        help="--mode hybrid: the paper's k (default %(default)s, YAMNet's)",
-    )
-    p.add_argument(
-        "--kd-weight",
-        type=float,
-        default=TrainConfig.kd_weight,
-        help="--mode distill: weight of the softmax distillation term (default %(default)s)",
-    )
-    p.add_argument(
-        "--kd-temperature",
-        type=float,
-        default=TrainConfig.kd_temperature,
-        help="--mode distill: softmax temperature (default %(default)s)",
-    )
-    p.add_argument(
-        "--init-from",
-        metavar="RUN_DIR",
-        default="",
-        help="start from the best weights of another run on the same cache and architecture",
-    )
-    p.add_argument("--teacher-source", metavar="FILE", help="teacher checkpoint (default: the cache's)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_cmd_train)
-
-
-def _cmd_train(args: Any) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = TrainConfig(
-        mode=args.mode,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        n_layers=args.layers,
-        channels=args.channels,
-        kernel_time=args.kernel_time,
-        kernel_mel=args.kernel_mel,
-        dilation=args.dilation,
-        kd_weight=args.kd_weight,
-        kd_temperature=args.kd_temperature,
-        prop_logit=args.prop_logit,
-        hybrid_k=args.hybrid_k,
-        calibrate=args.calibrate,
-        init_from=args.init_from,
-    )
-    teacher = None
-    if args.teacher_source and cfg.mode != "mels":
-        info = ChunkStore(args.cache_dir).teacher_info
-        teacher = load_teacher(info["name"], args.teacher_source)
-    res = train(args.cache_dir, args.output, cfg, teacher=teacher, device=args.device, progress=not args.no_progress)
-    print(f"{res.run_dir}: best epoch {res.best_epoch}, validation loss {res.best_val_loss:.6g}")
-    return 0
