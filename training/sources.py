@@ -357,8 +357,9 @@ def add_parser(sub: Any) -> None:
         help="walk the sources and write a JSON index",
         description=(
             "Walk the Debian packages of training/source_catalogue.py (install them with "
-            "training/install_audio_sources.sh), the rendered MIDI and the shared data; probe each file (skip unreadable, < 0.5 s, silent and duplicate "
-            "files) and write a JSON index with a summary per domain and source."
+            "training/install_audio_sources.sh), the rendered MIDI and the shared data; probe each file (skip "
+            "unreadable, < 0.5 s, silent and duplicate files) and write a JSON index with a summary per domain and "
+            "source."
         ),
     )
     q.add_argument("-o", "--output", required=True, metavar="INDEX.json", help="index file to write (atomically)")
