@@ -546,3 +546,20 @@ def test_noisecapture_jittered_stamps_are_snapped(via, tiny, tmp_path, capsys):
         assert "warning:" in err and "snapped" in err and "largest shift" in err
         t = archives.read_results(tmp_path / "out")
         assert sum(t.column("chunks").to_pylist()) == 115
+
+
+def test_auto_reference_levels_just_above_full_scale_are_not_warned_about():
+    """--reference auto maps the 99th percentile of the broadband level to 0 dB: a band a little
+    above 0 dB is expected there, and warning about it would only teach users to ignore warnings."""
+    import warnings
+
+    from spectral_transcoder._validation import check_level_range
+
+    spec = st.get_band_spec("cense_fast")
+    lv = np.full((16, spec.n_bands), -40.0)
+    lv[3, 10] = 2.0
+    with pytest.warns(st.LevelWarning):
+        check_level_range(lv, spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_level_range(lv, spec, reference="auto")

@@ -658,7 +658,7 @@ def classify(
     spec = tr.check_band_spec(band_spec)
     x = as_float32_levels(levels, spec.n_bands, "levels", spec.name)
     x, offset_db = apply_reference(x, spec, reference, spl_offset)
-    check_level_range(x, spec)  # SPL read as dBFS would classify as loud "Music" everywhere
+    check_level_range(x, spec, reference=str(reference))  # SPL read as dBFS: loud "Music" everywhere
     f = spec.frames_per_chunk
     with warnings.catch_warnings():
         # A padded last chunk is reported in the result (last_chunk_frames), not warned about...

@@ -245,7 +245,8 @@ def plot_file(
     tr.check_band_spec(open_archive(input, **read_options).band_spec)  # before reading anything
     win = read_window(input, start=start, duration=duration, **read_options)
     spec = tr.check_band_spec(win.band_spec)
-    check_level_range(win.levels, spec, where=f"{input}: ")  # after the level reference, as transcoded
+    # after the level reference, as transcoded
+    check_level_range(win.levels, spec, where=f"{input}: ", reference=win.level_reference.mode)
     fpc = spec.frames_per_chunk
     n = win.levels.shape[0] // fpc
     ok = win.valid.reshape(n, fpc).all(axis=1)

@@ -368,7 +368,7 @@ def _timed_block(block: Any, task: ProcessTask) -> tuple[Any, dict[str, float]]:
     tr, clf = loaded_models(task)
     spec = check_band_spec(tr, block.band_spec, block.source)
     # SPL read as dBFS would classify as "Music" everywhere: that file fails with the way out
-    check_level_range(block.levels, block.band_spec, where=f"{block.source}: ")
+    check_level_range(block.levels, block.band_spec, where=f"{block.source}: ", reference=block.level_reference.mode)
     opts = task.options
     fpc = spec.frames_per_chunk
     n = block.n_frames // fpc  # a block is a whole number of chunks
