@@ -9,6 +9,7 @@ default), Mels ``(..., frames, n_mels)`` in the classifier's own units.
 - :func:`pinv` — levels -> Mel by the folded pseudo-inverse (C++).
 - :func:`griffin_lim` — a Mel (true or transcoded) back to audio, for listening checks.
 - :class:`Transcoder`, :class:`Classifier`, :func:`classify` — ONNX Runtime models.
+- :class:`Pipeline` — a transcoder and its classifier, resolved and checked once.
 - :mod:`spectral_transcoder.archives` — streaming readers and the resumable engine.
 - :func:`process` — archives -> Parquet predictions, resumable, optionally on Dask
   (:mod:`spectral_transcoder.archives.process`).
@@ -49,6 +50,7 @@ _LAZY = {
     "Classifier": "models",
     "ClassificationResult": "models",
     "classify": "models",
+    "Pipeline": "pipeline",
     "process": "archives.process",
     "registry": None,
     "archives": None,
@@ -76,6 +78,7 @@ __all__ = [
     "Classifier",
     "ClassificationResult",
     "classify",
+    "Pipeline",
     "process",
     "BandSpec",
     "MelSpec",

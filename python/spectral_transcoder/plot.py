@@ -231,20 +231,14 @@ def plot_file(
     require_module("matplotlib", "plot", "plotting")  # before the models are loaded and the file read
     from ._validation import check_level_range
     from .archives import AudioReader, open_archive
-    from .errors import SpecMismatchError
-    from .models import Classifier, Transcoder, _default_transcoder_for, _spec_diff
+    from .pipeline import Pipeline
 
-    clf = Classifier.coerce(classifier, n_threads=n_threads)
-    tr = Transcoder.coerce(transcoder if transcoder is not None else _default_transcoder_for(clf), n_threads=n_threads)
-    diff = _spec_diff(tr.output_spec, clf.input_spec)
-    if diff:
-        raise SpecMismatchError(
-            f"the transcoder {tr.model_id} produces {tr.output_spec.name!r} but the "
-            f"classifier {clf.model_id} expects {clf.input_spec.name!r}"
-        )
-    tr.check_band_spec(open_archive(input, **read_options).band_spec)  # before reading anything
+    pipe = Pipeline.resolve(classifier, transcoder, n_threads=n_threads)
+    tr, clf = pipe.transcoder, pipe.classifier
+    where = os.fspath(input)
+    pipe.band_spec(open_archive(input, **read_options).band_spec, where=where)  # before reading anything
     win = read_window(input, start=start, duration=duration, **read_options)
-    spec = tr.check_band_spec(win.band_spec)
+    spec = pipe.band_spec(win.band_spec, where=where)
     # after the level reference, as transcoded
     check_level_range(win.levels, spec, where=f"{input}: ", reference=win.level_reference.mode)
     fpc = spec.frames_per_chunk

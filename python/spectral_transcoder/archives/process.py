@@ -71,7 +71,7 @@ batch size may move probabilities in their last bits (about 1e-7).
 **Distributed.** :func:`process_block` is pure: ``(block, ProcessTask) -> table``,
 where :class:`ProcessTask` (small, picklable) names the model files by path and
 sha256. Each process loads the models once, lazily, in a cache keyed by them
-(:func:`loaded_models`). With ``workers=N`` (a local ``dask.distributed`` cluster of N
+(:func:`loaded_pipeline`). With ``workers=N`` (a local ``dask.distributed`` cluster of N
 processes) or ``scheduler=ADDRESS`` (an existing cluster, or a ``Client``), the
 driver reads the blocks, the workers run :func:`process_block`, and the driver
 writes the rows in block order: the output is the same, row for row, as a
@@ -88,13 +88,16 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from .._validation import check_level_range
-from ..errors import InputTypeError, InvalidInputError, ModelError, SpecMismatchError
+from ..errors import InputTypeError, InvalidInputError, ModelError
 from ..specs import BandSpec
+
+if TYPE_CHECKING:
+    from ..pipeline import Pipeline
 
 __all__ = [
     "process",
@@ -105,6 +108,7 @@ __all__ = [
     "ProcessSummary",
     "make_task",
     "loaded_models",
+    "loaded_pipeline",
     "load_counts",
     "check_band_spec",
     "WINDOWS",
@@ -250,7 +254,7 @@ def make_task(
 
 
 # ------------------------------------------------------------------ worker-local models
-_CACHE: collections.OrderedDict[tuple[Any, ...], tuple[Any, Any]] = collections.OrderedDict()
+_CACHE: collections.OrderedDict[tuple[Any, ...], Pipeline] = collections.OrderedDict()
 _CACHE_LOCK = threading.Lock()
 _CACHE_SIZE = 4
 _LOADS: collections.Counter[tuple[Any, ...]] = collections.Counter()
@@ -262,8 +266,14 @@ def _cache_key(task: ProcessTask) -> tuple[Any, ...]:
 
 
 def loaded_models(task: ProcessTask) -> tuple[Any, Any]:
-    """This process's ``(Transcoder, Classifier)`` for ``task``, loaded on first use and
-    cached (keyed by the model paths and sha256, and the speed options).
+    """This process's ``(Transcoder, Classifier)`` for ``task``: :func:`loaded_pipeline`'s pair."""
+    pipe = loaded_pipeline(task)
+    return pipe.transcoder, pipe.classifier
+
+
+def loaded_pipeline(task: ProcessTask) -> Pipeline:
+    """This process's :class:`~spectral_transcoder.pipeline.Pipeline` for ``task``, loaded on
+    first use and cached (keyed by the model paths and sha256, and the speed options).
 
     A file whose checksum changed since the task was made is an error; a transcoder
     whose output spec is not the classifier's input spec raises :class:`SpecMismatchError`.
@@ -274,12 +284,12 @@ def loaded_models(task: ProcessTask) -> tuple[Any, Any]:
         if hit is not None:
             _CACHE.move_to_end(key)
             return hit
-        models = _load(task)
-        _CACHE[key] = models
+        pipe = _load(task)
+        _CACHE[key] = pipe
         _LOADS[key] += 1
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
-        return models
+        return pipe
 
 
 def load_counts() -> dict[tuple[Any, ...], int]:
@@ -288,8 +298,9 @@ def load_counts() -> dict[tuple[Any, ...], int]:
         return dict(_LOADS)
 
 
-def _load(task: ProcessTask) -> tuple[Any, Any]:
-    from ..models import Classifier, Transcoder, _spec_diff
+def _load(task: ProcessTask) -> Pipeline:
+    from ..models import Classifier, Transcoder
+    from ..pipeline import Pipeline
 
     o = task.options
     big = 1 << 30  # batch_size None: every chunk of a block in one run
@@ -303,15 +314,10 @@ def _load(task: ProcessTask) -> tuple[Any, Any]:
             t.path, n_threads=o.n_threads, batch_size=o.batch_size or big, expected_sha256=t.sha256
         )
     clf = Classifier.from_file(c.path, n_threads=o.n_threads, batch_size=o.batch_size or big, expected_sha256=c.sha256)
-    diff = _spec_diff(tr.output_spec, clf.input_spec)
-    if diff:
-        raise SpecMismatchError(
-            f"the transcoder {tr.model_id} produces Mel spec {tr.output_spec.name!r} but the classifier "
-            f"{clf.model_id} expects {clf.input_spec.name!r} (they differ in: {', '.join(diff)})"
-        )
+    pipe = Pipeline.resolve(clf, tr)  # the files as checksummed, then the specs checked once
     if not clf.labels:
         raise ModelError(f"the classifier {clf.model_id} has no labels in its metadata")
-    return tr, clf
+    return pipe
 
 
 # ------------------------------------------------------------------ the block function
@@ -322,19 +328,11 @@ def _group_chunks(spec: BandSpec) -> int:
 
 
 def check_band_spec(transcoder: Any, spec: BandSpec, where: str = "") -> BandSpec:
-    """``transcoder.check_band_spec(spec)``, with the archive ``where`` named in the error."""
-    tr = transcoder
-    try:
-        checked: BandSpec = tr.check_band_spec(spec)
-        return checked
-    except SpecMismatchError as exc:
-        raise SpecMismatchError(
-            f"{where + ': ' if where else ''}the archive's band spec {spec.name!r} ({spec.n_bands} bands, "
-            f"{spec.frame_period:g}-s frames) cannot be classified with the transcoder {tr.model_id}, whose input "
-            f"spec is {tr.input_spec.name!r} ({tr.input_spec.n_bands} bands, {tr.input_spec.frame_period:g}-s "
-            f"frames): {exc}. No transcoder exists yet for this band set; it needs its own BandSpec and a "
-            "transcoder trained on it."
-        ) from None
+    """``transcoder.check_band_spec(spec)``, with the archive ``where`` named in the error
+    (:meth:`.Pipeline.band_spec`, for a transcoder alone)."""
+    from ..pipeline import check_archive_band_spec
+
+    return check_archive_band_spec(transcoder, spec, where)
 
 
 def _check_windows(task: ProcessTask, spec: BandSpec, block_frames: int, where: str = "") -> None:
@@ -365,8 +363,9 @@ def _timed_block(block: Any, task: ProcessTask) -> tuple[Any, dict[str, float]]:
 
     clock = time.perf_counter
     times = {"pinv": 0.0, "cnn": 0.0, "classifier": 0.0, "rows": 0.0}
-    tr, clf = loaded_models(task)
-    spec = check_band_spec(tr, block.band_spec, block.source)
+    pipe = loaded_pipeline(task)
+    tr, clf = pipe.transcoder, pipe.classifier
+    spec = pipe.band_spec(block.band_spec, where=block.source)
     # SPL read as dBFS would classify as "Music" everywhere: that file fails with the way out
     check_level_range(block.levels, block.band_spec, where=f"{block.source}: ", reference=block.level_reference.mode)
     opts = task.options
@@ -583,9 +582,9 @@ def _preflight(task: ProcessTask, blocks: Any) -> None:
                 continue  # an unreadable file is reported by the set when its turn comes
     else:
         return  # a plain iterable of blocks: checked block by block
-    tr, _ = loaded_models(task)
+    pipe = loaded_pipeline(task)
     for r in readers:
-        spec = check_band_spec(tr, r.band_spec, r.path)
+        spec = pipe.band_spec(r.band_spec, where=r.path)
         _check_windows(task, spec, r.options.block_frames(spec), r.path)
 
 
