@@ -191,3 +191,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "real_yamnet" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """Tiny ONNX models built once per session for the API, process, plot and pipeline tests: a
+    transcoder cense_fast -> pann (``tr``), a pann classifier (``clf``) and a yamnet_torchport
+    classifier with fixed 96 frames (``clf_yamnet``). A module needing more overrides ``tiny``,
+    extending this one."""
+    from _tiny_models import classifier_metadata, make_classifier, make_transcoder
+
+    d = tmp_path_factory.mktemp("tiny")
+    return {
+        "tr": make_transcoder(d / "tr.onnx"),
+        "clf": make_classifier(d / "clf.onnx"),
+        "clf_yamnet": make_classifier(
+            d / "clf_y.onnx", meta=classifier_metadata("tiny-yamnet", mel="yamnet_torchport"), frames=96
+        ),
+    }

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import spectral_transcoder as st
-from _tiny_models import make_classifier, make_transcoder, transcoder_metadata
+from _tiny_models import make_transcoder, transcoder_metadata
 from archives_testutil import NC_FREQS, T0, grid_times, write_csv, write_noisecapture
 from conftest import REPO, shared_file, subprocess_env
 from spectral_transcoder import archives, cli
@@ -33,11 +33,11 @@ VIA = ["api", "cli"]
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("tiny")
+def tiny(tiny: dict[str, Path], tmp_path_factory) -> dict[str, Path]:
+    """The session's tiny models, and a transcoder for NoiseCapture bands."""
+    d = tmp_path_factory.mktemp("tiny_nc")
     return {
-        "tr": make_transcoder(d / "tr.onnx"),
-        "clf": make_classifier(d / "clf.onnx"),
+        **tiny,
         "tr_nc": make_transcoder(d / "tr_nc.onnx", meta=transcoder_metadata("tiny-nc", band="noisecapture")),
     }
 

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from _tiny_models import classifier_metadata, make_classifier, make_transcoder
+from _tiny_models import classifier_metadata, make_classifier
 from archives_testutil import NS, T0, grid_times, levels, write_parquet
 from conftest import subprocess_env
 from spectral_transcoder import archives, cli
@@ -29,12 +29,12 @@ MODES = ["api", "cli"]
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("tiny")
+def tiny(tiny: dict[str, Path], tmp_path_factory) -> dict[str, Path]:
+    """The session's tiny models, and two classifiers with 521 long labels (a resume with another model)."""
+    d = tmp_path_factory.mktemp("tiny_big")
     many = [Label(i, f"/m/{i:05d}", f"a rather long class name number {i}") for i in range(521)]
     return {
-        "tr": make_transcoder(d / "tr.onnx"),
-        "clf": make_classifier(d / "clf.onnx"),
+        **tiny,
         "big_a": make_classifier(d / "big_a.onnx", meta=classifier_metadata("big-a", labels=many), seed=1),
         "big_b": make_classifier(d / "big_b.onnx", meta=classifier_metadata("big-b", labels=many[::-1]), seed=2),
     }

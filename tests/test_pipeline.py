@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import spectral_transcoder as st
-from _tiny_models import classifier_metadata, make_classifier, make_transcoder
 from archives_testutil import grid_times, levels, write_parquet
 from spectral_transcoder import registry
 from spectral_transcoder.archives import process as P
@@ -21,18 +20,6 @@ from spectral_transcoder.specs import get_band_spec
 
 MISMATCH = r"the transcoder tiny-cnn@\w+ produces Mel spec 'pann' but the classifier tiny-yamnet@\w+ expects "
 MISMATCH += r"'yamnet_torchport' \(they differ in: .*\)"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("tiny")
-    return {
-        "tr": make_transcoder(d / "tr.onnx"),
-        "clf": make_classifier(d / "clf.onnx"),
-        "clf_yamnet": make_classifier(
-            d / "clf_y.onnx", meta=classifier_metadata("tiny-yamnet", mel="yamnet_torchport"), frames=96
-        ),
-    }
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from _tiny_models import make_classifier, make_transcoder
 from archives_testutil import NS, T0, grid_times, levels, write_parquet
 from spectral_transcoder import cli
 from spectral_transcoder.errors import InvalidInputError, SpecMismatchError
@@ -17,12 +16,6 @@ from spectral_transcoder.plot import pipeline_figure, plot_file, read_window
 from spectral_transcoder.specs import get_band_spec, get_mel_spec
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("tiny")
-    return {"tr": make_transcoder(d / "tr.onnx"), "clf": make_classifier(d / "clf.onnx")}
 
 
 @pytest.fixture(scope="module")
