@@ -24,10 +24,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .engine_store import HeldoutStore, SceneStore
-from .metrics import fidelity_report, selection_score
+from .metrics import selection_score
 from .nets.direct import DirectStudent
 from .runs import add_config_arguments, model_from_checkpoint, save_checkpoint
 
@@ -65,7 +64,7 @@ def fit_direct(
     engine_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: DirectConfig, *, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Train a direct student; returns ``{"step", "best_score", "history"}``."""
-    from .loop import _drop_context, _lr
+    from .loop import _drop_context, _lr, distillation_terms
 
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
@@ -74,7 +73,7 @@ def fit_direct(
     model = DirectStudent(n_classes=store.logits[0].shape[-1], context=store.context, channels=cfg.channels)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
-    q_valid, best, history, t0 = held.teacher_probs(), -1.0, [], time.perf_counter()
+    q_valid, best, history, t0 = held.teacher_probs(), -1.0, [], time.perf_counter()  # fixed: computed once
     for step in range(1, cfg.steps + 1):
         model.train()
         for g in opt.param_groups:
@@ -82,18 +81,14 @@ def fit_direct(
         ex = store.examples(rng.choice(store.n_examples, size=cfg.batch, replace=False))
         lv = _drop_context(ex["levels"], store.context, cfg.p_drop_context, rng)
         logits, t_logits = model(torch.from_numpy(lv)), torch.from_numpy(ex["logits"])
-        tt = cfg.kd_temperature
-        loss = F.binary_cross_entropy_with_logits(logits, torch.sigmoid(t_logits)) + tt * tt * F.kl_div(
-            F.log_softmax(logits / tt, -1), F.log_softmax(t_logits / tt, -1), log_target=True, reduction="batchmean"
-        )
+        bce, kd = distillation_terms(logits, t_logits, cfg.kd_temperature)
+        loss = bce + kd
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % cfg.eval_every == 0 or step == cfg.steps:
             p = predict_direct(model, np.asarray(held.levels, np.float32)).astype(np.float64)
-            rep = fidelity_report(
-                q_valid, p, held.clip, held.domain, domain_names=held.domains, groups=held.group, n_boot=0
-            )
+            rep = held.report(p, teacher_probs=q_valid)
             score, a = selection_score(rep), rep["all"]
             history.append(
                 {

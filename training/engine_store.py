@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from .metrics import fidelity_report
 
 __all__ = ["SceneStore", "HeldoutStore", "centre_frames"]
 
@@ -89,3 +92,27 @@ class HeldoutStore:
     def teacher_probs(self) -> np.ndarray:
         """The teacher's sigmoid probabilities (N, C) float64 on the true Mels (from the stored logits)."""
         return 1.0 / (1.0 + np.exp(-np.asarray(self.logits, np.float64)))
+
+    def report(
+        self,
+        model_probs: np.ndarray,
+        *,
+        model_mel: np.ndarray | None = None,
+        n_boot: int = 0,
+        teacher_probs: np.ndarray | None = None,
+    ) -> dict[str, Any]:
+        """:func:`training.metrics.fidelity_report` of a model's probabilities ``(N, C)`` on this split's
+        chunks against the teacher's, per clip, domain and source group; with ``model_mel`` (the teacher's
+        Mel spec), the Mel MSE against the true Mels too. ``teacher_probs`` spares recomputing them."""
+        q = self.teacher_probs() if teacher_probs is None else teacher_probs
+        return fidelity_report(
+            q,
+            model_probs,
+            self.clip,
+            self.domain,
+            domain_names=self.domains,
+            groups=self.group,
+            teacher_mel=None if model_mel is None else np.asarray(self.mel, np.float32),
+            model_mel=model_mel,
+            n_boot=n_boot,
+        )

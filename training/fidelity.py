@@ -38,7 +38,6 @@ import numpy as np
 from spectral_transcoder.specs import get_band_spec
 
 from .engine_store import HeldoutStore
-from .metrics import fidelity_report
 from .metrics_tables import compare_table, domain_table
 
 __all__ = ["evaluate_fidelity", "resolve_method", "merge_results", "format_report", "add_parser"]
@@ -117,11 +116,7 @@ def evaluate_fidelity(
     store = HeldoutStore(engine_dir, split, teacher_name)
     teacher = load_teacher(teacher_name, models_dir=models_dir)
     q = store.teacher_probs()
-    true_mel = np.asarray(store.mel, np.float32)
     centre, ctx = store.centre_levels(), np.asarray(store.levels, np.float32)
-    common = dict(
-        clip_ids=store.clip, domains=store.domain, domain_names=store.domains, groups=store.group, n_boot=n_boot
-    )
     reports: dict[str, Any] = {}
     for spec in methods:
         name, fn, mel_spec = resolve_method(spec, teacher.mel_spec.name)
@@ -131,9 +126,7 @@ def evaluate_fidelity(
         else:
             p = teacher.probs(est, batch_size=128).astype(np.float64)
         same = mel_spec == teacher.mel_spec.name
-        reports[name] = fidelity_report(
-            q, p, teacher_mel=true_mel if same else None, model_mel=est if same else None, **common
-        )
+        reports[name] = store.report(p, model_mel=est if same else None, n_boot=n_boot, teacher_probs=q)
         reports[name]["mel_spec"] = mel_spec
         a = reports[name]["all"]
         log(

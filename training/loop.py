@@ -41,7 +41,7 @@ from spectral_transcoder.pinv import pinv_chunks
 from spectral_transcoder.specs import get_band_spec
 
 from .engine_store import HeldoutStore, SceneStore, centre_frames
-from .metrics import fidelity_report, selection_score
+from .metrics import selection_score
 from .nets.context import ContextTranscoder
 from .runs import add_config_arguments, model_from_checkpoint, save_checkpoint
 
@@ -104,10 +104,7 @@ def predict(model: ContextTranscoder, levels: np.ndarray, mel_spec: str, *, batc
 
 def _validate(model: ContextTranscoder, teacher: Any, held: HeldoutStore, mel_spec: str) -> dict[str, Any]:
     est = predict(model, np.asarray(held.levels, np.float32), mel_spec)
-    p = teacher.probs(est, batch_size=256).astype(np.float64)
-    return fidelity_report(
-        held.teacher_probs(), p, held.clip, held.domain, domain_names=held.domains, groups=held.group, n_boot=0
-    )
+    return held.report(teacher.probs(est, batch_size=256).astype(np.float64))
 
 
 def _fit_affine(
@@ -153,6 +150,20 @@ def class_weights(store: SceneStore, balance: float) -> np.ndarray | None:
     return (w / np.mean(w[top])).astype(np.float32)
 
 
+def distillation_terms(
+    logits: torch.Tensor, t_logits: torch.Tensor, temperature: float, weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-example teacher-student terms, averaged over the batch (weighted by ``weights`` (B,)):
+    BCE of the student's sigmoid outputs against the teacher's, and the softmax distillation
+    KL(teacher || student) at ``temperature``, scaled by temperature². The student's logits come
+    through the frozen teacher (``fit``) or straight from the levels (the direct student)."""
+    w = torch.ones(logits.shape[0]) if weights is None else weights
+    bce = (F.binary_cross_entropy_with_logits(logits, torch.sigmoid(t_logits), reduction="none").mean(-1) * w).mean()
+    tt = temperature
+    kl = F.kl_div(F.log_softmax(logits / tt, -1), F.log_softmax(t_logits / tt, -1), log_target=True, reduction="none")
+    return bce, (kl.sum(-1) * w).mean() * tt * tt
+
+
 def _loss(
     cfg: FitConfig,
     model: ContextTranscoder,
@@ -169,19 +180,8 @@ def _loss(
         logits = teacher.module(mel).logits.float()
     t_logits = torch.from_numpy(ex["logits"])
     q = torch.sigmoid(t_logits)
-    w = torch.ones(logits.shape[0]) if weights is None else torch.from_numpy(weights[t_logits.argmax(-1).numpy()])
-    bce = (F.binary_cross_entropy_with_logits(logits, q, reduction="none").mean(-1) * w).mean()
-    tt = cfg.kd_temperature
-    kd = (
-        (
-            F.kl_div(
-                F.log_softmax(logits / tt, -1), F.log_softmax(t_logits / tt, -1), log_target=True, reduction="none"
-            ).sum(-1)
-            * w
-        ).mean()
-        * tt
-        * tt
-    )
+    w = None if weights is None else torch.from_numpy(weights[t_logits.argmax(-1).numpy()])
+    bce, kd = distillation_terms(logits, t_logits, cfg.kd_temperature, w)
     p_clip = torch.sigmoid(logits).view(-1, seconds, logits.shape[-1]).mean(1).clamp(1e-6, 1 - 1e-6)
     clip = F.binary_cross_entropy(p_clip, q.view(-1, seconds, q.shape[-1]).mean(1))
     mse = F.mse_loss(mel, torch.from_numpy(ex["mel"]))
