@@ -15,6 +15,7 @@ import pyarrow as pa
 import pytest
 
 import spectral_transcoder as st
+from _tiny_models import classifier_metadata, make_classifier, make_transcoder
 from archives_testutil import NS, T0, grid_times, levels, write_noisecapture, write_parquet
 from conftest import kill_9_after_manifest_lines
 from spectral_transcoder import archives, cli
@@ -27,6 +28,20 @@ TESTS = Path(__file__).resolve().parent
 PACKAGE_PARENT = Path(st.__file__).resolve().parent.parent
 LEAD = list(archives.LEADING_COLUMNS)
 OWN = ["window", "chunks", "top_labels", "top_scores", "top_indices"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """This module's own copies of the tiny models (not the session's): the load-count test needs
+    model files that no other test module has loaded into the process-wide model cache."""
+    d = tmp_path_factory.mktemp("tiny_process")
+    return {
+        "tr": make_transcoder(d / "tr.onnx"),
+        "clf": make_classifier(d / "clf.onnx"),
+        "clf_yamnet": make_classifier(
+            d / "clf_y.onnx", meta=classifier_metadata("tiny-y", mel="yamnet_torchport"), frames=96
+        ),
+    }
 
 
 def _dbfs(n: int, seed: int = 0) -> np.ndarray:
